@@ -1,0 +1,1 @@
+"""thermograd analysis."""

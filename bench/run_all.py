@@ -1,0 +1,45 @@
+"""Runs every bench/bench_*.py in its own process and prints one JSON object keyed by benchmark.
+
+Each benchmark prints a single JSON object on stdout; results are also written to bench/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def main(argv: list[str]) -> int:
+    only = set(argv)
+    results_dir = BENCH_DIR / "results"
+    results_dir.mkdir(exist_ok=True)
+    combined: dict[str, object] = {}
+    failed = []
+    for script in sorted(BENCH_DIR.glob("bench_*.py")):
+        name = script.stem.removeprefix("bench_")
+        if only and name not in only:
+            continue
+        print(f"bench: running {script.name}", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            failed.append(name)
+            combined[name] = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+            continue
+        try:
+            result = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            failed.append(name)
+            combined[name] = {"error": "benchmark did not print one JSON object"}
+            continue
+        (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        combined[name] = result
+    print(json.dumps(combined, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,44 @@
+"""Shared fixtures: the reference data beside the checkout, free ports, the repository root."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the checkout (present for developers and CI, absent in a user's clone)."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"reference data not available: {SHARED_DIR} is absent (it exists only beside the team's checkout)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def rle_lab_csv(shared_dir: Path) -> Path:
+    path = shared_dir / "data" / "rle-lab" / "rle_20251028_08.csv"
+    if not path.is_file():
+        pytest.skip(f"reference trace not available: {path} is absent")
+    return path
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (tests never hard-code ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
