@@ -1,0 +1,155 @@
+"""A simulated GPU: first-order thermal model, power following load, thermal slowdown.
+
+    C · dT/dt = P − (T − T_ambient) / R
+
+integrated exactly over each step (T relaxes towards T_ambient + P·R with time constant R·C), so
+the model gives the same trajectory at any sampling rate. Power follows load up to the power limit;
+past the slowdown temperature clocks, utilization and power drop. With the defaults, sustained full
+load heats the device through its 83 °C limit while it is still heating — a genuine RLE collapse —
+and idle settles near 40 °C with no collapse.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exporter.backends.base import DeviceInfo, Reading
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class SimParams:
+    ambient_c: float = 30.0
+    thermal_resistance_c_per_w: float = 0.28  # R: steady-state rise per watt
+    time_constant_s: float = 120.0  # R·C
+    idle_power_w: float = 30.0
+    dynamic_power_w: float = 200.0  # extra power demanded at load 1 (full load runs just under the limit)
+    power_limit_w: float = 250.0
+    slowdown_c: float = 86.0  # clocks start dropping here ...
+    slowdown_per_c: float = 0.05  # ... by this fraction per °C above it
+    min_clock_factor: float = 0.3
+    max_sm_clock_hz: float = 1.98e9
+    memory_clock_hz: float = 9.5e9
+    memory_total_bytes: float = 24 * GIB
+    util_noise_pct: float = 1.5  # jitter of a half-busy device (standard deviation); none when idle or saturated
+    power_noise_w: float = 1.0
+    temp_limit_c: float = 83.0  # the default limit the engine uses for a sim device
+
+    @property
+    def heat_capacity_j_per_c(self) -> float:
+        return self.time_constant_s / self.thermal_resistance_c_per_w
+
+
+class SimGpu:
+    """The physics of one simulated GPU; `step` advances it and returns what NVML would report."""
+
+    def __init__(self, params: SimParams | None = None, seed: int = 0) -> None:
+        self.p = params or SimParams()
+        self.rng = random.Random(seed)
+        self.temp_c = self.p.ambient_c + self.p.idle_power_w * self.p.thermal_resistance_c_per_w
+        self.energy_j = 0.0
+
+    def clock_factor(self) -> float:
+        excess_c = max(0.0, self.temp_c - self.p.slowdown_c)
+        return max(self.p.min_clock_factor, 1.0 - self.p.slowdown_per_c * excess_c)
+
+    def step(self, dt_s: float, load: float) -> Reading:
+        p = self.p
+        load = min(max(load, 0.0), 1.0)
+        clock = self.clock_factor()
+        demand_w = p.idle_power_w + p.dynamic_power_w * load * clock
+        power_w = min(demand_w, p.power_limit_w)
+        capped = demand_w > p.power_limit_w
+        # exact solution of the first-order model for constant power over the step
+        target_c = p.ambient_c + power_w * p.thermal_resistance_c_per_w
+        self.temp_c = target_c + (self.temp_c - target_c) * math.exp(-dt_s / p.time_constant_s)
+        self.energy_j += power_w * dt_s
+        cap_factor = p.power_limit_w / demand_w if capped else 1.0  # capping lowers clocks, not busy time
+        busy = load * clock
+        # busy-time jitter is binomial-like: largest at half load, none when idle or saturated
+        util_pct = 100.0 * busy + self.rng.gauss(0.0, 2.0 * p.util_noise_pct * math.sqrt(busy * (1.0 - busy)))
+        measured_w = power_w + self.rng.gauss(0.0, p.power_noise_w)
+        hot = self.temp_c > p.slowdown_c
+        return Reading(
+            util_pct=min(max(util_pct, 0.0), 100.0), temp_c=round(self.temp_c, 2), power_w=max(measured_w, 0.0),
+            memory_used_bytes=p.memory_total_bytes * (0.05 + 0.6 * load), memory_total_bytes=p.memory_total_bytes,
+            sm_clock_hz=p.max_sm_clock_hz * clock * cap_factor, memory_clock_hz=p.memory_clock_hz,
+            fan_ratio=min(1.0, max(0.3, (self.temp_c - 40.0) / 45.0)), energy_j=self.energy_j,
+            throttle={"gpu_idle": load < 0.05, "applications_clocks": False, "sw_power_cap": capped,
+                      "hw_slowdown": hot, "sync_boost": False, "sw_thermal": hot, "hw_thermal": False,
+                      "hw_power_brake": False, "display_clocks": False},
+        )
+
+
+def parse_load(spec: str) -> Callable[[float], float] | None:
+    """'host' -> None (use the host's CPU utilization); '0.8' -> constant; '0:0.1,60:1,300:0.2' -> steps
+    (from t seconds after start, load L). Raises ValueError with a one-line reason."""
+    spec = spec.strip()
+    if spec == "host":
+        return None
+    try:
+        if ":" not in spec:
+            value = float(spec)
+            steps = [(0.0, value)]
+        else:
+            steps = sorted((float(t), float(v)) for t, v in (part.split(":") for part in spec.split(",")))
+    except ValueError:
+        raise ValueError(f"--sim-load must be 'host', a load in [0, 1] or 't:load,t:load,...', got {spec!r}") from None
+    if any(not 0.0 <= v <= 1.0 for _, v in steps):
+        raise ValueError(f"--sim-load loads must lie in [0, 1], got {spec!r}")
+
+    def load_at(elapsed_s: float) -> float:
+        current = steps[0][1]
+        for start_s, value in steps:
+            if elapsed_s >= start_s:
+                current = value
+        return current
+
+    return load_at
+
+
+class SimBackend:
+    name = "sim"
+
+    def __init__(self, count: int = 1, seed: int = 0, load: Callable[[float], float] | None = None,
+                 params: SimParams | None = None) -> None:
+        self.params = params or SimParams()
+        self._gpus = [SimGpu(self.params, seed=seed * 1000 + i) for i in range(count)]
+        self._load = load
+        self._start_s: float | None = None
+        self._last_s: list[float | None] = [None] * count
+        self._host_load = 0.0
+        self._host_read_s: float | None = None
+        if load is None:
+            import psutil
+
+            self._psutil = psutil
+            psutil.cpu_percent(interval=None)  # primes the counter: the first call returns 0
+
+    def devices(self) -> list[DeviceInfo]:
+        return [DeviceInfo(device=str(i), uuid=f"sim-{i}", model="thermograd simulated GPU", kind="gpu",
+                           backend="sim", power_limit_w=self.params.power_limit_w,
+                           temp_limit_c=self.params.temp_limit_c) for i in range(len(self._gpus))]
+
+    def _load_now(self, now_s: float) -> float:
+        if self._load is not None:
+            return self._load(now_s - self._start_s)
+        if self._host_read_s != now_s:  # one host reading per round, shared by all devices
+            self._host_load = self._psutil.cpu_percent(interval=None) / 100.0
+            self._host_read_s = now_s
+        return self._host_load
+
+    def read(self, index: int, now_s: float) -> Reading:
+        if self._start_s is None:
+            self._start_s = now_s
+        last = self._last_s[index]
+        self._last_s[index] = now_s
+        dt_s = 0.0 if last is None else max(now_s - last, 0.0)
+        return self._gpus[index].step(dt_s, self._load_now(now_s))
+
+    def close(self) -> None:
+        pass

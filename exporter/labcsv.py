@@ -1,0 +1,115 @@
+"""Reading RLE-lab recordings (CSV with timestamp, device, util_pct, temp_c, power_w, ...).
+
+Shared by `recompute` and the replay backend. Any malformed value raises `LabCsvError`, whose
+message names the file, the line and the column, so a user can find it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+REQUIRED_COLUMNS = ("timestamp", "device", "util_pct", "power_w", "temp_c")
+
+
+class LabCsvError(ValueError):
+    """A recording that cannot be read; str() is one line naming file, line and column."""
+
+
+@dataclass(frozen=True)
+class LabRow:
+    line: int  # 1-based line number in the file (the header is line 1)
+    fields: dict[str, str]  # the row as read, for pass-through
+    timestamp_s: float
+    device: str
+    util_pct: float
+    power_w: float
+    temp_c: float | None
+    fan_ratio: float | None
+
+
+def parse_timestamp(text: str) -> float:
+    """ISO 8601 (a trailing Z is UTC) or plain Unix seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return stamp.timestamp()
+
+
+class _RowParser:
+    def __init__(self, path: Path, line: int, fields: dict[str, str]) -> None:
+        self.path, self.line, self.fields = path, line, fields
+
+    def fail(self, column: str, why: str) -> LabCsvError:
+        return LabCsvError(f"{self.path}: line {self.line}, column {column!r}: {why}")
+
+    def number(self, column: str, optional: bool = False) -> float | None:
+        text = (self.fields.get(column) or "").strip()
+        if not text:
+            if optional:
+                return None
+            raise self.fail(column, "missing value")
+        try:
+            value = float(text)
+        except ValueError:
+            raise self.fail(column, f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise self.fail(column, f"not a finite number: {text!r}")
+        return value
+
+    def timestamp(self) -> float:
+        text = (self.fields.get("timestamp") or "").strip()
+        try:
+            return parse_timestamp(text)
+        except ValueError:
+            raise self.fail("timestamp", f"not an ISO 8601 time or Unix seconds: {text!r}") from None
+
+
+def read_header(path: Path) -> list[str]:
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        raise LabCsvError(f"{path}: line 1: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise LabCsvError(f"{path}: line 1, column {missing[0]!r}: missing from the header")
+    return header
+
+
+def iter_rows(path: Path, device: str | None = None) -> Iterator[LabRow]:
+    """Rows in file order (optionally of one device); raises LabCsvError on the first bad one."""
+    path = Path(path)
+    try:
+        header = read_header(path)
+        with open(path, newline="") as fh:
+            reader = csv.reader(fh)
+            next(reader)
+            for values in reader:
+                line = reader.line_num
+                if not values:
+                    continue
+                if len(values) > len(header):
+                    raise LabCsvError(f"{path}: line {line}, column {len(header) + 1}: "
+                                      f"{len(values)} fields but the header has {len(header)}")
+                fields = dict(zip(header, values, strict=False))
+                p = _RowParser(path, line, fields)
+                name = (fields.get("device") or "").strip()
+                if not name:
+                    raise p.fail("device", "missing value")
+                if device is not None and name != device:
+                    continue
+                fan = p.number("fan_pct", optional=True) if "fan_pct" in header else None
+                yield LabRow(line=line, fields=fields, timestamp_s=p.timestamp(), device=name,
+                             util_pct=p.number("util_pct"), power_w=p.number("power_w"),
+                             temp_c=p.number("temp_c", optional=True),
+                             fan_ratio=None if fan is None else fan / 100.0)
+    except OSError as exc:
+        raise LabCsvError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise LabCsvError(f"{path}: not a readable CSV: {exc}") from None

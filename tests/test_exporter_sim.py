@@ -1,0 +1,96 @@
+"""Physics of the simulated GPU, and what the RLE engine makes of it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from exporter.backends.sim import SimBackend, SimGpu, SimParams, parse_load
+from exporter.engine import RleEngine
+
+
+def run(load: float, seconds: int, params: SimParams | None = None, seed: int = 0):
+    gpu = SimGpu(params, seed=seed)
+    return gpu, [gpu.step(1.0 if t else 0.0, load) for t in range(seconds)]
+
+
+def test_idle_settles_near_ambient_plus_idle_power():
+    p = SimParams()
+    gpu, readings = run(0.0, 900)
+    assert readings[-1].temp_c == pytest.approx(p.ambient_c + p.idle_power_w * p.thermal_resistance_c_per_w, abs=0.05)
+    assert readings[-1].util_pct == 0.0
+    assert readings[-1].throttle["gpu_idle"]
+
+
+def test_first_order_step_response_matches_the_analytic_solution():
+    p = SimParams(slowdown_c=1000.0, util_noise_pct=0.0, power_noise_w=0.0)  # no slowdown: pure RC response
+    gpu, readings = run(0.5, 300, p)
+    power_w = p.idle_power_w + 0.5 * p.dynamic_power_w
+    start_c = p.ambient_c + p.idle_power_w * p.thermal_resistance_c_per_w
+    target_c = p.ambient_c + power_w * p.thermal_resistance_c_per_w
+    t_s = 299.0  # the first step has dt = 0
+    expected = target_c + (start_c - target_c) * math.exp(-t_s / p.time_constant_s)
+    assert readings[-1].temp_c == pytest.approx(expected, abs=0.01)
+    assert readings[-1].power_w == pytest.approx(power_w)
+    assert gpu.energy_j == pytest.approx(power_w * t_s)
+
+
+def test_heats_under_load_and_slows_down_past_the_slowdown_temperature():
+    p = SimParams()
+    _, readings = run(1.0, 900)
+    temps = [r.temp_c for r in readings]
+    assert temps[60] > temps[0] + 10  # heats under load
+    hot = readings[-1]
+    assert hot.temp_c > p.slowdown_c
+    assert hot.throttle["sw_thermal"] and hot.util_pct < 95 and hot.sm_clock_hz < p.max_sm_clock_hz
+    assert hot.power_w < p.idle_power_w + p.dynamic_power_w  # throttling sheds power: it settles
+    assert abs(temps[-1] - temps[-60]) < 0.2
+
+
+def test_power_follows_load_up_to_the_limit():
+    p = SimParams(dynamic_power_w=400.0, util_noise_pct=0.0, power_noise_w=0.0)
+    _, readings = run(1.0, 5, p)
+    assert readings[-1].power_w == pytest.approx(p.power_limit_w)
+    assert readings[-1].throttle["sw_power_cap"]
+
+
+def _collapse_events(load: float, seconds: int, seed: int) -> int:
+    p = SimParams()
+    gpu, engine = SimGpu(p, seed=seed), RleEngine(p.power_limit_w, p.temp_limit_c)
+    for t in range(seconds):
+        r = gpu.step(1.0 if t else 0.0, load)
+        engine.update(float(t), r.util_pct, r.power_w, r.temp_c)
+    return engine.collapse_events
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sustained_load_collapses_and_idle_or_moderate_load_does_not(seed):
+    assert _collapse_events(1.0, 600, seed) >= 1
+    assert _collapse_events(0.0, 600, seed) == 0
+    assert _collapse_events(0.05, 600, seed) == 0
+    assert _collapse_events(0.5, 600, seed) == 0
+
+
+def test_seeded_runs_repeat_and_seeds_differ():
+    a = [r.util_pct for r in run(0.5, 50, seed=7)[1]]
+    assert a == [r.util_pct for r in run(0.5, 50, seed=7)[1]]
+    assert a != [r.util_pct for r in run(0.5, 50, seed=8)[1]]
+
+
+def test_parse_load():
+    assert parse_load("host") is None
+    assert parse_load("0.25")(100.0) == 0.25
+    steps = parse_load("0:0.1,60:1,300:0.2")
+    assert [steps(t) for t in (0, 59.9, 60, 299, 301)] == [0.1, 0.1, 1.0, 1.0, 0.2]
+    for bad in ("1.5", "x", "0:0.1,60"):
+        with pytest.raises(ValueError, match="--sim-load"):
+            parse_load(bad)
+
+
+def test_backend_devices_and_scripted_load():
+    backend = SimBackend(count=3, seed=1, load=parse_load("0:0,10:1"))
+    assert [(d.device, d.uuid, d.kind, d.backend) for d in backend.devices()] == [
+        (str(i), f"sim-{i}", "gpu", "sim") for i in range(3)]
+    assert backend.read(0, 100.0).util_pct == 0.0
+    assert backend.read(0, 111.0).util_pct == pytest.approx(100.0)
