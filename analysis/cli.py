@@ -1,0 +1,210 @@
+"""Command line: gather a Table (Prometheus or files), run every test, write the report and figures."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from analysis import table as T
+from analysis.errors import InputError
+from analysis.fetch import fetch_table, series_exprs
+from analysis.load_files import load_grad_log, load_rle_csv
+from analysis.offline import files_to_table
+from analysis.pipeline import Settings, analyse
+from analysis.plots import coupling_png, crosscorr_png
+from analysis.promql import PromClient
+from analysis.report import LAG_NOTE, series_summary, versions, window, write_report
+from analysis.selection import choose_device, choose_run, discover_runs, run_identity
+from analysis.timeparse import get_tz, parse_duration_s, parse_instant_s
+from analysis.verdict import overall, summary_text
+
+DEFAULT_STEP_S = 15.0  # Prometheus's own default scrape interval, used when the backend hides its config
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
+        print(f"analysis: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m analysis", description=__doc__)
+    src = p.add_argument_group("Prometheus (or Thanos, Mimir, VictoriaMetrics)")
+    src.add_argument("--prometheus", metavar="URL", help="base URL of a Prometheus-compatible HTTP API")
+    src.add_argument("--run", help="run_id (default: the most recent run by train_run_start_time_seconds)")
+    src.add_argument("--rank", help="rank of the run to analyse (default: the lowest)")
+    src.add_argument("--device", help="device uuid or device label (default: the run's gpu_uuid, joined in PromQL)")
+    src.add_argument("--start", help="window start (Unix s or RFC 3339; default: the run's first sample)")
+    src.add_argument("--end", help="window end (default: the run's last sample)")
+    src.add_argument("--lookback", default="30d", help="how far back to look for runs (default 30d)")
+    src.add_argument("--bearer-token", help="Authorization: Bearer TOKEN")
+    src.add_argument("--bearer-token-file", help="read the bearer token from this file")
+    src.add_argument("--basic-auth", metavar="USER:PASSWORD", help="HTTP basic auth")
+    src.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                     help="extra HTTP header, repeatable (e.g. 'X-Scope-OrgID: t1')")
+    src.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (default 30)")
+    src.add_argument("--retries", type=int, default=4, help="retries on connection errors and 5xx (default 4)")
+    files = p.add_argument_group("offline files")
+    files.add_argument("--grad-log", type=Path, help="grad_norm_log.json (seed) or the trainer's JSON Lines log")
+    files.add_argument("--rle-csv", type=Path, help="RLE-lab CSV")
+    files.add_argument("--tz", help="time zone of naive ISO timestamps (default UTC)")
+    stats = p.add_argument_group("statistics")
+    stats.add_argument("--step", help="grid step (default: scrape interval; 1s for files)")
+    stats.add_argument("--max-lag", default="30s", help="lagged cross-correlation range +/- (default 30s)")
+    stats.add_argument("--surrogates", type=int, default=1000, help="surrogates per test (default 1000)")
+    stats.add_argument("--spike-z", type=float, default=3.0, help="robust z of a grad-norm spike (default 3)")
+    stats.add_argument("--event-window", default="5s", help="coincidence window for spikes/collapses (default 5s)")
+    stats.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm (default 0.05)")
+    stats.add_argument("--seed", type=int, default=0, help="random seed for surrogates (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no summary on stdout")
+    return p
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise InputError(f"--header {item!r} is not 'NAME: VALUE'")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _client(args: argparse.Namespace) -> PromClient:
+    token = args.bearer_token
+    if args.bearer_token_file:
+        try:
+            token = Path(args.bearer_token_file).read_text().strip()
+        except OSError as exc:
+            raise InputError(f"--bearer-token-file: {exc}") from None
+    basic = None
+    if args.basic_auth:
+        user, sep, password = args.basic_auth.partition(":")
+        if not sep:
+            raise InputError("--basic-auth must be USER:PASSWORD")
+        basic = (user, password)
+    return PromClient(args.prometheus, timeout_s=args.timeout, retries=max(args.retries, 0), bearer_token=token,
+                      basic_auth=basic, headers=_headers(args.header), progress=sys.stderr.isatty())
+
+
+def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
+    client = _client(args)
+    scrape_s = client.scrape_interval_s()
+    notes: list[str] = []
+    if args.step:
+        step_s, step_source = parse_duration_s(args.step), "--step"
+    elif scrape_s:
+        step_s, step_source = scrape_s, "global scrape_interval from /api/v1/status/config"
+    else:
+        step_s, step_source = DEFAULT_STEP_S, "default (the backend does not serve its config)"
+    scrape_s = scrape_s or step_s
+    end_s = parse_instant_s(args.end) if args.end else time.time()
+    start_s = parse_instant_s(args.start) if args.start else None
+    if start_s is not None and start_s >= end_s:
+        raise InputError("--start must be before --end")
+    runs = discover_runs(client, start_s if start_s is not None else end_s - parse_duration_s(args.lookback), end_s)
+    run = choose_run(runs, args.run)
+    if start_s is None:
+        start_s = max(run.first_seen_s, run.start_time_s - step_s)
+    if not args.end:
+        end_s = min(end_s, run.last_seen_s)
+    start_s = math.floor(start_s / step_s) * step_s  # evaluation timestamps on whole steps
+    span_s = end_s - start_s + step_s
+    rank, gpu_uuid = run_identity(client, run.run_id, args.rank, end_s, span_s)
+    uuid, device, dev_notes = choose_device(client, run.run_id, rank, args.device, end_s, span_s)
+    notes += dev_notes
+    exprs = series_exprs(run.run_id, rank, uuid, step_s, scrape_s)
+    table, fetch_notes = fetch_table(client, exprs, start_s, end_s, step_s)
+    notes += fetch_notes
+    meta = {
+        "inputs": {"source": "prometheus", "url": client.url, "run_id": run.run_id, "rank": rank,
+                   "gpu_uuid": gpu_uuid, "device": {"uuid": uuid, "device": device},
+                   "runs_found": sorted(runs), "extra_headers": sorted(client.headers),
+                   "auth": "bearer" if client.bearer_token else ("basic" if client.basic_auth else None)},
+        "step": {"seconds": step_s, "source": step_source, "scrape_interval_s": scrape_s},
+        "queries": client.queries, "notes": notes, "backend": {"backend": client.build_version()},
+    }
+    return table, meta
+
+
+def from_files(args: argparse.Namespace) -> tuple[T.Table, dict]:
+    if not (args.grad_log and args.rle_csv):
+        raise InputError("give --prometheus URL, or both --grad-log FILE and --rle-csv FILE")
+    tz = get_tz(args.tz)
+    grad = load_grad_log(args.grad_log, tz)
+    rle, device = load_rle_csv(args.rle_csv, args.device, tz)
+    step_s = parse_duration_s(args.step) if args.step else 1.0
+    if step_s <= 0:
+        raise InputError("--step must be positive")
+    table = files_to_table(grad, rle, step_s)
+    meta = {
+        "inputs": {"source": "files", "grad_log": str(args.grad_log), "rle_csv": str(args.rle_csv),
+                   "device": device, "naive_timestamps_tz": args.tz or "UTC"},
+        "step": {"seconds": step_s, "source": "--step" if args.step else "default 1 s"},
+        "queries": [], "notes": [],
+    }
+    return table, meta
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {args.out}: {exc}") from None
+    if args.surrogates < 100:
+        raise InputError("--surrogates must be at least 100")
+    t0 = time.perf_counter()
+    table, meta = from_prometheus(args) if args.prometheus else from_files(args)
+    table = table.trimmed([T.GRAD_NORM, T.LOSS])
+    t_fetch = time.perf_counter() - t0
+    cfg = Settings(max_lag_s=parse_duration_s(args.max_lag), n_surrogates=args.surrogates, spike_z=args.spike_z,
+                   event_window_s=parse_duration_s(args.event_window), alpha=args.alpha, seed=args.seed)
+    t0 = time.perf_counter()
+    results = analyse(table, cfg)
+    t_stats = time.perf_counter() - t0
+    report = {
+        "inputs": meta["inputs"], "window": window(table.start_s, table.step_s, table.n), "step": meta["step"],
+        "queries": meta["queries"], "versions": {**versions(), **meta.get("backend", {})},
+        "notes": [*meta["notes"], *results.pop("notes"), LAG_NOTE],
+        "settings": vars(cfg), "series": series_summary(table.columns), **results,
+    }
+    report["verdict"] = overall(results["pairs"], table.step_s)
+    if results["perturbation"] is None:
+        del report["perturbation"]
+    t0 = time.perf_counter()
+    verdict = report["verdict"]
+    title = f"run {meta['inputs'].get('run_id', args.grad_log)}: verdict {'coupled' if verdict['coupled'] else 'not coupled'} ({verdict['strength']})"
+    coupling_png(table, args.out / "coupling.png", title)
+    crosscorr_png(results["pairs"], args.out / "crosscorr.png")
+    # fetch = reading and aligning the input (HTTP + JSON for Prometheus), statistics = every test
+    report["timing_s"] = {"fetch_align": t_fetch, "statistics": t_stats, "figures": time.perf_counter() - t0}
+    write_report(report, args.out)
+    if not args.quiet:
+        print(summary_text(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InputError as exc:
+        print(f"analysis: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): the files are written already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("analysis: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for the user; THERMOGRAD_DEBUG=1 shows it
+        if os.environ.get("THERMOGRAD_DEBUG"):
+            raise
+        print(f"analysis: internal error: {type(exc).__name__}: {exc} (set THERMOGRAD_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,147 @@
+"""A small Prometheus HTTP API client: works unchanged against Thanos, Mimir or VictoriaMetrics."""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import requests
+
+from analysis.errors import InputError
+
+
+class BackendUnreachable(InputError):
+    """No usable answer after every retry (connection error, timeout or 5xx)."""
+
+MAX_POINTS_PER_SERIES = 11_000  # Prometheus refuses range queries above 11,000 points per series
+
+
+@dataclass
+class PromClient:
+    url: str
+    timeout_s: float = 30.0
+    retries: int = 4
+    backoff_s: float = 0.5
+    bearer_token: str | None = None
+    basic_auth: tuple[str, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    workers: int = 4
+    progress: bool = False
+    queries: list[dict] = field(default_factory=list)  # every PromQL expression sent, for the report
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        self._session = requests.Session()
+        self._session.headers.update(self.headers)
+        if self.bearer_token:
+            self._session.headers["Authorization"] = f"Bearer {self.bearer_token}"
+        if self.basic_auth:
+            self._session.auth = self.basic_auth
+
+    # --- transport -------------------------------------------------------------------------------
+    def _get(self, path: str, params: dict | list | None = None) -> dict:
+        """GET with retries and exponential back-off on connection errors and 5xx."""
+        endpoint = f"{self.url}{path}"
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self._session.get(endpoint, params=params, timeout=self.timeout_s)
+            except requests.RequestException as exc:
+                last_error = f"{type(exc).__name__}: {_first_line(str(exc))}"
+            else:
+                if resp.status_code < 500:
+                    return self._decode(resp, endpoint)
+                last_error = f"HTTP {resp.status_code}: {_first_line(resp.text)}"
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise BackendUnreachable(f"Prometheus at {self.url} unreachable ({path}): {last_error}")
+
+    def _decode(self, resp: requests.Response, endpoint: str) -> dict:
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise InputError(f"{endpoint} answered HTTP {resp.status_code} with non-JSON: "
+                             f"{_first_line(resp.text)!r}") from exc
+        if body.get("status") != "success":
+            raise InputError(f"{endpoint} answered HTTP {resp.status_code}: "
+                             f"{body.get('errorType', 'error')}: {_first_line(str(body.get('error')))}")
+        return body["data"]
+
+    # --- API -------------------------------------------------------------------------------------
+    def scrape_interval_s(self) -> float | None:
+        """global.scrape_interval from /api/v1/status/config (None when the backend hides its config)."""
+        from analysis.timeparse import parse_duration_s
+
+        try:
+            data = self._get("/api/v1/status/config")
+        except BackendUnreachable:
+            raise
+        except InputError:  # e.g. Mimir or VictoriaMetrics do not serve Prometheus's config
+            return None
+        for line in data.get("yaml", "").splitlines():
+            stripped = line.strip()
+            if stripped.startswith("scrape_interval:"):
+                return parse_duration_s(stripped.split(":", 1)[1].strip())
+        return None
+
+    def build_version(self) -> str | None:
+        """The backend's version from /api/v1/status/buildinfo (None where it is not served)."""
+        try:
+            return str(self._get("/api/v1/status/buildinfo").get("version"))
+        except InputError:
+            return None
+
+    def instant(self, expr: str, time_s: float, purpose: str) -> list[dict]:
+        self.queries.append({"purpose": purpose, "type": "instant", "query": expr, "time": time_s})
+        return self._get("/api/v1/query", {"query": expr, "time": f"{time_s:.3f}"})["result"]
+
+    def range_chunks(self, start_s: float, end_s: float, step_s: float) -> list[tuple[float, float]]:
+        """Chunks on the same grid start + k*step, each at most MAX_POINTS_PER_SERIES points."""
+        n_points = int(np.floor((end_s - start_s) / step_s + 1e-9)) + 1
+        per = MAX_POINTS_PER_SERIES
+        return [(start_s + i * step_s, start_s + min(i + per, n_points) * step_s - step_s)
+                for i in range(0, n_points, per)]
+
+    def query_range(self, exprs: dict[str, str], start_s: float, end_s: float,
+                    step_s: float) -> dict[str, list[dict]]:
+        """Every expression over the same start/end/step, chunked, in parallel; results merged per name."""
+        chunks = self.range_chunks(start_s, end_s, step_s)
+        for name, expr in exprs.items():
+            self.queries.append({"purpose": name, "type": "range", "query": expr, "start": start_s,
+                                 "end": end_s, "step": step_s, "chunks": len(chunks)})
+        jobs = [(name, expr, lo, hi) for name, expr in exprs.items() for lo, hi in chunks]
+        done = 0
+
+        def fetch(job: tuple[str, str, float, float]) -> list[dict]:
+            _, expr, lo, hi = job
+            return self._get("/api/v1/query_range",
+                             {"query": expr, "start": f"{lo:.3f}", "end": f"{hi:.3f}", "step": f"{step_s:g}"})["result"]
+
+        merged: dict[str, list[dict]] = {name: [] for name in exprs}
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for job, result in zip(jobs, pool.map(fetch, jobs), strict=True):
+                merged[job[0]].extend(result)
+                done += 1
+                if self.progress:
+                    print(f"\rfetching: {done}/{len(jobs)} chunks", end="", file=sys.stderr, flush=True)
+        if self.progress:
+            print(file=sys.stderr)
+        return merged
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def matrix_to_arrays(results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the 'values' of query_range results (one series, possibly several chunks)."""
+    parts = [r["values"] for r in results if r.get("values")]
+    if not parts:
+        return np.empty(0), np.empty(0)
+    t_s = np.concatenate([np.fromiter((v[0] for v in part), float, len(part)) for part in parts])
+    vals = np.concatenate([np.array([v[1] for v in part], dtype=float) for part in parts])
+    return t_s, vals

@@ -1,0 +1,1 @@
+"""Pure numpy/scipy statistics for the coupling analysis (no I/O)."""

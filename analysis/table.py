@@ -1,0 +1,49 @@
+"""The aligned table every analysis step works on: one time grid, one float column per series."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Column names the pipeline understands. Pair names in the report are the first six.
+GRAD_NORM = "grad_norm"
+LOSS = "loss"
+RLE = "rle"
+TEMPERATURE = "temperature"
+POWER = "power"
+A_LOAD = "a_load"
+GRAD_NORM_LAST = "grad_norm_last"
+COLLAPSED = "collapsed"
+PERTURBATION = "perturbation"
+
+
+@dataclass
+class Table:
+    """Columns share the grid t_unix_s = start_s + k * step_s; NaN marks a gap (never filled)."""
+
+    start_s: float
+    step_s: float
+    n: int
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def t_unix_s(self) -> np.ndarray:
+        return self.start_s + self.step_s * np.arange(self.n)
+
+    def has(self, name: str) -> bool:
+        col = self.columns.get(name)
+        return col is not None and bool(np.isfinite(col).any())
+
+    def trimmed(self, names: list[str]) -> Table:
+        """Drop leading/trailing rows where none of `names` has data (a run's window is often padded)."""
+        present = np.zeros(self.n, dtype=bool)
+        for name in names:
+            if name in self.columns:
+                present |= np.isfinite(self.columns[name])
+        idx = np.flatnonzero(present)
+        if idx.size == 0:
+            return self
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        cols = {k: v[lo:hi] for k, v in self.columns.items()}
+        return Table(self.start_s + lo * self.step_s, self.step_s, hi - lo, cols)

@@ -1,0 +1,118 @@
+"""End to end against a real Prometheus: backfilled series with planted couplings, real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from analysis.backfill import create_blocks, device_series, serve_prometheus, train_series, write_openmetrics
+from analysis.synthetic import COLLAPSE_DELAY_S, POWER_LAG_S, planted_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+WORLD_S = 3600
+RUNS = {  # run_id: (first second, last second + 1, gpu_uuid, with loss)
+    "r2-noloss": (0, 300, "sim-0", False),
+    "r0-cpu": (400, 1000, "", True),  # empty gpu_uuid: the analysis falls back to the only GPU
+    "r1": (1200, 3000, "sim-0", True),  # the most recent run
+}
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("prom")
+    base = int(time.time()) // 60 * 60 - 2 * 86400  # backfill must be older than the head block
+    world = planted_run(WORLD_S, seed=7)
+    decoy = planted_run(WORLD_S, seed=8)
+    series = device_series(world, base, "sim-0", "0") + device_series(decoy, base, "cpu-host", "cpu", kind="cpu")
+    for run_id, (lo, hi, gpu_uuid, with_loss) in RUNS.items():
+        cols = {k: v[lo:hi] for k, v in world.items()}
+        series += train_series(cols, base + lo, run_id, gpu_uuid, with_loss=with_loss)
+    write_openmetrics(series, tmp / "series.om")
+    create_blocks(tmp / "series.om", tmp / "tsdb")
+    with serve_prometheus(tmp / "tsdb", free_port()) as url:
+        yield {"url": url, "base": base}
+
+
+def analysis(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=180)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_recovers_planted_couplings(prometheus, tmp_path):
+    out = tmp_path / "out"
+    proc = analysis("--prometheus", prometheus["url"], "--out", str(out), "--header", "X-Scope-OrgID: t1",
+                    "--bearer-token", "secret")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in report"))
+    base = prometheus["base"]
+    assert report["inputs"]["run_id"] == "r1"  # the most recent run by train_run_start_time_seconds
+    assert report["inputs"]["device"]["uuid"] == "sim-0"  # the gpu_uuid join, not the cpu decoy
+    assert report["inputs"]["auth"] == "bearer" and report["inputs"]["extra_headers"] == ["X-Scope-OrgID"]
+    assert report["step"]["seconds"] == 1.0 and "scrape_interval" in report["step"]["source"]
+    assert abs(report["window"]["start_unix"] - (base + 1200)) <= 2
+    assert abs(report["window"]["end_unix"] - (base + 2999)) <= 2
+    pairs = {p["y"] if p["x"] == "grad_norm" else "loss~rle": p for p in report["pairs"]}
+    power = pairs["power"]
+    assert power["coupled"] and power["strength"] == "strong"
+    assert power["lag"]["peak_lag_s"] == POWER_LAG_S and power["lag"]["peak_r"] > 0.7
+    temp = pairs["temperature"]  # shared trend only: the naive number claims coupling, the verdict does not
+    assert abs(temp["naive"]["pearson_r"]) > 0.3 and temp["naive"]["p"] < 1e-10
+    assert temp["coupled"] is False and temp["strength"] == "none"
+    # RLE dips 2 s after each one-step spike; differencing turns a spike into an up/down pair one step
+    # apart, so the CCF of the differences peaks within one step of the delay (events time it exactly)
+    assert pairs["rle"]["coupled"] and abs(pairs["rle"]["lag"]["peak_lag_s"] - COLLAPSE_DELAY_S) <= 1
+    assert report["events"]["trigger"]["p_adjusted"] < 0.05 and report["events"]["precursor"]["rate"] > 0.9
+    assert report["perturbation"]["metrics"]["power"]["p_adjusted"] < 0.05
+    assert report["verdict"]["coupled"] is True and report["verdict"]["strength"] == "strong"
+    ranges = [q for q in report["queries"] if q["type"] == "range" and q["purpose"] != "runs"]
+    assert len({(q["start"], q["end"], q["step"]) for q in ranges}) == 1  # one clock
+    assert any('rle_power_watts{uuid="sim-0"}' in q["query"] for q in ranges)
+    assert any("irate(train_step_grad_norm_sum" in q["query"] for q in ranges)
+    assert any(q["purpose"] == "device by gpu_uuid join" for q in report["queries"])
+    assert any("resolved to the step" in n for n in report["notes"])
+    assert report["versions"]["backend"].startswith("2.")  # the real Prometheus answered buildinfo
+    assert "would have claimed a moderate coupling" in proc.stdout
+    assert (out / "coupling.png").stat().st_size > 10_000 and (out / "crosscorr.png").stat().st_size > 10_000
+
+
+def test_empty_gpu_uuid_falls_back_to_the_only_gpu(prometheus, tmp_path):
+    proc = analysis("--prometheus", prometheus["url"], "--run", "r0-cpu", "--out", str(tmp_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["inputs"]["device"]["uuid"] == "sim-0"
+    assert any("only GPU" in n for n in report["notes"])
+    assert proc.stdout == ""
+
+
+def test_unknown_run_lists_runs(prometheus, tmp_path):
+    err = one_line_error(analysis("--prometheus", prometheus["url"], "--run", "nope", "--out", str(tmp_path)))
+    assert "run 'nope' not found" in err and all(r in err for r in RUNS)
+
+
+def test_missing_series_named_with_promql(prometheus, tmp_path):
+    err = one_line_error(analysis("--prometheus", prometheus["url"], "--run", "r2-noloss", "--out", str(tmp_path)))
+    assert "series loss missing" in err and 'train_loss{run_id="r2-noloss"' in err
+
+
+def test_unknown_device(prometheus, tmp_path):
+    err = one_line_error(analysis("--prometheus", prometheus["url"], "--device", "GPU-x", "--out", str(tmp_path)))
+    assert "device 'GPU-x' not found" in err
+
+
+def test_unreachable_prometheus(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    err = one_line_error(analysis("--prometheus", url, "--retries", "1", "--out", str(tmp_path / "o")))
+    assert url in err and "unreachable" in err and "ConnectionError" in err
+    assert not (Path(tmp_path) / "o" / "report.json").exists()

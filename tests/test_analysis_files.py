@@ -1,0 +1,164 @@
+"""Offline mode: the seed's JSON, the trainer's JSON Lines, RLE-lab CSVs, time zones, bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.errors import InputError
+from analysis.load_files import load_grad_log, load_rle_csv
+from analysis.timeparse import get_tz
+
+CSV_HEADER = ("timestamp,device,rle_smoothed,rle_raw,rle_norm,E_th,E_pw,temp_c,vram_temp_c,power_w,util_pct,"
+              "a_load,t_sustain_s,fan_pct,rolling_peak,collapse,alerts,cpu_freq_ghz,cycles_per_joule")
+T0 = datetime(2025, 10, 28, 8, 0, 0, tzinfo=UTC)
+PAIR_NAMES = {"grad_norm", "loss", "rle", "temperature", "power", "a_load"}
+
+
+def write_csv(path: Path, n: int, seed: int = 0, start: datetime = T0) -> Path:
+    """An RLE-lab style CSV with a gpu and a cpu row per second; the GPU warms up (a shared trend)."""
+    rng = np.random.default_rng(seed)
+    lines = [CSV_HEADER]
+    temp = 50 + 25 * (1 - np.exp(-np.arange(n) / 400)) + np.cumsum(rng.normal(0, 0.1, n))
+    for i in range(n):
+        stamp = (start + timedelta(seconds=i, microseconds=408689)).isoformat().replace("+00:00", "Z")
+        power = 150 + rng.normal(0, 5)
+        collapse = int(i % 300 in (100, 101))
+        lines.append(f"{stamp},gpu,{0.5 + rng.normal(0, 0.05):.6f},0.1,0.1,0.1,0.6,{temp[i]:.2f},,{power:.2f},60,"
+                     f"{power / 200:.3f},600.0,76,0.17,{collapse},")
+        lines.append(f"{stamp},cpu,{0.3 + rng.normal(0, 0.05):.6f},0.2,0.2,0.2,1.0,,,{20 + rng.normal(0, 1):.2f},"
+                     "13.1,0.131,600.0,,0.54,0,,2.496,1.5e+08")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def seed_log(n_steps: int, start: datetime = T0, seconds_per_step: float = 0.7, naive: bool = True,
+             seed: int = 1) -> list[dict]:
+    """The seed's grad_norm_log.json: naive ISO timestamps, a decaying grad norm."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_steps):
+        stamp = start + timedelta(seconds=5 + i * seconds_per_step)
+        out.append({"step": i + 1, "loss": 6 * np.exp(-i / 800) + 0.1 * rng.standard_normal(),
+                    "grad_norm": 40 * np.exp(-i / 500) + 2 * rng.standard_normal(), "learning_rate": 5e-05,
+                    "epoch": i / 200, "timestamp": (stamp.replace(tzinfo=None) if naive else stamp).isoformat()})
+    return out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=120)
+
+
+def strict_json(path: Path) -> dict:
+    def reject(value: str) -> None:
+        raise AssertionError(f"non-JSON constant {value} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+@pytest.mark.slow
+def test_offline_seed_json_end_to_end(tmp_path):
+    csv = write_csv(tmp_path / "rle.csv", 1500)
+    log = tmp_path / "grad_norm_log.json"
+    log.write_text(json.dumps(seed_log(2000)))
+    out = tmp_path / "out"
+    proc = run_cli("--grad-log", str(log), "--rle-csv", str(csv), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = strict_json(out / "report.json")
+    assert {p["x"] for p in report["pairs"]} | {p["y"] for p in report["pairs"]} == PAIR_NAMES
+    for pair in report["pairs"]:
+        assert set(pair) >= {"x", "y", "naive", "primary", "lag", "coupled", "strength"}
+        assert set(pair["naive"]) >= {"pearson_r", "p", "n"}
+        assert set(pair["primary"]) >= {"r", "ci", "p", "p_adjusted", "n", "n_eff", "method"}
+        assert set(pair["lag"]) >= {"peak_lag_s", "peak_r", "p"}
+    assert set(report) >= {"inputs", "window", "step", "queries", "versions", "events", "granger", "verdict"}
+    assert report["inputs"]["device"] == "gpu" and report["step"]["seconds"] == 1.0
+    temp = next(p for p in report["pairs"] if p["y"] == "temperature")
+    # shared trend: the naive r is large and "significant", the honest test is not
+    assert abs(temp["naive"]["pearson_r"]) > 0.5 and temp["naive"]["p"] < 1e-10
+    assert temp["coupled"] is False and abs(temp["primary"]["r"]) < 0.15
+    assert report["events"]["n_collapses"] == 5  # onsets at 100, 400, 700, 1000, 1300 s
+    assert "would have claimed" in proc.stdout
+    for png in ("coupling.png", "crosscorr.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+def test_naive_iso_is_utc_unless_tz(tmp_path):
+    csv = write_csv(tmp_path / "rle.csv", 200)
+    log = tmp_path / "log.json"
+    # local Berlin wall-clock times (UTC+1 in late October): 09:00 local = 08:00 UTC
+    log.write_text(json.dumps(seed_log(200, start=T0 + timedelta(hours=1))))
+    proc = run_cli("--grad-log", str(log), "--rle-csv", str(csv), "--out", str(tmp_path / "a"))
+    assert proc.returncode == 2
+    assert "do not overlap" in proc.stderr and proc.stderr.count("\n") == 1
+    assert "2025-10-28T09:00:05" in proc.stderr and "2025-10-28T08:00:00" in proc.stderr
+    grad = load_grad_log(log, get_tz("Europe/Berlin"))
+    assert grad.range_s[0] == pytest.approx(T0.timestamp() + 5)
+
+
+def test_time_unix_preferred_and_offsets_honoured(tmp_path):
+    log = tmp_path / "train.jsonl"
+    records = [
+        {"step": 1, "loss": 2.0, "grad_norm": 1.0, "timestamp": "1999-01-01T00:00:00", "time_unix": 1761638400.5},
+        {"step": 2, "loss": 2.0, "grad_norm": 1.5, "timestamp": "2025-10-28T09:00:01+01:00"},
+        {"event": "run_end"},
+        {"step": 3, "loss": 1.9, "grad_norm": 1.2, "timestamp": "2025-10-28T08:00:02", "perturbation": True},
+        {"step": 4, "loss": None, "grad_norm": None, "nonfinite": True, "time_unix": 1761638403.0},  # skipped step
+    ]
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    grad = load_grad_log(log, get_tz(None))
+    assert grad.t_s.tolist() == [1761638400.5, 1761638401.0, 1761638402.0, 1761638403.0]
+    assert grad.columns["perturbation"][2] == 1.0
+    assert np.isnan(grad.columns["grad_norm"][3])  # a gap, not an error and not a zero
+
+
+def test_csv_device_choice_and_unknown_device(tmp_path):
+    csv = write_csv(tmp_path / "rle.csv", 30)
+    cpu, device = load_rle_csv(csv, "cpu", get_tz(None))
+    assert device == "cpu" and cpu.t_s.size == 30 and np.isnan(cpu.columns["temperature"]).all()
+    gpu, device = load_rle_csv(csv, None, get_tz(None))
+    assert device == "gpu" and np.isfinite(gpu.columns["temperature"]).all()
+    with pytest.raises(InputError, match="devices: cpu, gpu"):
+        load_rle_csv(csv, "npu", get_tz(None))
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ('{"step": 1, "grad_norm": 1.0, "time_unix": 5}\n{"step": 2, "grad_norm": \n', r"log\.jsonl:2: invalid JSON"),
+    ('{"step": 1, "grad_norm": "big", "time_unix": 5}\n', r"log\.jsonl:1: field 'grad_norm' is not a number"),
+    ('{"step": 1, "loss": 2.0, "time_unix": 5}\n', r"log\.jsonl:1: field 'grad_norm' missing"),
+    ('{"step": 1, "grad_norm": 1.0, "timestamp": "yesterday"}\n', r"log\.jsonl:1: timestamp 'yesterday'"),
+])
+def test_malformed_grad_log_names_file_line_problem(tmp_path, content, expected):
+    log = tmp_path / "log.jsonl"
+    log.write_text(content)
+    with pytest.raises(InputError, match=expected):
+        load_grad_log(log, get_tz(None))
+
+
+def test_malformed_csv_names_file_line_problem(tmp_path):
+    csv = write_csv(tmp_path / "rle.csv", 5)
+    lines = csv.read_text().splitlines()
+    lines[3] = lines[3].replace(",gpu,", ",gpu,abc", 1)  # file line 4
+    csv.write_text("\n".join(lines) + "\n")
+    proc = run_cli("--grad-log", str(tmp_path / "missing.json"), "--rle-csv", str(csv), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "missing.json: cannot read" in proc.stderr
+    with pytest.raises(InputError, match=r"rle\.csv:4: field 'rle_smoothed' is not a number"):
+        load_rle_csv(csv, "gpu", get_tz(None))
+    (tmp_path / "bad.csv").write_text("time,device\n1,gpu\n")
+    with pytest.raises(InputError, match=r"bad\.csv:1: missing column\(s\) timestamp, rle_smoothed"):
+        load_rle_csv(tmp_path / "bad.csv", None, get_tz(None))
+
+
+def test_reference_trace_loads_both_devices(rle_lab_csv):
+    gpu, _ = load_rle_csv(rle_lab_csv, "gpu", get_tz(None))
+    cpu, _ = load_rle_csv(rle_lab_csv, "cpu", get_tz(None))
+    assert 2100 < gpu.t_s.size < 2200 and gpu.t_s.size == cpu.t_s.size
+    assert np.all(np.diff(gpu.t_s) > 0)
+    assert np.isfinite(gpu.columns["temperature"]).mean() > 0.99
+    assert gpu.range_s[0] == pytest.approx(datetime(2025, 10, 28, 8, 0, 0, 408689, tzinfo=UTC).timestamp())

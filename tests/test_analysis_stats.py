@@ -1,0 +1,177 @@
+"""Validation of the statistics: calibration under the null, power, events, degenerate input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.signal import lfilter
+
+from analysis.pipeline import Settings, analyse, analyse_pair
+from analysis.report import clean
+from analysis.stats import correlation, events, lagged
+from analysis.stats.multiple import holm
+from analysis.stats.series import INSUFFICIENT, first_difference
+from analysis.table import Table
+
+
+def ar1(rng: np.random.Generator, shape: tuple[int, ...], phi: float) -> np.ndarray:
+    return lfilter([1.0], [1.0, -phi], rng.standard_normal(shape), axis=-1)
+
+
+def rejection_rates(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    primary = np.mean([correlation.primary(a, b)["p"] < alpha for a, b in zip(x, y, strict=True)])
+    naive = np.mean([correlation.naive(a, b)["p"] < alpha for a, b in zip(x, y, strict=True)])
+    return float(primary), float(naive)
+
+
+N, PAIRS = 600, 2000
+
+
+def test_null_calibration_independent_ar1():
+    rng = np.random.default_rng(11)
+    x, y = ar1(rng, (PAIRS, N), 0.9), ar1(rng, (PAIRS, N), 0.9)
+    primary, naive = rejection_rates(x, y)
+    # 2000 pairs: the binomial standard error at 5 % is 0.5 %, so 0.07 is 4 SE above nominal.
+    assert primary <= 0.07, primary
+    assert naive >= 0.3, naive  # the textbook p-value on autocorrelated levels is far off
+
+
+def test_null_calibration_independent_linear_trends():
+    rng = np.random.default_rng(12)
+    t = np.arange(N) / N
+    x = rng.uniform(-5, 5, (PAIRS, 1)) * t + ar1(rng, (PAIRS, N), 0.5)
+    y = rng.uniform(-5, 5, (PAIRS, 1)) * t + rng.standard_normal((PAIRS, N))
+    primary, naive = rejection_rates(x, y)
+    assert primary <= 0.07, primary
+    assert naive >= 0.5, naive
+
+
+@pytest.mark.slow
+def test_lagged_max_over_lags_null_calibration():
+    rng = np.random.default_rng(13)
+    x, y = ar1(rng, (200, N), 0.9), ar1(rng, (200, N), 0.9)
+    hits = [lagged.lagged_test(first_difference(a), first_difference(b), 30, 1000, rng)["p"] < 0.05
+            for a, b in zip(x, y, strict=True)]
+    assert np.mean(hits) <= 0.09  # 200 pairs: P(> 9 %) under a true 5 % is about 1 %
+
+
+@pytest.mark.parametrize("lag_steps", [4, -6])
+def test_power_lagged_coupling_found_with_lag_and_sign(lag_steps):
+    rng = np.random.default_rng(20 + lag_steps)
+    k = abs(lag_steps)
+    detected, right_lag = 0, 0
+    cases = 60
+    for _ in range(cases):
+        x = ar1(rng, (N + k,), 0.9)
+        noise = ar1(rng, (N,), 0.9)
+        a = 0.3
+        follower = a * x[:N] / x.std() + np.sqrt(1 - a * a) * noise / noise.std()  # corr ~0.3 at the lag
+        leader = x[k:]  # follower[t] = a * leader[t - k] + noise
+        x_, y_ = (leader, follower) if lag_steps > 0 else (follower, leader)
+        pair = analyse_pair(x_, y_, ("x", "y"), 1.0, Settings(), rng)
+        tests = [pair["primary"], pair["lag"]]
+        adjusted = holm([t["p"] for t in tests])
+        detected += min(adjusted) < 0.05
+        right_lag += pair["lag"]["peak_lag_s"] == lag_steps and pair["lag"]["peak_r"] > 0
+    assert detected / cases >= 0.8
+    assert right_lag / cases >= 0.8
+
+
+def test_events_planted_collapses_found_independent_not():
+    rng = np.random.default_rng(5)
+    n = 3600
+    significant_independent = 0
+    for trial in range(10):
+        grad = ar1(rng, (n,), 0.6)
+        spikes = rng.choice(np.arange(20, n - 20), size=25, replace=False)
+        grad[spikes] += 8.0
+        planted = np.zeros(n)
+        planted[spikes + 2] = 1
+        planted[spikes + 3] = 1
+        res = events.spikes_vs_collapses(grad, planted, 3.0, 5, 1000, rng)
+        # z > 3 also flags a few noise steps (not followed by collapses), so the trigger rate is < 1
+        assert res["trigger_p"] < 0.01 and res["trigger_rate"] >= 0.7
+        assert res["precursor_p"] < 0.01 and res["precursor_rate"] >= 0.9
+        independent = np.zeros(n)
+        starts = rng.choice(np.arange(n - 5), size=25, replace=False)
+        independent[starts] = 1
+        res = events.spikes_vs_collapses(grad, independent, 3.0, 5, 1000, rng)
+        significant_independent += (res["trigger_p"] < 0.05) or (res["precursor_p"] < 0.05)
+        del trial
+    assert significant_independent <= 2
+
+
+def test_effective_n_shrinks_for_autocorrelated_levels():
+    rng = np.random.default_rng(3)
+    x, y = ar1(rng, (5000,), 0.95), ar1(rng, (5000,), 0.95)
+    n_eff = correlation.effective_n(x, y)
+    # Bretherton's AR(1) value n (1 - phi^2) / (1 + phi^2) is about 128 here.
+    assert 50 < n_eff < 400
+    white = correlation.effective_n(rng.standard_normal(5000), rng.standard_normal(5000))
+    assert white > 4000
+
+
+def test_holm_matches_definition():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+
+
+def _table(cols: dict[str, np.ndarray]) -> Table:
+    n = next(iter(cols.values())).size
+    return Table(1_700_000_000.0, 1.0, n, cols)
+
+
+def _assert_json_clean(result: dict) -> None:
+    json.dumps(clean(result), allow_nan=False)  # raises on any NaN/inf
+
+
+def test_short_series_is_insufficient_data_not_nan():
+    rng = np.random.default_rng(1)
+    cols = {name: rng.standard_normal(20) for name in ("grad_norm", "loss", "rle", "temperature", "power", "a_load")}
+    result = analyse(_table(cols), Settings(n_surrogates=200))
+    assert all(p["strength"] == INSUFFICIENT and p["coupled"] is False for p in result["pairs"])
+    _assert_json_clean(result)
+
+
+def test_constant_and_absent_series_are_insufficient_data():
+    rng = np.random.default_rng(2)
+    n = 900
+    cols = {"grad_norm": ar1(rng, (n,), 0.5), "loss": ar1(rng, (n,), 0.5), "rle": np.full(n, 0.4),
+            "temperature": np.full(n, np.nan), "power": ar1(rng, (n,), 0.5), "a_load": ar1(rng, (n,), 0.5),
+            "collapsed": np.zeros(n), "perturbation": np.zeros(n)}
+    result = analyse(_table(cols), Settings(n_surrogates=200))
+    by_y = {(p["x"], p["y"]): p for p in result["pairs"]}
+    assert by_y[("grad_norm", "rle")]["strength"] == INSUFFICIENT
+    assert by_y[("grad_norm", "temperature")]["strength"] == INSUFFICIENT
+    assert by_y[("grad_norm", "power")]["strength"] in ("none", "weak", "moderate", "strong")
+    assert result["events"]["status"] == INSUFFICIENT
+    assert result["perturbation"] is None
+    _assert_json_clean(result)
+
+
+def test_granger_matches_statsmodels_and_finds_the_direction():
+    import warnings
+
+    from statsmodels.tsa.api import VAR
+    from statsmodels.tsa.stattools import grangercausalitytests
+
+    from analysis.stats import granger
+
+    rng = np.random.default_rng(9)
+    n = 3000
+    x = rng.standard_normal(n)
+    y = np.zeros(n)
+    for t in range(2, n):  # y depends on x two steps back: x Granger-causes y, not the reverse
+        y[t] = 0.3 * y[t - 1] + 0.4 * x[t - 2] + rng.standard_normal()
+    data = np.column_stack([x, y])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert granger.aic_order(data, 8) == VAR(data).select_order(maxlags=8).aic
+        reference = grangercausalitytests(data[:, [1, 0]], [3])[3][0]["ssr_ftest"]  # does x cause y?
+    mine = granger.f_test(data, 3, caused=1)
+    assert mine["F"] == pytest.approx(reference[0], rel=1e-6) and mine["p"] == pytest.approx(reference[1], abs=1e-12)
+    res = granger.granger_both_ways(np.cumsum(x), np.cumsum(y), 8)  # levels in, differences inside
+    assert res["x_to_y"]["p"] < 1e-6 and res["y_to_x"]["p"] > 0.01
