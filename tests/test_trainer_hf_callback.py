@@ -1,0 +1,70 @@
+"""PrometheusCallback inside a real transformers.Trainer (model from a config, in-memory data, offline)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from test_trainer_helpers import read_jsonl, sample, scrape
+
+from trainer import TrainingMetrics
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+pytest.importorskip("accelerate")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("accumulation", "max_grad_norm"), [(2, 0.05), (1, 0.0)])
+def test_callback_publishes_every_optimizer_step_with_the_pre_clip_norm(
+    tmp_path, monkeypatch, accumulation, max_grad_norm
+):
+    from trainer import PrometheusCallback
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core box: avoid OpenMP spin contention (see test_trainer_job)
+    monkeypatch.delenv("RANK", raising=False)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_embd=32, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    generator = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (48, 16), generator=generator).tolist()]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation, logging_steps=3, learning_rate=1e-3, warmup_steps=2,
+        max_grad_norm=max_grad_norm, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )
+    metrics = TrainingMetrics(port=0, run_id="hf", log_dir=tmp_path / "log")
+    banner = io.StringIO()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                   callbacks=[PrometheusCallback(metrics, stream=banner)])
+    try:
+        trainer.train()
+        final = scrape(metrics.url)
+    finally:
+        metrics.close()
+        torch.set_num_threads(threads)
+    assert "EVERY optimizer step" in banner.getvalue() and "logging_steps=3" in banner.getvalue()
+
+    records = read_jsonl(tmp_path / "log" / "steps.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # every step, not every logging_steps
+    assert sample(final, "train_steps_total", run_id="hf", rank="0") == 6
+    assert sample(final, "train_step_grad_norm_count") == 6
+    assert sample(final, "train_tokens_total") == 6 * accumulation * 4 * 16
+    if max_grad_norm:
+        # Clipping at 0.05 scaled every step's gradients down; we still publish the norm BEFORE clipping.
+        assert all(r["grad_norm"] > max_grad_norm for r in records)
+    assert sample(final, "train_clipped_steps_total") == (6 if max_grad_norm else 0)
+
+    logged = [h for h in trainer.state.log_history if "grad_norm" in h]
+    assert [h["step"] for h in logged] == [3, 6]
+    for entry in logged:  # Trainer's own numbers at the steps it logs agree with ours
+        ours = records[entry["step"] - 1]
+        assert ours["grad_norm"] == pytest.approx(entry["grad_norm"], rel=1e-5)
+        assert ours["learning_rate"] == pytest.approx(entry["learning_rate"], rel=1e-9)
+        window = records[entry["step"] - 3 : entry["step"]]
+        assert sum(r["loss"] for r in window) / 3 == pytest.approx(entry["loss"], rel=1e-4)
+    assert records[-1]["epoch"] == pytest.approx(trainer.state.epoch)
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"

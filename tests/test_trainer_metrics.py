@@ -1,0 +1,173 @@
+"""TrainingMetrics (no torch needed): exposition, labels, histograms, logs, port errors, GPU UUID lookup."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+from datetime import datetime
+
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from test_trainer_helpers import sample, scrape
+
+from trainer import TrainingMetrics
+from trainer.identity import detect_gpu_uuid
+from trainer.metrics import GRAD_NORM_BUCKETS, MetricsPortError
+
+
+def _trainer_names_in_docs(repo_root) -> set[str]:
+    text = (repo_root / "docs" / "metrics.md").read_text()
+    section = text.split("## Trainer", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(train_[a-z_]+)` \|", section, flags=re.M))
+
+
+def _exposed_base_names(metrics: TrainingMetrics) -> set[str]:
+    names = set()
+    for family in metrics.registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        names.add(name)
+    return names
+
+
+def test_every_documented_trainer_metric_is_exposed_with_run_id_and_rank(repo_root, monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    metrics = TrainingMetrics(start=False, model="m", device="cpu")
+    metrics.observe_step(1, 2.5, 0.7, 1e-3, tokens=128, epoch=0.01)
+    assert _exposed_base_names(metrics) == _trainer_names_in_docs(repo_root)
+    for family in metrics.registry.collect():
+        for s in family.samples:
+            assert s.labels["run_id"] == metrics.run_id and s.labels["rank"] == "3", s
+    assert metrics.rank == 3 and metrics.run_id  # generated
+    metrics.close()
+
+
+def test_values_histograms_and_counters(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    metrics = TrainingMetrics(start=False, run_id="r1", max_grad_norm=1.0, gpu_uuid="sim-0", device="cuda:0")
+    norms = [0.5, 2.0, math.nan, 3e-5, 5e4]
+    for step, norm in enumerate(norms, start=1):
+        metrics.observe_step(step, 1.0 / step, norm, 1e-3 * step, tokens=10, epoch=step / 10,
+                             perturbation=step == 2)
+    text = generate_latest(metrics.registry).decode()
+    s = {(x.name, frozenset(x.labels.items())): x.value for f in text_string_to_metric_families(text) for x in f.samples}
+    assert sample(s, "train_step") == 5 and sample(s, "train_steps_total") == 5
+    assert sample(s, "train_loss") == pytest.approx(0.2) and sample(s, "train_grad_norm") == 5e4
+    assert sample(s, "train_learning_rate") == pytest.approx(5e-3) and sample(s, "train_epoch") == 0.5
+    assert sample(s, "train_tokens_total") == 50
+    assert sample(s, "train_clipped_steps_total") == 2  # 2.0 and 5e4 exceed 1.0; NaN is not "clipped"
+    assert sample(s, "train_nonfinite_steps_total") == 1
+    assert sample(s, "train_perturbation_active") == 0
+    assert sample(s, "train_run_info", gpu_uuid="sim-0", device="cuda:0", rank="0") == 1
+    # Finite norms only; the buckets bracket them (below 1e-4 and above 1e4 land in the end buckets).
+    assert sample(s, "train_step_grad_norm_count") == 4
+    assert sample(s, "train_step_grad_norm_sum") == pytest.approx(0.5 + 2.0 + 3e-5 + 5e4)
+    assert sample(s, "train_step_grad_norm_bucket", le="0.0001") == 1
+    assert sample(s, "train_step_grad_norm_bucket", le="10000.0") == 3
+    assert sample(s, "train_step_grad_norm_bucket", le="+Inf") == 4
+    assert sample(s, "train_step_duration_seconds_count") == 4  # first step has no predecessor
+    metrics.close()
+
+
+def test_grad_norm_buckets_are_exponential_over_eight_decades():
+    assert GRAD_NORM_BUCKETS[0] == pytest.approx(1e-4) and GRAD_NORM_BUCKETS[-1] == pytest.approx(1e4)
+    ratios = [b / a for a, b in zip(GRAD_NORM_BUCKETS, GRAD_NORM_BUCKETS[1:], strict=False)]
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-5)
+
+
+def test_own_registry_and_http_serving(tmp_path):
+    before = {f.name for f in REGISTRY.collect()}
+    with TrainingMetrics(port=0, run_id="a") as first, TrainingMetrics(port=0, run_id="b") as second:
+        first.observe_step(7, 1.5, 0.25, 1e-4)
+        assert sample(scrape(first.url), "train_grad_norm", run_id="a") == 0.25
+        assert math.isnan(sample(scrape(second.url), "train_grad_norm", run_id="b"))
+    assert {f.name for f in REGISTRY.collect()} == before
+    assert not any(name.startswith("train_") for name in before)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(MetricsPortError, match=f"127.0.0.1:{port}"):
+            TrainingMetrics(port=port, log_dir=tmp_path / "log")
+    assert not (tmp_path / "log" / "steps.jsonl").exists()
+
+
+def test_jsonl_log_and_grad_norm_log_json(tmp_path):
+    metrics = TrainingMetrics(start=False, run_id="log", log_dir=tmp_path)
+    metrics.observe_step(1, 3.0, 1.25, 1e-3, epoch=0.5)
+    metrics.observe_step(2, math.inf, math.nan, 1e-3, epoch=1.0, perturbation=True)
+    metrics.close()
+    metrics.close()  # idempotent
+    lines = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert json.loads((tmp_path / "grad_norm_log.json").read_text()) == lines
+    first, second = lines
+    for key in ("step", "loss", "grad_norm", "learning_rate", "epoch", "timestamp", "time_unix"):
+        assert key in first
+    assert (first["step"], first["loss"], first["grad_norm"], first["epoch"]) == (1, 3.0, 1.25, 0.5)
+    stamp = datetime.fromisoformat(first["timestamp"])
+    assert stamp.utcoffset().total_seconds() == 0 and first["timestamp"].endswith("+00:00")
+    assert stamp.timestamp() == pytest.approx(first["time_unix"], abs=1e-6)
+    assert second["loss"] is None and second["grad_norm"] is None and second["nonfinite"] is True
+    assert second["perturbation"] is True
+    with pytest.raises(FileExistsError):  # a second run never overwrites the first one's log
+        TrainingMetrics(start=False, log_dir=tmp_path)
+
+
+class _FakeNvml:
+    """The pynvml functions detect_gpu_uuid calls, with NVML's own error class."""
+
+    def __init__(self, pynvml, uuids, fail_init=False):
+        self.pynvml, self.uuids, self.fail_init, self.shutdowns = pynvml, uuids, fail_init, 0
+
+    def install(self, monkeypatch):
+        p = self.pynvml
+
+        def init():
+            if self.fail_init:
+                raise p.NVMLError(p.NVML_ERROR_DRIVER_NOT_LOADED)
+
+        def handle(index):
+            if index >= len(self.uuids):
+                raise p.NVMLError(p.NVML_ERROR_INVALID_ARGUMENT)
+            return index
+
+        def shutdown():
+            self.shutdowns += 1
+
+        monkeypatch.setattr(p, "nvmlInit", init)
+        monkeypatch.setattr(p, "nvmlDeviceGetHandleByIndex", handle)
+        monkeypatch.setattr(p, "nvmlDeviceGetUUID", lambda h: self.uuids[h])
+        monkeypatch.setattr(p, "nvmlShutdown", shutdown)
+
+
+def test_gpu_uuid_from_nvml_through_cuda_visible_devices(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+    fake = _FakeNvml(pynvml, ["GPU-aaa", "GPU-bbb", "GPU-ccc"])
+    fake.install(monkeypatch)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert detect_gpu_uuid("cpu") == ""
+    assert detect_gpu_uuid("cuda:1") == "GPU-bbb"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    assert detect_gpu_uuid("cuda:0") == "GPU-ccc"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert detect_gpu_uuid("cuda") == "GPU-aaa"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-zzz")
+    assert detect_gpu_uuid("cuda:0") == "GPU-zzz"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    assert detect_gpu_uuid("cuda:0") == ""  # NVML_ERROR_INVALID_ARGUMENT → unknown, not a crash
+    assert fake.shutdowns >= 3
+
+
+def test_gpu_uuid_is_empty_when_nvml_is_unavailable(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+    _FakeNvml(pynvml, ["GPU-aaa"], fail_init=True).install(monkeypatch)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert detect_gpu_uuid("cuda:0") == ""
+    metrics = TrainingMetrics(start=False, device="cuda:0")
+    assert metrics.run_info["gpu_uuid"] == ""
+    metrics.close()

@@ -1,0 +1,168 @@
+"""Pure parts of the trainer: perturbation grammar/schedule, LR schedule, tokenizer, sampler, grad norm."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trainer.data import WindowSampler, corpus_files, read_documents
+from trainer.errors import UsageError
+from trainer.perturb import PerturbError, PerturbSchedule, parse_perturb, parse_step_ranges
+from trainer.schedule import lr_factor
+from trainer.tokenizer import ByteTokenizer
+
+
+def test_perturb_grammar():
+    spec = parse_perturb("every=60s,duration=5s,lr_mult=10,jitter=0.3")
+    assert (spec.unit, spec.every, spec.duration, spec.lr_mult, spec.jitter) == ("s", 60.0, 5.0, 10.0, 0.3)
+    assert parse_perturb("every=2m,duration=500ms").every == 120.0
+    steps = parse_perturb("every=100steps,duration=5steps")
+    assert (steps.unit, steps.every, steps.lr_mult) == ("steps", 100.0, 10.0)
+    assert parse_perturb("steps=10-14,30-34,lr_mult=3").step_ranges == ((10, 14), (30, 34))
+    assert parse_perturb("lr_mult=3, steps=7").step_ranges == ((7, 7),)
+    assert parse_step_ranges("3,5-6") == ((3, 3), (5, 6))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("every=60,duration=5s", "needs a unit"),
+        ("every=60s", "give every= and duration="),
+        ("every=60s,duration=5steps", "both be times or both be steps"),
+        ("every=10s,duration=9s,jitter=0.3", "never overlap"),
+        ("every=10s,duration=1s,jitter=1.5", "jitter must be in"),
+        ("steps=5-3", "bad step range"),
+        ("steps=1,every=5s", "cannot be combined"),
+        ("lr_mult=-1,steps=1", "lr_mult must be > 0"),
+        ("lr_mult=x,steps=1", "not a number"),
+        ("speed=3", "unknown key 'speed'"),
+        ("every=5s,every=6s,duration=1s", "given twice"),
+        ("10-14", "not key=value"),
+    ],
+)
+def test_perturb_grammar_errors_are_one_line(text, message):
+    with pytest.raises(PerturbError, match=message) as info:
+        parse_perturb(text)
+    assert "\n" not in str(info.value)
+
+
+def test_time_bursts_are_seeded_jittered_and_last_duration():
+    spec = parse_perturb("every=10s,duration=2s,jitter=0.3")
+    a, b, c = PerturbSchedule(spec, 1), PerturbSchedule(spec, 1), PerturbSchedule(spec, 2)
+    times = np.arange(0, 500, 0.1)
+    active_a = [a.active(1, t) for t in times]
+    assert active_a == [b.active(1, t) for t in times]
+    assert active_a != [c.active(1, t) for t in times]
+    starts = a.burst_starts_until(500)
+    gaps = np.diff(starts)
+    assert gaps.min() >= 7.0 - 1e-9 and gaps.max() <= 13.0 + 1e-9 and gaps.std() > 0.5
+    assert starts[0] >= 7.0 - 1e-9  # first burst only after one (jittered) gap
+    # Each burst is active for exactly its 2 s: 20 samples of 0.1 s.
+    assert sum(active_a) == pytest.approx(20 * sum(1 for s in starts if s + 2 <= 500), abs=len(starts))
+
+
+def test_step_bursts_by_count():
+    schedule = PerturbSchedule(parse_perturb("every=10steps,duration=3steps,start=4steps"), 0)
+    active = [step for step in range(1, 30) if schedule.active(step, 0.0)]
+    assert active == [5, 6, 7, 15, 16, 17, 25, 26, 27]
+
+
+def test_lr_schedule_warmup_then_decay():
+    assert [lr_factor(s, 10, 2) for s in (1, 2)] == [0.5, 1.0]
+    cosine = [lr_factor(s, 10, 2, "cosine") for s in range(2, 11)]
+    linear = [lr_factor(s, 10, 2, "linear") for s in range(2, 11)]
+    assert cosine == sorted(cosine, reverse=True) and linear == sorted(linear, reverse=True)
+    assert cosine[-1] == pytest.approx(0.1) and linear[-1] == pytest.approx(0.1)
+    assert lr_factor(6, 10, 2, "linear") == pytest.approx(1 - 0.9 * 0.5)
+    with pytest.raises(ValueError):
+        lr_factor(5, 10, 2, "step")
+
+
+def test_byte_tokenizer_round_trip_with_eos():
+    tok = ByteTokenizer()
+    ids = tok.encode_documents([b"ab", "é\0".encode()])
+    assert ids.tolist() == [97, 98, 256, 0xC3, 0xA9, 0, 256]
+    assert tok.decode(ids.tolist()) == "abé\0"
+
+
+def test_window_sampler_is_seeded_and_counts_epochs():
+    tokens = np.arange(100)
+    a, b = WindowSampler(100, 10, 4, seed=5), WindowSampler(100, 10, 4, seed=5)
+    batches = [a.batch(tokens) for _ in range(5)]
+    assert all(np.array_equal(x, b.batch(tokens)) for x in batches)
+    first_epoch = np.concatenate(batches[:2])[:, 0]
+    assert len(set(first_epoch.tolist())) == 8  # no window repeats within an epoch
+    assert a.epoch == pytest.approx(2.0)
+    with pytest.raises(UsageError, match="corpus too small"):
+        WindowSampler(30, 10, 4, seed=0)
+
+
+def test_corpus_defaults_to_the_stdlib_and_checks_paths(tmp_path):
+    files = corpus_files(None)
+    assert files == sorted(files) and any(f.name == "os.py" for f in files)
+    (tmp_path / "a.txt").write_text("hello")
+    (tmp_path / "b.bin").write_bytes(b"\0\1\2")
+    assert read_documents(corpus_files([str(tmp_path)]), 1 << 20) == [b"hello"]
+    with pytest.raises(UsageError, match="not found"):
+        corpus_files([str(tmp_path / "nope")])
+
+
+def test_clip_and_measure_returns_the_pre_clip_norm():
+    torch = pytest.importorskip("torch")
+    from trainer import clip_and_measure_grad_norm
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(1))]
+    params[0].grad = torch.tensor([3.0, 0.0, 0.0])
+    params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])  # params[2] has no gradient
+    result = clip_and_measure_grad_norm(params, max_norm=1.0)
+    assert isinstance(result.tensor, torch.Tensor) and result.item() == pytest.approx(5.0)
+    assert result.clipped and not result.nonfinite
+    clipped_norm = math.sqrt(sum(float((p.grad**2).sum()) for p in params if p.grad is not None))
+    assert clipped_norm == pytest.approx(1.0, rel=1e-5)
+    loss, norm = result.publish_with(torch.tensor(2.5))
+    assert (loss, norm) == (2.5, pytest.approx(5.0))
+
+
+@pytest.mark.parametrize("max_norm", [0, None, math.inf])
+def test_measure_without_clipping_leaves_gradients_alone(max_norm):
+    torch = pytest.importorskip("torch")
+    from trainer import clip_and_measure_grad_norm
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.tensor([30.0, 40.0])
+    result = clip_and_measure_grad_norm([param], max_norm)
+    assert result.item() == pytest.approx(50.0) and not result.clipped
+    assert param.grad.tolist() == [30.0, 40.0]
+    param.grad = torch.tensor([math.nan, 1.0])
+    assert clip_and_measure_grad_norm([param], 1.0).nonfinite
+
+
+def test_plain_pytorch_loop_instrumented_in_two_lines(tmp_path):
+    """The README's example: a user's own loop, TrainingMetrics + clip_and_measure_grad_norm."""
+    torch = pytest.importorskip("torch")
+    from test_trainer_helpers import read_jsonl, sample, scrape
+
+    from trainer import TrainingMetrics, clip_and_measure_grad_norm
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    with TrainingMetrics(port=0, run_id="loop", rank=1, log_dir=tmp_path) as metrics:
+        for step in range(1, 6):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            norm = clip_and_measure_grad_norm(model.parameters(), max_norm=0.5)
+            loss_value, norm_value = norm.publish_with(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            metrics.observe_step(step, loss_value, norm_value, 0.1, tokens=32, clipped=norm.clipped)
+        samples = scrape(metrics.url)
+    assert sample(samples, "train_steps_total", run_id="loop", rank="1") == 5
+    records = read_jsonl(tmp_path / "steps.rank1.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert sample(samples, "train_grad_norm") == records[-1]["grad_norm"]
+    assert sample(samples, "train_clipped_steps_total") == sum(r["grad_norm"] > 0.5 for r in records)
+    assert (tmp_path / "grad_norm_log.rank1.json").exists()

@@ -1,0 +1,191 @@
+"""`PrometheusCallback`: every optimizer step of a `transformers.Trainer` on /metrics.
+
+    Trainer(..., callbacks=[PrometheusCallback()])
+
+Why the callback measures things itself: `Trainer` computes the pre-clip gradient norm and the loss
+every step but hands them to callbacks only through `on_log`, i.e. every `logging_steps` (default
+500), and by the time `on_pre_optimizer_step` runs the gradients are already clipped. So:
+
+* gradient norm: a callback queued on the autograd engine runs when the backward pass of the last
+  micro-batch of a step finishes — after gradient accumulation, before Trainer clips — and takes the
+  total L2 norm of the gradients with one fused `_foreach_norm` (a device tensor; fp16 loss scaling is
+  divided out). Cost: one read of the gradients per optimizer step, no host sync of its own.
+* loss: a forward hook keeps the training forward passes' `loss` tensors, combined over the step's
+  micro-batches the way Trainer reports them. If the model returns no loss (a custom `compute_loss`), `train_loss` falls back to
+  Trainer's logged value every `logging_steps`, and the callback says so at the first step.
+* learning rate: the optimizer's, read right after `optimizer.step()` (what Trainer logs).
+
+Both numbers reach the host in ONE copy per step, in `on_step_end`. Not supported: DeepSpeed and
+FSDP (sharded gradients; the norm would be this rank's shard) — use Trainer's own logs there.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from trainer.gradnorm import host_floats
+from trainer.metrics import TrainingMetrics
+
+
+def _sync_gradients_flag() -> Any:
+    """accelerate's shared GradientState: True during the backward that completes a step."""
+    try:
+        from accelerate.state import GradientState
+
+        return GradientState()
+    except ImportError:  # pragma: no cover - Trainer itself requires accelerate
+        return None
+
+
+class PrometheusCallback(TrainerCallback):
+    """Publishes step, loss, pre-clip grad norm, learning rate, epoch and tokens every optimizer step.
+
+    Give a ready `TrainingMetrics` (`metrics=`) or let the callback create one at train start with
+    `port` (+ the process's local rank, so ranks on one host do not collide), `bind`, `run_id`,
+    `log_dir` and `linger_s`; rank and world size come from `TrainingArguments`.
+    """
+
+    def __init__(
+        self,
+        metrics: TrainingMetrics | None = None,
+        *,
+        port: int = 9843,
+        bind: str = "127.0.0.1",
+        run_id: str | None = None,
+        log_dir: str | None = None,
+        linger_s: float = 0.0,
+        gpu_uuid: str | None = None,
+        stream: Any = None,
+    ) -> None:
+        self.metrics = metrics
+        self._owns_metrics = metrics is None
+        self._options = {"port": port, "bind": bind, "run_id": run_id, "log_dir": log_dir, "linger_s": linger_s}
+        self._gpu_uuid = gpu_uuid
+        self._stream = stream if stream is not None else sys.stderr
+        self._handles: list[Any] = []
+        self._params: list[torch.Tensor] = []
+        self._grad_state = None
+        self._scaler = None
+        self._queued = False
+        self._grad_norm: torch.Tensor | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._loss_is_share = False
+        self._tokens = 0
+        self._lr: float | None = None
+        self._loss_fallback_announced = False
+        self._max_grad_norm = 0.0
+
+    # ---- set-up / tear-down ----------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._max_grad_norm = float(args.max_grad_norm or 0.0)
+        device = str(args.device)
+        if self.metrics is None:
+            opts = self._options
+            self.metrics = TrainingMetrics(
+                port=opts["port"] + (args.local_process_index if opts["port"] else 0), bind=opts["bind"],
+                run_id=opts["run_id"], rank=args.process_index, world_size=args.world_size,
+                log_dir=opts["log_dir"], linger_s=opts["linger_s"], max_grad_norm=self._max_grad_norm,
+            )
+        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        self.metrics.set_run_info(model=model_name, device=device, gpu_uuid=self._gpu_uuid,
+                                  world_size=args.world_size)
+        self._scaler = getattr(optimizer, "scaler", None)
+        self._grad_state = _sync_gradients_flag()
+        self._install_hooks(model)
+        print(
+            f"PrometheusCallback: {self.metrics.url} run_id={self.metrics.run_id} rank={self.metrics.rank}: "
+            "publishing EVERY optimizer step (step, loss, pre-clip grad_norm, learning_rate), "
+            f"independent of logging_steps={args.logging_steps}",
+            file=self._stream, flush=True,
+        )
+
+    def _install_hooks(self, model: torch.nn.Module) -> None:
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._handles.append(model.register_forward_hook(self._on_forward, with_kwargs=True))
+        for param in self._params:
+            self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad_ready))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._owns_metrics and self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None  # a later train() starts a fresh server
+
+    # ---- hooks (run inside forward / backward) -----------------------------------------------
+    def _on_forward(self, module, args, kwargs, output) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return  # evaluation / generation
+        loss = getattr(output, "loss", None)
+        if loss is None and isinstance(output, dict):
+            loss = output.get("loss")
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            loss = loss.detach().float().reshape(())
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
+            # Given num_items_in_batch, the model already divides each micro-batch's loss by the whole
+            # step's token count, so the step's loss is the sum over micro-batches; otherwise the mean.
+            self._loss_is_share = kwargs.get("num_items_in_batch") is not None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(input_ids, torch.Tensor):
+            self._tokens += input_ids.numel()
+
+    def _on_grad_ready(self, _param: torch.Tensor) -> None:
+        # First parameter whose gradient is ready in this backward: queue the end-of-backward measurement.
+        if self._queued:
+            return
+        if self._grad_state is not None and not self._grad_state.sync_gradients:
+            return  # a micro-batch that does not complete the step: nothing to measure yet
+        self._queued = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._measure_grad_norm)
+
+    def _measure_grad_norm(self) -> None:
+        self._queued = False
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        scale = getattr(self._scaler, "_scale", None) if self._scaler is not None else None
+        if isinstance(scale, torch.Tensor):  # fp16 loss scaling: the gradients are still scaled here
+            norm = norm / scale.to(norm.device).reshape(())
+        self._grad_norm = norm.detach()
+
+    # ---- per-step publishing ------------------------------------------------------------------
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._loss_sum, self._loss_count, self._tokens, self._grad_norm = None, 0, 0, None
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None and optimizer.param_groups:
+            self._lr = float(optimizer.param_groups[0]["lr"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.metrics is None:
+            return
+        scalars = [t for t in (self._loss_sum, self._grad_norm) if t is not None]
+        values = iter(host_floats(*scalars)) if scalars else iter(())  # one host sync for both
+        loss = None
+        if self._loss_sum is not None:
+            loss = next(values) / (1 if self._loss_is_share else self._loss_count)
+        grad_norm = next(values) if self._grad_norm is not None else None
+        if loss is None and not self._loss_fallback_announced:
+            self._loss_fallback_announced = True
+            print(
+                "PrometheusCallback: the model's forward returned no loss; train_loss follows Trainer's "
+                f"logs (every logging_steps={args.logging_steps}); set logging_steps=1 for per-step loss",
+                file=self._stream, flush=True,
+            )
+        clipped = grad_norm is not None and 0 < self._max_grad_norm < grad_norm and math.isfinite(grad_norm)
+        self.metrics.observe_step(
+            state.global_step, loss, grad_norm, self._lr, tokens=self._tokens, epoch=state.epoch, clipped=clipped,
+        )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.metrics is not None and self._loss_fallback_announced and logs and "loss" in logs:
+            self.metrics.set_loss(float(logs["loss"]))

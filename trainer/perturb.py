@@ -1,0 +1,157 @@
+"""Learning-rate perturbation bursts for causal experiments: grammar and (seeded) schedule.
+
+Grammar (comma-separated `key=value`; `steps=` takes a list):
+
+    every=60s,duration=5s,lr_mult=10,jitter=0.3[,start=30s]   bursts by wall time (units ms, s, m, h)
+    every=200steps,duration=10steps,lr_mult=10,jitter=0.2     bursts by optimizer step
+    steps=10-14,30-34,lr_mult=10                              explicit 1-based step ranges (inclusive)
+
+The gap between consecutive burst starts is `every × (1 + jitter × U(-1, 1))`, drawn from a generator
+seeded with the run's seed, so a burst is not locked to any periodic hardware rhythm yet the run is
+reproducible. The first burst starts after `start` (default: one jittered gap). `lr_mult` defaults to 10.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import re
+from dataclasses import dataclass
+
+_TIME_UNITS_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_AMOUNT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|steps?)$")
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_KEYS = ("every", "duration", "start", "jitter", "lr_mult", "steps")
+
+
+class PerturbError(ValueError):
+    """A malformed --perturb / step-list value (the message is one line)."""
+
+
+@dataclass(frozen=True)
+class PerturbSpec:
+    lr_mult: float
+    unit: str  # "s" (wall time) or "steps"
+    every: float = 0.0
+    duration: float = 0.0
+    jitter: float = 0.0
+    start: float | None = None
+    step_ranges: tuple[tuple[int, int], ...] = ()
+
+
+def parse_step_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    """'3,10-14' → ((3, 3), (10, 14)); 1-based, inclusive."""
+    ranges = []
+    for token in filter(None, (t.strip() for t in text.split(","))):
+        ranges.append(_parse_range(token))
+    if not ranges:
+        raise PerturbError(f"no steps in {text!r}")
+    return tuple(ranges)
+
+
+def _parse_range(token: str) -> tuple[int, int]:
+    match = _RANGE.match(token)
+    if not match:
+        raise PerturbError(f"bad step range {token!r} (expected N or N-M)")
+    first = int(match.group(1))
+    last = int(match.group(2) or first)
+    if first < 1 or last < first:
+        raise PerturbError(f"bad step range {token!r} (steps start at 1 and N-M needs M >= N)")
+    return first, last
+
+
+def _parse_amount(key: str, value: str) -> tuple[float, str]:
+    match = _AMOUNT.match(value)
+    if not match:
+        raise PerturbError(f"{key}={value!r} needs a unit: ms, s, m, h or steps (e.g. {key}=60s)")
+    number, unit = float(match.group(1)), match.group(2)
+    if unit.startswith("step"):
+        return number, "steps"
+    return number * _TIME_UNITS_S[unit], "s"
+
+
+def _parse_float(key: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise PerturbError(f"{key}={value!r} is not a number") from None
+
+
+def _split(text: str) -> dict[str, str]:
+    """Comma-separated key=value pairs; bare items continue a preceding `steps=` list."""
+    pairs: dict[str, str] = {}
+    key = None
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if "=" in token:
+            key, _, value = (part.strip() for part in token.partition("="))
+            if key not in _KEYS:
+                raise PerturbError(f"unknown key {key!r} (expected one of {', '.join(_KEYS)})")
+            if key in pairs:
+                raise PerturbError(f"{key} given twice")
+            pairs[key] = value
+        elif key == "steps":
+            pairs["steps"] += "," + token
+        else:
+            raise PerturbError(f"{token!r} is not key=value")
+    return pairs
+
+
+def parse_perturb(text: str) -> PerturbSpec:
+    pairs = _split(text)
+    lr_mult = _parse_float("lr_mult", pairs.get("lr_mult", "10"))
+    if not lr_mult > 0:
+        raise PerturbError("lr_mult must be > 0")
+    if "steps" in pairs:
+        extra = set(pairs) - {"steps", "lr_mult"}
+        if extra:
+            raise PerturbError(f"steps= cannot be combined with {', '.join(sorted(extra))}")
+        return PerturbSpec(lr_mult=lr_mult, unit="steps", step_ranges=parse_step_ranges(pairs["steps"]))
+    if "every" not in pairs or "duration" not in pairs:
+        raise PerturbError("give every= and duration= (e.g. every=60s,duration=5s) or steps=N-M,…")
+    every, unit = _parse_amount("every", pairs["every"])
+    duration, duration_unit = _parse_amount("duration", pairs["duration"])
+    start = None
+    if "start" in pairs:
+        start, start_unit = _parse_amount("start", pairs["start"])
+        if start_unit != unit:
+            raise PerturbError("start= must use the same kind of unit as every=")
+    if duration_unit != unit:
+        raise PerturbError("every= and duration= must both be times or both be steps")
+    jitter = _parse_float("jitter", pairs.get("jitter", "0"))
+    if not 0 <= jitter < 1:
+        raise PerturbError("jitter must be in [0, 1)")
+    if not 0 < duration < every * (1 - jitter):
+        raise PerturbError("need 0 < duration < every × (1 - jitter) so bursts never overlap")
+    return PerturbSpec(lr_mult=lr_mult, unit=unit, every=every, duration=duration, jitter=jitter, start=start)
+
+
+class PerturbSchedule:
+    """Answers 'is a burst active?' for a step (1-based) at `elapsed_s` since the first step."""
+
+    def __init__(self, spec: PerturbSpec, seed: int) -> None:
+        self.spec = spec
+        self._rng = random.Random(seed)
+        self._starts: list[float] = []
+
+    def _gap(self) -> float:
+        return self.spec.every * (1 + self.spec.jitter * self._rng.uniform(-1.0, 1.0))
+
+    def burst_starts_until(self, position: float) -> list[float]:
+        """Burst start positions (seconds or steps) generated so far, extended past `position`."""
+        if not self._starts:
+            self._starts.append(self.spec.start if self.spec.start is not None else self._gap())
+        while self._starts[-1] <= position:
+            self._starts.append(self._starts[-1] + self._gap())
+        return self._starts
+
+    def active(self, step: int, elapsed_s: float) -> bool:
+        spec = self.spec
+        if spec.step_ranges:
+            return any(first <= step <= last for first, last in spec.step_ranges)
+        # Step bursts count completed steps (step 1 is position 0), time bursts elapsed seconds.
+        position = float(step - 1) if spec.unit == "steps" else elapsed_s
+        starts = self.burst_starts_until(position)
+        index = bisect.bisect_right(starts, position) - 1
+        return index >= 0 and position < starts[index] + spec.duration
