@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""`make demo`: the whole thermograd pipeline natively, on loopback, in about three minutes.
+
+Starts Alertmanager and Prometheus from the system binaries (fresh TSDB), the exporter with
+`--backend auto` (NVML when a GPU is visible, otherwise a simulated GPU heated by this machine's own
+load), and the reference trainer (tiny model, ~2 minutes, learning-rate perturbation bursts); waits
+for the run; runs the analysis against Prometheus; prints where report.json and the figures are and
+the verdict. `--keep` leaves Prometheus (and the exporter) running to explore until Ctrl-C.
+
+Ctrl-C stops every child and frees every port. A busy port is replaced by a free one (printed); a
+child that dies stops the demo, naming it and showing the end of its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stacklib as sl  # noqa: E402
+
+DEFAULT_PORTS = {"prometheus": 9090, "alertmanager": 9093, "exporter": 9842, "trainer": 9843}
+PERTURB = "every=20s,duration=4s,lr_mult=10,jitter=0.3"
+STARTUP_TIMEOUT_S = 300
+# Lags up to ±10 s: a two-minute run has too few samples for the analysis's default ±30 s scan.
+MAX_LAG_S = "10s"
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave Prometheus up after the analysis (Ctrl-C stops)")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of training (default 120)")
+    parser.add_argument("--steps", type=int, default=1_000_000,
+                        help="step limit of the trainer (default: unbounded; --duration ends the run)")
+    parser.add_argument("--out", type=Path, default=sl.REPO_ROOT / "demo-out", help="output folder (default demo-out/)")
+    parser.add_argument("--no-install", action="store_true",
+                        help="never install missing Prometheus/Alertmanager packages, only print the command")
+    for name, port in DEFAULT_PORTS.items():
+        parser.add_argument(f"--{name}-port", type=int, default=port, help=f"preferred port (default {port})")
+    args = parser.parse_args(argv)
+    if args.duration <= 0:
+        parser.error("--duration must be > 0")
+    return args
+
+
+def ensure_binaries(allow_install: bool) -> dict[str, str]:
+    """Paths of prometheus and alertmanager; as root with apt, installs what is missing."""
+    found = {kind: sl.find_binary(kind) for kind in sl.BINARY_NAMES}
+    missing = [kind for kind, path in found.items() if path is None]
+    if missing and allow_install and os.geteuid() == 0 and shutil.which("apt-get"):
+        say(f"installing {', '.join(missing)} with apt (running as root)")
+        subprocess.run(["bash", str(sl.REPO_ROOT / "scripts" / "system-deps.sh")], check=False)
+        found = {kind: sl.find_binary(kind) for kind in sl.BINARY_NAMES}
+        missing = [kind for kind, path in found.items() if path is None]
+    if missing:
+        raise sl.StackError(f"{' and '.join(missing)} not found; install with: {sl.install_hint(missing)}")
+    return {kind: str(path) for kind, path in found.items()}
+
+
+def choose_ports(preferred: dict[str, int]) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for name, port in preferred.items():
+        ports[name] = sl.pick_port(port, set(ports.values()))
+        if ports[name] != port:
+            say(f"port {port} is busy; {name} uses 127.0.0.1:{ports[name]} instead")
+    return ports
+
+
+@dataclass
+class Demo:
+    args: argparse.Namespace
+    out: Path
+    ports: dict[str, int]
+    binaries: dict[str, str]
+    supervisor: sl.Supervisor
+    webhook: sl.WebhookReceiver
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start_monitoring(self) -> sl.PrometheusAPI:
+        am_config = sl.render_alertmanager_config(self.out / "config", self.webhook.url, fast=True)
+        self.supervisor.start("alertmanager", sl.alertmanager_argv(
+            self.binaries["alertmanager"], am_config, self.out / "alertmanager-data", self.ports["alertmanager"]),
+            self.out / "logs" / "alertmanager.log")
+        loopback = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
+        prom_config = sl.render_prometheus_config(
+            self.out / "config", {"exporter": loopback["exporter"], "trainer": loopback["trainer"]},
+            loopback["alertmanager"], self_address=loopback["prometheus"])
+        self.supervisor.start("prometheus", sl.prometheus_argv(
+            self.binaries["prometheus"], prom_config, self.out / "prometheus-data", self.ports["prometheus"]),
+            self.out / "logs" / "prometheus.log")
+        sl.wait_http_ok(f"{self.url('alertmanager')}/-/ready", 60, supervisor=self.supervisor)
+        sl.wait_http_ok(f"{self.url('prometheus')}/-/ready", 60, supervisor=self.supervisor)
+        say(f"Prometheus {self.url('prometheus')}  Alertmanager {self.url('alertmanager')}")
+        return sl.PrometheusAPI(self.url("prometheus"))
+
+    def start_exporter(self, prom: sl.PrometheusAPI) -> str | None:
+        """Start the exporter; return the uuid to attribute the run to when it fell back to a simulated GPU."""
+        self.supervisor.start("exporter", sl.python_module_argv(
+            "exporter", "--backend", "auto", "--port", str(self.ports["exporter"])), self.out / "logs" / "exporter.log")
+        metrics_url = f"{self.url('exporter')}/metrics"
+        sl.wait_http_ok(metrics_url, 60, supervisor=self.supervisor)
+        devices = sl.device_info(sl.http_get(metrics_url)[1].decode())
+        sl.wait_until(lambda: prom.query("rle_efficiency"), 60, "the first RLE sample in Prometheus",
+                      supervisor=self.supervisor)
+        backends = sorted({d["backend"] for d in devices})
+        say(f"exporter {metrics_url}: backend {', '.join(backends)}, "
+            + ", ".join(f"{d['device']} ({d['kind']}, {d['uuid']})" for d in devices))
+        if "nvml" in backends:
+            return None  # the trainer finds its GPU's NVML UUID itself
+        gpu = next((d["uuid"] for d in devices if d["kind"] == "gpu"), None)
+        if gpu:
+            say(f"no NVIDIA GPU: the run is attributed to the simulated GPU {gpu} (--gpu-uuid), "
+                "which this machine's CPU load heats")
+        return gpu
+
+    def run_trainer(self, run_id: str, gpu_uuid: str | None, prom: sl.PrometheusAPI) -> None:
+        # A small batch keeps a step about a second on a laptop CPU: enough steps in two minutes to compare.
+        argv = ["--model", "tiny", "--steps", str(self.args.steps), "--batch-size", "4", "--seq-len", "64",
+                "--device", "auto", "--perturb", PERTURB,
+                "--port", str(self.ports["trainer"]), "--log-dir", str(self.out / "trainer"), "--linger", "3",
+                "--run-id", run_id, "--quiet"]
+        if gpu_uuid:
+            argv += ["--gpu-uuid", gpu_uuid]
+        trainer = self.supervisor.start("trainer", sl.python_module_argv("trainer", *argv),
+                                        self.out / "logs" / "trainer.log")
+        say(f"trainer run {run_id}: tiny GPT-2, {self.args.duration:.0f} s with perturbation bursts ({PERTURB})")
+        # The clock starts at the first scraped step, so a slow start (loading torch on a busy laptop)
+        # does not eat into the training time the analysis needs.
+        launched, start = time.monotonic(), None
+        while trainer.poll() is None:
+            self.supervisor.check()
+            now = time.monotonic()
+            if start is None:
+                if (prom.scalar(f'max(train_steps_total{{run_id="{run_id}"}})') or 0) >= 1:
+                    start, next_report = now, now + 10
+                    say(f"first step scraped after {now - launched:.0f} s; training for {self.args.duration:.0f} s")
+                elif now - launched > STARTUP_TIMEOUT_S:
+                    raise sl.StackError(f"the trainer took no step within {STARTUP_TIMEOUT_S} s "
+                                        f"(log: {trainer.log_path})")
+            elif now - start >= self.args.duration:
+                break
+            elif now >= next_report:
+                next_report += 10
+                self.progress(prom, run_id, now - start)
+            time.sleep(0.5)
+        if trainer.poll() is None:
+            trainer.signal(signal.SIGINT)  # finish the step, flush the logs, linger, exit 0
+        code = trainer.wait(120)
+        if code is None:
+            raise sl.StackError(f"trainer did not stop within 120 s of SIGINT (log: {trainer.log_path})")
+        if code != 0:
+            raise sl.ChildDied(trainer, code)
+        self.supervisor.check(except_for=[trainer])
+
+    def progress(self, prom: sl.PrometheusAPI, run_id: str, elapsed_s: float) -> None:
+        def value(expr: str) -> str:
+            number = prom.scalar(expr)
+            return "–" if number is None or number != number else f"{number:.3g}"  # absent or NaN
+
+        run = f'{{run_id="{run_id}"}}'
+        say(f"t+{elapsed_s:3.0f}s step {value(f'max(train_step{run})')} loss {value(f'max(train_loss{run})')} "
+            f"grad_norm {value(f'max(train_grad_norm{run})')} | GPU {value('max(rle_temperature_celsius)')} °C "
+            f"RLE {value('max(rle_efficiency_smoothed)')} collapsed {value('max(rle_collapsed)')}")
+
+    def analyse(self, run_id: str) -> int:
+        out = self.out / "analysis"
+        say(f"analysing run {run_id} from {self.url('prometheus')} ...")
+        result = subprocess.run(sl.python_module_argv("analysis", "--prometheus", self.url("prometheus"),
+                                                      "--run", run_id, "--max-lag", MAX_LAG_S, "--out", str(out)),
+                                cwd=sl.REPO_ROOT, capture_output=True, text=True)
+        sys.stdout.write(result.stdout)
+        if result.returncode != 0:
+            say(f"the analysis failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
+            return 1
+        verdict = json.loads((out / "report.json").read_text())["verdict"]
+        say(f"report:  {out / 'report.json'}")
+        say(f"figures: {out / 'coupling.png'}  {out / 'crosscorr.png'}")
+        strength = f", {verdict['strength']}" if verdict["coupled"] and verdict.get("strength") else ""
+        say(f"verdict: {'coupled' if verdict['coupled'] else 'not coupled'}{strength} — {verdict['summary']}")
+        return 0
+
+    def report_alerts(self) -> None:
+        names = sorted({a["labels"].get("alertname", "?") for a in self.webhook.alerts() if a["status"] == "firing"})
+        say(f"alerts delivered to the webhook: {', '.join(names) if names else 'none'}")
+
+    def keep(self) -> None:
+        say(f"--keep: Prometheus stays up at {self.url('prometheus')} (try rle_efficiency, train_grad_norm, ALERTS); "
+            "Ctrl-C stops everything")
+        trainer = next(c for c in self.supervisor.children if c.name == "trainer")
+        while True:
+            self.supervisor.check(except_for=[trainer])
+            time.sleep(1)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        binaries = ensure_binaries(not args.no_install)
+    except sl.StackError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 2
+    run_id = "demo-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out.resolve() / run_id
+    out.mkdir(parents=True)  # a fresh folder, so a fresh TSDB
+    ports = choose_ports({name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS})
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    say(f"output in {out}")
+    supervisor = sl.Supervisor()
+    keeping = False
+    try:
+        with sl.WebhookReceiver() as webhook:
+            demo = Demo(args, out, ports, binaries, supervisor, webhook)
+            prom = demo.start_monitoring()
+            gpu_uuid = demo.start_exporter(prom)
+            demo.run_trainer(run_id, gpu_uuid, prom)
+            code = demo.analyse(run_id)
+            demo.report_alerts()
+            if args.keep and code == 0:
+                keeping = True
+                demo.keep()
+            return code
+    except KeyboardInterrupt:
+        say("stopping every child" if keeping else "interrupted: stopping every child")
+        return 0 if keeping else 130
+    except sl.ChildDied as err:
+        say(f"{err.child.name} died (exit code {err.returncode}); the last lines of {err.child.log_path}:")
+        print(err.child.tail(), file=sys.stderr)
+        return 1
+    except sl.StackError as err:
+        say(str(err))
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        supervisor.stop_all()
+        say("all children stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

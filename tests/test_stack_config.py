@@ -1,0 +1,143 @@
+"""Prometheus and Alertmanager configuration, checked by the real promtool and amtool.
+
+`promtool check config`, `promtool check rules`, `promtool test rules` and `amtool check-config` run
+here so that `make test` reports each failure as a test; the other tests check what the tools do
+not: one scrape interval, documented and tested alerts, inhibition that refers to real alerts.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROM_DIR = ROOT / "prometheus"
+RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
+RULE_TESTS = sorted((PROM_DIR / "tests").glob("*.yml"))
+AM_CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
+ALERTS_DOC = ROOT / "docs" / "alerts.md"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: run `make system-deps` (apt packages prometheus, prometheus-alertmanager)")
+    return path
+
+
+def run_ok(*argv: str | Path) -> str:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(map(str, argv))} failed:\n{output}"
+    return output
+
+
+def load_rules() -> list[dict]:
+    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"]]
+
+
+ALERTS = [rule for rule in load_rules() if "alert" in rule]
+RECORDS = [rule for rule in load_rules() if "record" in rule]
+
+
+def test_promtool_check_config():
+    run_ok(tool("promtool"), "check", "config", PROM_DIR / "prometheus.yml")
+
+
+def test_promtool_check_rules():
+    assert RULE_FILES, "no rule files under prometheus/rules"
+    run_ok(tool("promtool"), "check", "rules", *RULE_FILES)
+
+
+@pytest.mark.parametrize("test_file", RULE_TESTS, ids=lambda p: p.name)
+def test_promtool_test_rules(test_file: Path):
+    output = run_ok(tool("promtool"), "test", "rules", test_file)
+    assert "SUCCESS" in output
+
+
+def test_amtool_check_config():
+    run_ok(tool("amtool"), "check-config", AM_CONFIG)
+
+
+def test_exporter_and_trainer_share_one_scrape_interval():
+    config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    default = config["global"]["scrape_interval"]
+    intervals = {job["job_name"]: job.get("scrape_interval", default) for job in config["scrape_configs"]}
+    assert intervals["exporter"] == intervals["trainer"] == "1s"
+
+
+def test_clusters_can_add_targets_through_the_file_sd_directory():
+    config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        if job["job_name"] in ("exporter", "trainer"):
+            patterns = [f for sd in job["file_sd_configs"] for f in sd["files"]]
+            assert patterns and all(f.startswith("file_sd/") for f in patterns), job["job_name"]
+    assert (PROM_DIR / "file_sd" / "README.md").is_file()
+
+
+def test_recording_rule_names_follow_level_metric_operations():
+    assert RECORDS
+    for rule in RECORDS:
+        assert re.fullmatch(r"[a-z_]+:[a-z][a-z0-9_]*:[a-z0-9_]+", rule["record"]), rule["record"]
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
+def test_alert_is_annotated_and_has_a_runbook_entry(rule: dict):
+    annotations, labels = rule.get("annotations", {}), rule.get("labels", {})
+    assert annotations.get("summary") and annotations.get("description")
+    assert labels.get("severity") in {"warning", "critical"}
+    assert labels.get("component") in {"exporter", "trainer"}
+    anchor = annotations["runbook_url"].split("#", 1)[1]
+    headings = {h.strip().lower() for h in re.findall(r"^## (.+)$", ALERTS_DOC.read_text(), flags=re.M)}
+    assert anchor == rule["alert"].lower() and anchor in headings, f"no '## {rule['alert']}' in docs/alerts.md"
+
+
+def _rule_test_cases() -> tuple[dict[str, list[list]], dict[str, list[list]]]:
+    """alertname -> [exp_alerts of each case]; recorded name -> [exp_samples of each case]."""
+    alerts: dict[str, list[list]] = {}
+    records: dict[str, list[list]] = {}
+    for path in RULE_TESTS:
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                alerts.setdefault(case["alertname"], []).append(case.get("exp_alerts") or [])
+            for case in test.get("promql_expr_test", []):
+                name = re.match(r"[a-zA-Z_:][\w:]*", case["expr"]).group(0)
+                records.setdefault(name, []).append(case.get("exp_samples") or [])
+    return alerts, records
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
+def test_every_alert_has_a_firing_and_a_silent_promtool_case(rule: dict):
+    cases = _rule_test_cases()[0].get(rule["alert"], [])
+    assert any(cases), f"{rule['alert']}: no promtool case where it fires"
+    assert not all(cases), f"{rule['alert']}: no promtool case where it stays silent"
+
+
+@pytest.mark.parametrize("rule", RECORDS, ids=lambda r: r["record"])
+def test_every_recording_rule_has_an_expected_value(rule: dict):
+    cases = _rule_test_cases()[1].get(rule["record"], [])
+    assert any(cases), f"{rule['record']}: no promtool case with an expected value"
+
+
+def test_alertmanager_groups_by_alert_and_device_and_inhibits_on_target_down():
+    config = yaml.safe_load(AM_CONFIG.read_text())
+    assert config["route"]["group_by"] == ["alertname", "device"]
+    assert config["receivers"][0]["webhook_configs"][0]["url"].startswith("http")
+    by_name = {rule["alert"]: rule for rule in ALERTS}
+    components = set()
+    for inhibit in config["inhibit_rules"]:
+        source = re.fullmatch(r'alertname="(\w+)"', inhibit["source_matchers"][0]).group(1)
+        assert source in by_name and by_name[source]["expr"].startswith("up{"), source
+        component = re.fullmatch(r'component="(\w+)"', inhibit["target_matchers"][0]).group(1)
+        assert by_name[source]["labels"]["component"] == component
+        # the silenced alerts exist and carry the label the source alerts' instance is matched on
+        assert any(r["labels"]["component"] == component and r["alert"] != source for r in ALERTS)
+        assert inhibit["equal"] == ["instance"]
+        components.add(component)
+    assert components == {"exporter", "trainer"}
