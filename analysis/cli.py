@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = p.add_argument_group("statistics")
     stats.add_argument("--step", help="grid step (default: scrape interval; 1s for files)")
     stats.add_argument("--max-lag", default="30s", help="lagged cross-correlation range +/- (default 30s)")
+    stats.add_argument("--warmup", default="30s",
+                       help="leave the run's first part (its start-up transient) out of the tests (default 30s; 0 keeps all)")
     stats.add_argument("--surrogates", type=int, default=1000, help="surrogates per test (default 1000)")
     stats.add_argument("--spike-z", type=float, default=3.0, help="robust z of a grad-norm spike (default 3)")
     stats.add_argument("--event-window", default="5s", help="coincidence window for spikes/collapses (default 5s)")
@@ -162,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     table, meta = from_prometheus(args) if args.prometheus else from_files(args)
     table = table.trimmed([T.GRAD_NORM, T.LOSS])
     t_fetch = time.perf_counter() - t0
-    cfg = Settings(max_lag_s=parse_duration_s(args.max_lag), n_surrogates=args.surrogates, spike_z=args.spike_z,
+    cfg = Settings(max_lag_s=parse_duration_s(args.max_lag), warmup_s=parse_duration_s(args.warmup),
+                   n_surrogates=args.surrogates, spike_z=args.spike_z,
                    event_window_s=parse_duration_s(args.event_window), alpha=args.alpha, seed=args.seed)
     t0 = time.perf_counter()
     results = analyse(table, cfg)

@@ -35,6 +35,12 @@ class Table:
         col = self.columns.get(name)
         return col is not None and bool(np.isfinite(col).any())
 
+    def rows_from(self, k: int) -> Table:
+        """The table without its first k rows."""
+        k = min(max(k, 0), self.n)
+        return Table(self.start_s + k * self.step_s, self.step_s, self.n - k,
+                     {name: col[k:] for name, col in self.columns.items()})
+
     def trimmed(self, names: list[str]) -> Table:
         """Drop leading/trailing rows where none of `names` has data (a run's window is often padded)."""
         present = np.zeros(self.n, dtype=bool)

@@ -56,13 +56,17 @@ class Sampler:
         """rated_power_w / temp_limit_c: per device label; missing labels use the device's own defaults."""
         self.backend = backend
         self.interval_s = 1.0 / sample_hz
+        # The engine runs on the device's own clock: a replay at --speed N advances N recorded seconds per
+        # wall second, so its windows and heating rates must be measured in recorded time.
+        self.time_scale = float(getattr(backend, "time_scale", 1.0))
         self.clock = clock
         self._devices = []
         for index, info in enumerate(backend.devices()):
             power_w = rated_power_w.get(info.device, info.power_limit_w)
             if power_w is None:
                 raise ValueError(f"device {info.device} reports no power limit: pass --rated-power {info.device}=W")
-            engine = RleEngine(power_w, temp_limit_c.get(info.device, info.temp_limit_c), self.interval_s, config)
+            engine = RleEngine(power_w, temp_limit_c.get(info.device, info.temp_limit_c),
+                              self.interval_s * self.time_scale, config)
             self._devices.append(_Device(index, info, engine))
         self.snapshot = Snapshot()
         self._errors: dict[tuple[str, str], int] = {}
@@ -94,7 +98,7 @@ class Sampler:
             self._count_error(label, op)
         result = None
         if reading.util_pct is not None and reading.power_w is not None:
-            result = dev.engine.update(now_s, reading.util_pct, reading.power_w, reading.temp_c)
+            result = dev.engine.update(now_s * self.time_scale, reading.util_pct, reading.power_w, reading.temp_c)
         events = dev.engine.collapse_events if dev.engine.segments else None
         return DeviceSample(dev.info, dev.engine.rated_power_w, reading, result, events)
 

@@ -169,12 +169,12 @@ class Demo:
         self.supervisor.check(except_for=[trainer])
 
     def progress(self, prom: sl.PrometheusAPI, run_id: str, elapsed_s: float) -> None:
-        def value(expr: str) -> str:
+        def value(expr: str, spec: str = ".3g") -> str:
             number = prom.scalar(expr)
-            return "–" if number is None or number != number else f"{number:.3g}"  # absent or NaN
+            return "–" if number is None or number != number else format(number, spec)  # absent or NaN
 
         run = f'{{run_id="{run_id}"}}'
-        say(f"t+{elapsed_s:3.0f}s step {value(f'max(train_step{run})')} loss {value(f'max(train_loss{run})')} "
+        say(f"t+{elapsed_s:3.0f}s step {value(f'max(train_step{run})', '.0f')} loss {value(f'max(train_loss{run})')} "
             f"grad_norm {value(f'max(train_grad_norm{run})')} | GPU {value('max(rle_temperature_celsius)')} °C "
             f"RLE {value('max(rle_efficiency_smoothed)')} collapsed {value('max(rle_collapsed)')}")
 

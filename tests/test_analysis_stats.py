@@ -103,6 +103,27 @@ def test_events_planted_collapses_found_independent_not():
     assert significant_independent <= 2
 
 
+def test_a_runs_start_up_transient_is_not_taken_for_coupling():
+    """In a run's first seconds the gradient norm plunges while the device leaves idle: on differences that
+    is one extreme pair. Left in (warmup 0) it makes independent series look coupled; the default warm-up
+    keeps it out of every test."""
+    rng = np.random.default_rng(5)
+    verdicts = {0.0: 0, 30.0: 0}
+    for _ in range(20):
+        n = 150
+        grad = 1.0 + 0.3 * ar1(rng, (n,), 0.5)
+        power = 220.0 + 2.0 * ar1(rng, (n,), 0.5)
+        grad[:2] += [16.0, 6.0]  # falling from 17 to 1 as the model starts learning ...
+        power[:2] = [30.0, 90.0]  # ... while the device leaves idle
+        table = Table(0.0, 1.0, n, {"grad_norm": grad, "power": power, "a_load": power / 250.0,
+                                    "loss": 3.0 + 0.1 * ar1(rng, (n,), 0.5)})
+        for warmup_s in verdicts:
+            res = analyse(table, Settings(max_lag_s=10.0, n_surrogates=200, warmup_s=warmup_s))
+            verdicts[warmup_s] += any(p["coupled"] for p in res["pairs"])
+    assert verdicts[0.0] >= 18  # fooled almost every time without the warm-up ...
+    assert verdicts[30.0] <= 3  # ... and at about the nominal rate with it
+
+
 def test_effective_n_shrinks_for_autocorrelated_levels():
     rng = np.random.default_rng(3)
     x, y = ar1(rng, (5000,), 0.95), ar1(rng, (5000,), 0.95)

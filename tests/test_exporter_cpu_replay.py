@@ -97,3 +97,16 @@ def test_replay_malformed_csv_names_line_and_column(tmp_path: Path):
     path.write_text("timestamp,device,util_pct,temp_c,power_w\n1,gpu,50,60,100\n2,gpu,50,60,lots\n")
     with pytest.raises(LabCsvError, match=r"bad\.csv: line 3, column 'power_w'"):
         ReplayBackend(path)
+
+
+def test_replay_faster_than_real_time_keeps_the_recordings_heating_rate(tmp_path: Path):
+    """At --speed 2 each 1 Hz sample advances 2 recorded seconds; T_sustain must use recorded time."""
+    from exporter.sampler import Sampler
+
+    wall = iter([100.0, 101.0])
+    sampler = Sampler(ReplayBackend(write_recording(tmp_path / "rec.csv"), speed=2.0), sample_hz=1.0,
+                      rated_power_w={}, temp_limit_c={}, clock=lambda: next(wall))
+    sampler.sample_once()
+    gpu = sampler.sample_once().devices[0]
+    assert gpu.reading.temp_c == 62.0  # recorded 0 s -> 2 s: 60 -> 62 °C, i.e. 1 °C per recorded second
+    assert gpu.result.sustain_s == pytest.approx((83.0 - 62.0) / 1.0)

@@ -82,7 +82,11 @@ def test_own_registry_and_http_serving(tmp_path):
     with TrainingMetrics(port=0, run_id="a") as first, TrainingMetrics(port=0, run_id="b") as second:
         first.observe_step(7, 1.5, 0.25, 1e-4)
         assert sample(scrape(first.url), "train_grad_norm", run_id="a") == 0.25
-        assert math.isnan(sample(scrape(second.url), "train_grad_norm", run_id="b"))
+        before_first_step = scrape(second.url)
+        # Nothing observed yet: the last-step gauges are absent (not NaN), the counters are 0.
+        for name in ("train_step", "train_loss", "train_grad_norm", "train_learning_rate", "train_epoch"):
+            assert not any(n == name for n, _ in before_first_step), name
+        assert sample(before_first_step, "train_steps_total", run_id="b") == 0
     assert {f.name for f in REGISTRY.collect()} == before
     assert not any(name.startswith("train_") for name in before)
 

@@ -66,12 +66,14 @@ class _Histogram:
 
 @dataclass
 class _State:
-    step: float = math.nan
+    # None until first observed: a gauge with no value yet is absent from /metrics, not NaN
+    # (a NaN would make max()/avg() over every rank NaN in PromQL).
+    step: float | None = None
     steps: int = 0
-    loss: float = math.nan
-    grad_norm: float = math.nan
-    learning_rate: float = math.nan
-    epoch: float = math.nan
+    loss: float | None = None
+    grad_norm: float | None = None
+    learning_rate: float | None = None
+    epoch: float | None = None
     tokens: int = 0
     clipped: int = 0
     nonfinite: int = 0
@@ -294,9 +296,10 @@ class _Collector:
         labels = list(owner._labels)
         names = ["run_id", "rank"]
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, doc, labels=names)
-            family.add_metric(labels, value)
+            if value is not None:
+                family.add_metric(labels, value)
             return family
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:

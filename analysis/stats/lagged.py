@@ -68,8 +68,11 @@ def lagged_test(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int,
     n = int(finite.sum())
     out: dict = {"peak_lag_steps": None, "peak_r": None, "p": None, "p_adjusted": None, "n": n,
                  "n_surrogates": n_surrogates, "max_lag_steps": max_lag}
-    if n < max(4 * max_lag + 8, 30) or is_constant(x[finite]) or is_constant(y[finite]):
+    needed = max(4 * max_lag + 8, 30)
+    if n < needed or is_constant(x[finite]) or is_constant(y[finite]):
         out["status"] = INSUFFICIENT
+        out["reason"] = (f"{n} samples; a scan over +/-{max_lag} lags needs at least {needed} (lower --max-lag)"
+                         if n < needed else "a series is constant")
         return out
     # Keep the grid (gaps -> 0 after standardising) so a lag of k steps stays k steps of time.
     lo, hi = np.flatnonzero(finite)[[0, -1]]

@@ -52,6 +52,8 @@ class DeviceLost(RuntimeError):
 
 class Backend(Protocol):
     name: str
+    # Optional: device seconds per wall-clock second (a replay at --speed N has N); absent means 1.
+    # time_scale: float
 
     def devices(self) -> list[DeviceInfo]: ...
 

@@ -23,6 +23,7 @@ class ReplayBackend:
         if not speed > 0:
             raise ValueError(f"--speed must be > 0, got {speed}")
         self.speed = speed
+        self.time_scale = speed  # recorded seconds per wall-clock second: the sampler runs the engine on it
         series: dict[str, list[LabRow]] = {}
         for row in iter_rows(Path(csv_path)):
             series.setdefault(row.device, []).append(row)
