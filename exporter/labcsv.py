@@ -10,7 +10,7 @@ import csv
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 REQUIRED_COLUMNS = ("timestamp", "device", "util_pct", "power_w", "temp_c")
@@ -27,18 +27,20 @@ class LabRow:
     timestamp_s: float
     device: str
     util_pct: float
-    power_w: float
+    power_w: float | None  # None: the monitor had no power reading (its CPU rows on some machines)
     temp_c: float | None
     fan_ratio: float | None
 
 
 def parse_timestamp(text: str) -> float:
-    """ISO 8601 (a trailing Z is UTC) or plain Unix seconds."""
+    """ISO 8601 (a trailing Z or an offset is honoured; a naive time is UTC) or plain Unix seconds."""
     try:
         return float(text)
     except ValueError:
         pass
     stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if stamp.tzinfo is None:  # some lab recorders write naive times; never read them in the host's zone
+        stamp = stamp.replace(tzinfo=UTC)
     return stamp.timestamp()
 
 
@@ -106,7 +108,7 @@ def iter_rows(path: Path, device: str | None = None) -> Iterator[LabRow]:
                     continue
                 fan = p.number("fan_pct", optional=True) if "fan_pct" in header else None
                 yield LabRow(line=line, fields=fields, timestamp_s=p.timestamp(), device=name,
-                             util_pct=p.number("util_pct"), power_w=p.number("power_w"),
+                             util_pct=p.number("util_pct"), power_w=p.number("power_w", optional=True),
                              temp_c=p.number("temp_c", optional=True),
                              fan_ratio=None if fan is None else fan / 100.0)
     except OSError as exc:

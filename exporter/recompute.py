@@ -17,9 +17,14 @@ OUTPUT_COLUMNS = ("tg_rle_raw", "tg_rle_smoothed", "tg_e_th", "tg_e_pw", "tg_t_s
 
 
 def score(rows: Iterable[LabRow], engine: RleEngine) -> Iterator[tuple[LabRow, RleResult]]:
-    """Feeds rows through the engine in order; a timestamp gap restarts its state (inside the engine)."""
+    """Feeds rows through the engine in order; a timestamp gap restarts its state (inside the engine).
+
+    A row without a power reading is scored as 0 W, as the lab's monitor did (A_load then sits on its
+    1e-3 floor, which inflates E_pw and RLE): re-scoring reproduces the recording, and `run` says so.
+    """
     for row in rows:
-        yield row, engine.update(row.timestamp_s, row.util_pct, row.power_w, row.temp_c)
+        power_w = 0.0 if row.power_w is None else row.power_w
+        yield row, engine.update(row.timestamp_s, row.util_pct, power_w, row.temp_c)
 
 
 def _engine_columns(result: RleResult) -> list[str]:
@@ -42,6 +47,11 @@ def run(args: argparse.Namespace, config: RleConfig) -> int:
         for row, result in scored:
             writer.writerow([*(row.fields.get(c, "") for c in header), *_engine_columns(result)])
     os.replace(tmp, out)
+    no_power = sum(row.power_w is None for row, _ in scored)
+    if no_power:
+        print(f"recompute: warning: {no_power} {args.device} row(s) have no power_w; scored as 0 W like the lab's "
+              f"monitor (A_load at its {config.load_floor:g} floor, so E_pw and RLE are inflated there)",
+              file=sys.stderr)
     print(f"recompute: {len(scored)} {args.device} rows, {engine.segments} segment(s), "
           f"{engine.collapse_events} collapse event(s) -> {out}", file=sys.stderr)
     return 0

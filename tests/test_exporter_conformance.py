@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,9 +97,37 @@ def test_recompute_restarts_state_at_a_gap(tmp_path: Path):
     assert "2 segment(s)" in proc.stderr
 
 
+def test_recompute_scores_rows_without_power_like_the_lab_and_says_so(tmp_path: Path):
+    # The lab's 2025-10-27 PC session logs its CPU rows with an empty power_w;
+    # its monitor scored them as 0 W: util 49 % -> E_pw = 0.49 / 1e-3 = 490, rle_raw = 489.184692.
+    lines = [HEADER, "2025-10-27T09:04:30.204129Z,cpu,49.00,,", "2025-10-27T09:04:31.206949Z,cpu,11.90,,"]
+    out = tmp_path / "out.csv"
+    proc = _recompute("--csv", _write(tmp_path / "in.csv", lines), "--device", "cpu", "--rated-power", 125,
+                      "--temp-limit", 80, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 cpu row(s) have no power_w" in proc.stderr
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[0]["tg_e_pw"]) == pytest.approx(490.0)
+    assert float(rows[0]["tg_rle_raw"]) == pytest.approx(489.184692, rel=1e-6)
+    assert rows[0]["power_w"] == ""  # the input columns pass through untouched
+
+
+def test_naive_lab_timestamps_are_utc(monkeypatch):
+    from exporter.labcsv import parse_timestamp
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_timestamp("2025-10-29T00:54:13.5") == parse_timestamp("2025-10-29T00:54:13.5Z") == 1761699253.5
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 @pytest.mark.parametrize(("bad_line", "column"), [
     ("2,gpu,abc,61,100", "util_pct"),
-    ("2,gpu,50,61,", "power_w"),
+    ("2,gpu,50,61,lots", "power_w"),
     ("yesterday,gpu,50,61,100", "timestamp"),
     ("2,gpu,50,nan,100", "temp_c"),
 ])
