@@ -49,17 +49,25 @@ def _number(value: object, where: str, name: str, required: bool) -> float:
         raise InputError(f"{where}: field {name!r} is not a number: {value!r}") from None
 
 
+# Epoch fields win over ISO strings: the RLE lab's own training logs carry `timestamp_shared` (epoch) next
+# to `timestamp_iso`, a naive *local* time, which read as UTC would shift the run by the host's offset.
+EPOCH_FIELDS = ("time_unix", "timestamp_shared")
+ISO_FIELDS = ("timestamp", "timestamp_iso")
+
+
 def _record_time(rec: dict, where: str, tz: tzinfo) -> float:
-    """Epoch field first (time_unix), else the ISO timestamp (offset honoured, naive = tz)."""
-    if rec.get("time_unix") not in (None, ""):
-        return _number(rec["time_unix"], where, "time_unix", True)
-    stamp = rec.get("timestamp")
-    if not isinstance(stamp, str):
-        raise InputError(f"{where}: no time_unix and no ISO 'timestamp' field")
-    try:
-        return parse_iso_s(stamp, tz)
-    except ValueError:
-        raise InputError(f"{where}: timestamp {stamp!r} is not ISO 8601") from None
+    """An epoch field first (time_unix, timestamp_shared), else an ISO one (offset honoured, naive = tz)."""
+    for name in EPOCH_FIELDS:
+        if rec.get(name) not in (None, ""):
+            return _number(rec[name], where, name, True)
+    for name in ISO_FIELDS:
+        stamp = rec.get(name)
+        if isinstance(stamp, str) and stamp:
+            try:
+                return parse_iso_s(stamp, tz)
+            except ValueError:
+                raise InputError(f"{where}: {name} {stamp!r} is not ISO 8601") from None
+    raise InputError(f"{where}: no time field (epoch: {', '.join(EPOCH_FIELDS)}; ISO: {', '.join(ISO_FIELDS)})")
 
 
 def _grad_records(path: Path, text: str) -> list[tuple[str, object]]:

@@ -82,8 +82,10 @@ def _correct(pairs: list[dict], extra: list[dict], cfg: Settings) -> list[str]:
 def analyse(table: T.Table, cfg: Settings) -> dict:
     """Every test on `table` (which starts at the run's first sample) after the start-up warm-up."""
     rng = np.random.default_rng(cfg.seed)
-    warm_rows = _steps(cfg.warmup_s, table.step_s) if cfg.warmup_s > 0 else 0
-    warmup = {"seconds": cfg.warmup_s, "rows_excluded": min(warm_rows, table.n),
+    # At most a tenth of the run: a short run (the lab's are 3 minutes) keeps most of its samples, and a
+    # start-up transient lasts seconds, not minutes.
+    warm_rows = min(_steps(cfg.warmup_s, table.step_s), table.n // 10) if cfg.warmup_s > 0 else 0
+    warmup = {"seconds": warm_rows * table.step_s, "rows_excluded": warm_rows,
               "analysed_from_unix": table.start_s + warm_rows * table.step_s}
     full, table = table, table.rows_from(warm_rows)
     cols, step = table.columns, table.step_s
@@ -125,7 +127,7 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
 
     notes = _correct(pairs, extra, cfg)
     if warm_rows:
-        notes.append(f"The run's first {cfg.warmup_s:g} s (start-up: the device leaving idle as the loss and "
+        notes.append(f"The run's first {warmup['seconds']:g} s (start-up: the device leaving idle as the loss and "
                      "gradient norm plunge) are shown in the figures but left out of every test (--warmup).")
     for pair in pairs:
         _pair_verdict(pair, cfg.alpha)

@@ -118,6 +118,25 @@ def test_time_unix_preferred_and_offsets_honoured(tmp_path):
     assert np.isnan(grad.columns["grad_norm"][3])  # a gap, not an error and not a zero
 
 
+def test_rle_lab_training_log_uses_timestamp_shared_not_its_naive_local_iso(tmp_path):
+    # The lab's coupling runs log `timestamp_shared` (epoch) beside `timestamp_iso`, a naive *local* time
+    # (here UTC-5): read as UTC it would put the run five hours off its RLE recording.
+    log = tmp_path / "training_log_20251028_195412.json"
+    log.write_text(json.dumps([
+        {"step": 1, "step_counter": 1, "timestamp_shared": 1761699262.4882805,
+         "timestamp_iso": "2025-10-28T19:54:22.488280", "loss": 6.3157, "grad_norm": 25.73,
+         "learning_rate": 5e-05, "epoch": 0.04},
+        {"step": 2, "step_counter": 2, "timestamp_shared": 1761699262.8900828,
+         "timestamp_iso": "2025-10-28T19:54:22.890082", "loss": 5.7691, "grad_norm": 25.52,
+         "learning_rate": 4.975e-05, "epoch": 0.08},
+    ]))
+    grad = load_grad_log(log, get_tz(None))
+    assert grad.t_s.tolist() == [1761699262.4882805, 1761699262.8900828]
+    iso_only = tmp_path / "iso.json"
+    iso_only.write_text(json.dumps([{"step": 1, "grad_norm": 1.0, "timestamp_iso": "2025-10-29T00:54:22Z"}]))
+    assert load_grad_log(iso_only, get_tz(None)).t_s.tolist() == [1761699262.0]
+
+
 def test_csv_device_choice_and_unknown_device(tmp_path):
     csv = write_csv(tmp_path / "rle.csv", 30)
     cpu, device = load_rle_csv(csv, "cpu", get_tz(None))

@@ -68,7 +68,7 @@ def lagged_test(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int,
     n = int(finite.sum())
     out: dict = {"peak_lag_steps": None, "peak_r": None, "p": None, "p_adjusted": None, "n": n,
                  "n_surrogates": n_surrogates, "max_lag_steps": max_lag}
-    needed = max(4 * max_lag + 8, 30)
+    needed = 2 * max_lag + 30  # at least 30 overlapping pairs at the largest lag
     if n < needed or is_constant(x[finite]) or is_constant(y[finite]):
         out["status"] = INSUFFICIENT
         out["reason"] = (f"{n} samples; a scan over +/-{max_lag} lags needs at least {needed} (lower --max-lag)"
