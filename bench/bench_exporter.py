@@ -132,29 +132,32 @@ def fake_nvml_costs(rounds: int = 300) -> dict[str, float]:
                     "sampler thread only: a scrape renders the snapshot and makes no NVML call"}
 
 
+def measure_process(sample_hz: float, with_scrapes: bool) -> dict[str, float]:
+    """One exporter process at `sample_hz`: its CPU share and RSS (and scrape latency when asked)."""
+    progress(f"starting exporter at {sample_hz:g} Hz")
+    proc, port = start_exporter(sample_hz)
+    out: dict[str, float] = {}
+    try:
+        time.sleep(2.0)
+        if with_scrapes:
+            progress(f"{SCRAPES} scrapes")
+            out.update(scrape_latency(port))
+        progress(f"CPU over {CPU_WINDOW_S:g} s at {sample_hz:g} Hz")
+        out["cpu_pct"] = cpu_percent(proc.pid)
+        out["rss_mb"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
+    finally:
+        stop(proc)
+    return out
+
+
 def main() -> int:
     result: dict[str, object] = {"devices": DEVICES, "cpu_count": os.cpu_count(),
                                  "loadavg_start": [round(x, 2) for x in os.getloadavg()], "goals": GOALS}
-    progress("starting exporter at 1 Hz")
-    proc, port = start_exporter(1.0)
-    try:
-        time.sleep(2.0)
-        progress(f"{SCRAPES} scrapes")
-        result.update(scrape_latency(port))
-        progress(f"CPU over {CPU_WINDOW_S:g} s at 1 Hz")
-        result["cpu_1hz_pct"] = cpu_percent(proc.pid)
-        result["rss_mb"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
-    finally:
-        stop(proc)
-    progress("starting exporter at 10 Hz")
-    proc, port = start_exporter(10.0)
-    try:
-        time.sleep(2.0)
-        progress(f"CPU over {CPU_WINDOW_S:g} s at 10 Hz")
-        result["cpu_10hz_pct"] = cpu_percent(proc.pid)
-        result["rss_10hz_mb"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
-    finally:
-        stop(proc)
+    at_1hz = measure_process(1.0, with_scrapes=True)
+    result.update({k: v for k, v in at_1hz.items() if k not in ("cpu_pct", "rss_mb")},
+                  cpu_1hz_pct=at_1hz["cpu_pct"], rss_mb=at_1hz["rss_mb"])
+    at_10hz = measure_process(10.0, with_scrapes=False)
+    result.update(cpu_10hz_pct=at_10hz["cpu_pct"], rss_10hz_mb=at_10hz["rss_mb"])
     progress("fake NVML sampling round vs render")
     result.update(fake_nvml_costs())
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
