@@ -38,8 +38,17 @@ def _steps(seconds: float, step_s: float) -> int:
 
 def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: float, cfg: Settings,
                  rng: np.random.Generator) -> dict:
-    lag = lagged.lagged_test(first_difference(x), first_difference(y), _steps(cfg.max_lag_s, step_s),
-                             cfg.n_surrogates, rng)
+    dx, dy = first_difference(x), first_difference(y)
+    requested = _steps(cfg.max_lag_s, step_s)
+    # A short run cannot support the full scan: narrow it so the largest lag still has 30 overlapping
+    # pairs (lagged_test's floor), and say so, rather than give no lagged answer at all.
+    fits = (int(np.sum(np.isfinite(dx) & np.isfinite(dy))) - lagged.MIN_OVERLAP) // 2
+    max_lag = min(requested, fits) if fits >= 1 else requested
+    lag = lagged.lagged_test(dx, dy, max_lag, cfg.n_surrogates, rng)
+    lag["max_lag_s"] = max_lag * step_s
+    if max_lag < requested:
+        lag["max_lag_note"] = (f"scan narrowed from +/-{requested * step_s:g} s to +/-{max_lag * step_s:g} s: "
+                               f"the run is too short for the full range")
     lag["peak_lag_s"] = None if lag["peak_lag_steps"] is None else lag["peak_lag_steps"] * step_s
     lag["lags_s"] = [k * step_s for k in range(-lag["max_lag_steps"], lag["max_lag_steps"] + 1)]
     return {"x": names[0], "y": names[1], "naive": correlation.naive(x, y),

@@ -56,7 +56,9 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
                      "It counts every sample as independent and correlates shared trends (the model learns while "
                      "the device warms); once the trends are differenced away and autocorrelation is allowed for, "
                      "the step-to-step movements do not go together.")
-    elif pair["coupled"] and nr is not None and abs(nr) < 0.3:
+    if lag.get("max_lag_note"):
+        lines.append(f"  Lagged test: {lag['max_lag_note']}.")
+    if pair["coupled"] and nr is not None and abs(nr) < 0.3:
         lines.append("  The naive level correlation is small, but the step-to-step movements go together "
                      "(possibly with a delay), which the naive number cannot see.")
     return lines

@@ -157,6 +157,20 @@ def test_short_series_is_insufficient_data_not_nan():
     _assert_json_clean(result)
 
 
+def test_a_short_run_narrows_the_lag_scan_instead_of_dropping_it():
+    rng = np.random.default_rng(2)
+    n, k = 80, 3  # the RLE lab's coupling runs overlap their recordings for about 80 s
+    x = ar1(rng, (n + k,), 0.5)
+    cols = {"grad_norm": x[k:], "power": 0.8 * x[:-k] + 0.3 * rng.standard_normal(n)}  # power[t+k] ~ grad[t]
+    pair = analyse(_table(cols), Settings(max_lag_s=30.0, n_surrogates=500))["pairs"][2]
+    assert pair["y"] == "power"
+    lag = pair["lag"]
+    assert lag["status"] == "ok" and lag["max_lag_s"] < 30 and "narrowed" in lag["max_lag_note"]
+    assert (n - 1 - n // 10) - 2 * lag["max_lag_steps"] >= 30  # 30 overlapping pairs at the largest lag
+    assert lag["peak_lag_s"] == k and pair["coupled"]  # power follows the gradient norm by k s
+    _assert_json_clean(pair)
+
+
 def test_constant_and_absent_series_are_insufficient_data():
     rng = np.random.default_rng(2)
     n = 900

@@ -7,6 +7,7 @@ from scipy.ndimage import maximum_filter1d
 
 from analysis.stats.series import INSUFFICIENT, is_constant, standardise_fill
 
+MIN_OVERLAP = 30  # overlapping pairs required at the largest lag
 _BATCH_VALUES = 4_000_000  # phase surrogates are built in batches of at most this many numbers
 
 
@@ -68,7 +69,7 @@ def lagged_test(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int,
     n = int(finite.sum())
     out: dict = {"peak_lag_steps": None, "peak_r": None, "p": None, "p_adjusted": None, "n": n,
                  "n_surrogates": n_surrogates, "max_lag_steps": max_lag}
-    needed = 2 * max_lag + 30  # at least 30 overlapping pairs at the largest lag
+    needed = 2 * max_lag + MIN_OVERLAP
     if n < needed or is_constant(x[finite]) or is_constant(y[finite]):
         out["status"] = INSUFFICIENT
         out["reason"] = (f"{n} samples; a scan over +/-{max_lag} lags needs at least {needed} (lower --max-lag)"
