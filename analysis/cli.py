@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     verdict = report["verdict"]
     title = f"run {meta['inputs'].get('run_id', args.grad_log)}: verdict {'coupled' if verdict['coupled'] else 'not coupled'} ({verdict['strength']})"
-    coupling_png(table, args.out / "coupling.png", title)
+    coupling_png(table, args.out / "coupling.png", title,
+                 "Prometheus evaluation timestamps" if args.prometheus else f"a {table.step_s:g} s grid")
     crosscorr_png(results["pairs"], args.out / "crosscorr.png")
     # fetch = reading and aligning the input (HTTP + JSON for Prometheus), statistics = every test
     report["timing_s"] = {"fetch_align": t_fetch, "statistics": t_stats, "figures": time.perf_counter() - t0}

@@ -36,7 +36,8 @@ def _shade(ax: plt.Axes, t: np.ndarray, mask: np.ndarray, color: str, label: str
                         step="mid", label=label, linewidth=0)
 
 
-def coupling_png(table: T.Table, path: Path, title: str) -> None:
+def coupling_png(table: T.Table, path: Path, title: str, grid: str = "Prometheus evaluation timestamps") -> None:
+    """The seed's four panels on one time axis; `grid` names where the time grid came from."""
     factor = max(1, int(np.ceil(table.n / MAX_PLOT_POINTS)))
     t = _bucket(table.t_unix_s, factor, "mean").astype("datetime64[s]")
     cols = table.columns
@@ -62,7 +63,7 @@ def coupling_png(table: T.Table, path: Path, title: str) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=8)
     axes[0].set_title(title)
-    axes[-1].set_xlabel("time (UTC, Prometheus evaluation timestamps)" if factor == 1 else
+    axes[-1].set_xlabel(f"time (UTC, {grid})" if factor == 1 else
                         f"time (UTC; {factor} steps per plotted point)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
