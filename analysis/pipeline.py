@@ -9,7 +9,7 @@ import numpy as np
 from analysis import table as T
 from analysis.stats import correlation, events, granger, lagged, perturbation
 from analysis.stats.multiple import holm
-from analysis.stats.series import INSUFFICIENT, first_difference, is_constant, strength_band
+from analysis.stats.series import INSUFFICIENT, is_constant, stationary, strength_band
 
 PAIRS = ((T.GRAD_NORM, T.RLE), (T.GRAD_NORM, T.TEMPERATURE), (T.GRAD_NORM, T.POWER),
          (T.GRAD_NORM, T.A_LOAD), (T.LOSS, T.RLE))
@@ -38,7 +38,7 @@ def _steps(seconds: float, step_s: float) -> int:
 
 def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: float, cfg: Settings,
                  rng: np.random.Generator) -> dict:
-    dx, dy = first_difference(x), first_difference(y)
+    dx, dy = stationary(x), stationary(y)
     requested = _steps(cfg.max_lag_s, step_s)
     # A short run cannot support the full scan: narrow it so the largest lag still has 30 overlapping
     # pairs (lagged_test's floor), and say so, rather than give no lagged answer at all.

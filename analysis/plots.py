@@ -86,7 +86,7 @@ def crosscorr_png(pairs: list[dict], path: Path) -> None:
         ax.plot([lag["peak_lag_s"]], [lag["peak_r"]], "o", color="tab:red",
                 label=f"peak r={lag['peak_r']:+.2f} at {lag['peak_lag_s']:g} s (p={lag['p']:.2g})")
         ax.legend(loc="upper right", fontsize=7)
-    axes[-1, 0].set_xlabel("lag (s); positive = y follows x (differenced series)")
+    axes[-1, 0].set_xlabel("lag (s); positive = y follows x (detrended first differences)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -32,8 +32,6 @@ import stacklib as sl  # noqa: E402
 DEFAULT_PORTS = {"prometheus": 9090, "alertmanager": 9093, "exporter": 9842, "trainer": 9843}
 PERTURB = "every=20s,duration=4s,lr_mult=10,jitter=0.3"
 STARTUP_TIMEOUT_S = 300
-# Lags up to ±10 s: a two-minute run has too few samples for the analysis's default ±30 s scan.
-MAX_LAG_S = "10s"
 
 
 def say(message: str) -> None:
@@ -182,7 +180,7 @@ class Demo:
         out = self.out / "analysis"
         say(f"analysing run {run_id} from {self.url('prometheus')} ...")
         result = subprocess.run(sl.python_module_argv("analysis", "--prometheus", self.url("prometheus"),
-                                                      "--run", run_id, "--max-lag", MAX_LAG_S, "--out", str(out)),
+                                                      "--run", run_id, "--out", str(out)),
                                 cwd=sl.REPO_ROOT, capture_output=True, text=True)
         sys.stdout.write(result.stdout)
         if result.returncode != 0:

@@ -124,6 +124,25 @@ def test_a_runs_start_up_transient_is_not_taken_for_coupling():
     assert verdicts[30.0] <= 3  # ... and at about the nominal rate with it
 
 
+def test_curved_trends_left_in_the_differences_are_not_taken_for_lagged_coupling():
+    """The gradient norm decays and the temperature approaches equilibrium, both roughly exponentially:
+    their first differences still drift. The lagged test on raw differences is fooled by the two drifts;
+    on the detrended differences it keeps its nominal rate."""
+    from analysis.stats.series import stationary
+
+    rng = np.random.default_rng(9)
+    t = np.arange(120.0)
+    fooled = {"differences": 0, "stationary": 0}
+    for _ in range(20):
+        grad = 1.0 + 8.0 * np.exp(-t / 30.0) + 0.1 * ar1(rng, (t.size,), 0.3)
+        temp = 75.0 - 35.0 * np.exp(-t / 150.0) + 0.02 * rng.standard_normal(t.size)
+        for name, transform in (("differences", first_difference), ("stationary", stationary)):
+            res = lagged.lagged_test(transform(grad), transform(temp), 30, 300, rng)
+            fooled[name] += res["p"] < 0.05
+    assert fooled["differences"] >= 10, fooled
+    assert fooled["stationary"] <= 3, fooled
+
+
 def test_effective_n_shrinks_for_autocorrelated_levels():
     rng = np.random.default_rng(3)
     x, y = ar1(rng, (5000,), 0.95), ar1(rng, (5000,), 0.95)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from analysis.stats.series import INSUFFICIENT, MIN_N_EFF, first_difference, is_constant
+from analysis.stats.series import INSUFFICIENT, MIN_N_EFF, is_constant, stationary
 
 Z_95 = 1.959963984540054
 
@@ -87,9 +87,11 @@ def correlation_with_neff(x: np.ndarray, y: np.ndarray, method: str) -> dict:
     return out
 
 
-PRIMARY_METHOD = "pearson on first differences; p and Fisher-z CI from Bretherton (1999) effective n"
+PRIMARY_METHOD = ("pearson on linearly detrended first differences; p and Fisher-z CI from Bretherton (1999) "
+                  "effective n")
 
 
 def primary(x: np.ndarray, y: np.ndarray) -> dict:
-    """The primary lag-0 test: differencing removes shared trends, n_eff absorbs what autocorrelation is left."""
-    return correlation_with_neff(first_difference(x), first_difference(y), PRIMARY_METHOD)
+    """The primary lag-0 test: differencing (and detrending the differences) removes shared trends, n_eff
+    absorbs what autocorrelation is left."""
+    return correlation_with_neff(stationary(x), stationary(y), PRIMARY_METHOD)

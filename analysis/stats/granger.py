@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from analysis.stats.series import INSUFFICIENT, first_difference, is_constant
+from analysis.stats.series import INSUFFICIENT, is_constant, stationary
 
 
 def _gram(data: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -59,10 +59,10 @@ def f_test(data: np.ndarray, order: int, caused: int) -> dict:
 
 
 def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int) -> dict:
-    dx, dy = first_difference(x), first_difference(y)
+    dx, dy = stationary(x), stationary(y)
     keep = np.isfinite(dx) & np.isfinite(dy)
     out: dict = {"order": None, "x_to_y": None, "y_to_x": None, "n": int(keep.sum()),
-                 "method": "VAR(order by AIC) on first differences; F test of the other series' lags"}
+                 "method": "VAR(order by AIC) on linearly detrended first differences; F test of the other series' lags"}
     if keep.sum() < 10 * max_order + 30 or is_constant(dx[keep]) or is_constant(dy[keep]):
         out["status"] = INSUFFICIENT
         return out
