@@ -95,12 +95,18 @@ def _client(args: argparse.Namespace) -> PromClient:
                       basic_auth=basic, headers=_headers(args.header), progress=sys.stderr.isatty())
 
 
+SCRAPE_JOBS = ("exporter", "trainer")  # the stack's job names (prometheus/prometheus.yml)
+
+
 def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     client = _client(args)
-    scrape_s = client.scrape_interval_s()
+    job_scrape_s = client.job_scrape_interval_s(SCRAPE_JOBS)
+    scrape_s = job_scrape_s or client.scrape_interval_s()
     notes: list[str] = []
     if args.step:
         step_s, step_source = parse_duration_s(args.step), "--step"
+    elif job_scrape_s:
+        step_s, step_source = job_scrape_s, f"scrape interval of the {'/'.join(SCRAPE_JOBS)} targets (/api/v1/targets)"
     elif scrape_s:
         step_s, step_source = scrape_s, "global scrape_interval from /api/v1/status/config"
     else:

@@ -13,18 +13,26 @@ from analysis.selection import quote_label
 REQUIRED = (T.GRAD_NORM, T.LOSS, T.RLE)
 
 
+def range_window(seconds: float) -> str:
+    """A PromQL range: whole seconds as `Ns`, anything else in whole milliseconds (PromQL rejects `0.5s`)."""
+    millis = max(1, round(seconds * 1000))
+    return f"[{millis // 1000}s]" if millis % 1000 == 0 else f"[{millis}ms]"
+
+
 def grad_norm_mean_expr(train_sel: str, step_s: float, scrape_s: float) -> str:
     """The histogram's exact mean gradient norm per interval: increase(_sum) / increase(_count).
 
-    When the step spans several scrapes, rate() over one step covers it exactly. When the step is the
-    scrape interval, irate() over two steps uses the last two samples, i.e. exactly the steps observed
-    in the last interval, whatever the scrape phase (rate() over one step would often hold one sample).
+    When the step spans several scrapes, rate() over one step plus one scrape covers the whole step (the
+    samples in (t - step, t] alone span one scrape interval less, and would drop the steps between the
+    last sample before the window and the first in it). When the step is the scrape interval, irate()
+    over two steps uses the last two samples, i.e. exactly the steps observed in the last interval,
+    whatever the scrape phase (rate() over one step would often hold one sample).
     """
     base = "train_step_grad_norm"
     if step_s >= 2 * scrape_s:
-        win = f"[{step_s:g}s]"
+        win = range_window(step_s + scrape_s)
         return f"max(rate({base}_sum{train_sel}{win})) / max(rate({base}_count{train_sel}{win}))"
-    win = f"[{2 * step_s:g}s]"
+    win = range_window(2 * step_s)
     return f"max(irate({base}_sum{train_sel}{win})) / max(irate({base}_count{train_sel}{win}))"
 
 
@@ -32,7 +40,7 @@ def series_exprs(run_id: str, rank: str, uuid: str, step_s: float, scrape_s: flo
     """One expression per column; gauges via last_over_time over one step so a gap stays a gap."""
     train = f"{{run_id={quote_label(run_id)},rank={quote_label(rank)}}}"
     dev = f"{{uuid={quote_label(uuid)}}}"
-    last = f"[{step_s:g}s]"
+    last = range_window(step_s)
 
     def gauge(name: str, sel: str) -> str:
         return f"max(last_over_time({name}{sel}{last}))"

@@ -129,7 +129,17 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo) -> tuple[Samples, s
             missing.insert(0, "timestamp")
         if missing:
             raise InputError(f"{path}:1: missing column(s) {', '.join(missing)}")
-        rows = [(lineno, row) for lineno, row in enumerate(reader, start=2)]
+        try:
+            rows = [(lineno, row) for lineno, row in enumerate(reader, start=2)]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a readable CSV: {exc}") from None
+    # The lab's monitor leaves trailing CPU-only columns off its GPU rows, so a short row is fine as long
+    # as it reaches every column read here; one that does not is truncated (a file still being written).
+    needed = [c for c in ("timestamp", "timestamp_shared", "device", *RLE_COLUMNS.values()) if c in header]
+    for lineno, row in rows:
+        if any(row.get(c) is None for c in needed):
+            got = sum(v is not None for k, v in row.items() if k is not None)
+            raise InputError(f"{path}:{lineno}: truncated row ({got} of the header's {len(header)} fields)")
     devices = sorted({row["device"] for _, row in rows})
     if device is None:
         device = "gpu" if "gpu" in devices else (devices[0] if len(devices) == 1 else None)
@@ -146,9 +156,9 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo) -> tuple[Samples, s
             times.append(_number(row["timestamp_shared"], where, "timestamp_shared", True))
         else:
             try:
-                times.append(parse_iso_s(row["timestamp"] or "", tz))
+                times.append(parse_iso_s(row.get("timestamp") or "", tz))
             except ValueError:
-                raise InputError(f"{where}: timestamp {row['timestamp']!r} is not ISO 8601") from None
+                raise InputError(f"{where}: timestamp {row.get('timestamp')!r} is not ISO 8601") from None
         for col, key in RLE_COLUMNS.items():
             cols[col].append(_number(row.get(key), where, key, False))
     if not times:

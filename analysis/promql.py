@@ -87,6 +87,24 @@ class PromClient:
                 return parse_duration_s(stripped.split(":", 1)[1].strip())
         return None
 
+    def job_scrape_interval_s(self, jobs: tuple[str, ...]) -> float | None:
+        """The longest scrapeInterval of the active targets of `jobs` (/api/v1/targets), or None.
+
+        A Prometheus that already ran with the default global 15 s often scrapes these jobs at 1 s:
+        the global value would then put the analysis on a 15 s grid.
+        """
+        from analysis.timeparse import parse_duration_s
+
+        try:
+            data = self._get("/api/v1/targets", {"state": "active"})
+        except BackendUnreachable:
+            raise
+        except InputError:
+            return None
+        intervals = [parse_duration_s(t["scrapeInterval"]) for t in data.get("activeTargets", [])
+                     if t.get("labels", {}).get("job") in jobs and t.get("scrapeInterval")]
+        return max(intervals) if intervals else None
+
     def build_version(self) -> str | None:
         """The backend's version from /api/v1/status/buildinfo (None where it is not served)."""
         try:

@@ -142,7 +142,7 @@ class Demo:
         # does not eat into the training time the analysis needs.
         launched, start = time.monotonic(), None
         while trainer.poll() is None:
-            self.supervisor.check()
+            self.supervisor.check(except_for=[trainer])  # the trainer may end right here; it is waited for below
             now = time.monotonic()
             if start is None:
                 if (prom.scalar(f'max(train_steps_total{{run_id="{run_id}"}})') or 0) >= 1:

@@ -137,6 +137,15 @@ def test_rle_lab_training_log_uses_timestamp_shared_not_its_naive_local_iso(tmp_
     assert load_grad_log(iso_only, get_tz(None)).t_s.tolist() == [1761699262.0]
 
 
+def test_truncated_csv_row_names_file_and_line(tmp_path):
+    header = "timestamp,device,rle_smoothed,temp_c,power_w,a_load,collapse,cpu_freq_ghz"
+    path = tmp_path / "rle.csv"
+    # Row 2 lacks only the trailing CPU-only column, as the lab's GPU rows do: fine. Row 3 is cut short.
+    path.write_text(f"{header}\n2025-10-28T08:00:00Z,gpu,0.1,60,100,0.5,0\n2025-10-28T08:00:01Z,gpu,0.1\n")
+    with pytest.raises(InputError, match=r"rle\.csv:3: truncated row \(3 of the header's 8 fields\)"):
+        load_rle_csv(path, None, get_tz(None))
+
+
 def test_csv_device_choice_and_unknown_device(tmp_path):
     csv = write_csv(tmp_path / "rle.csv", 30)
     cpu, device = load_rle_csv(csv, "cpu", get_tz(None))

@@ -4,6 +4,7 @@ because a real Prometheus cannot be made to fail on demand)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -112,3 +113,21 @@ def test_auth_and_extra_headers_are_sent(stub_server):
     first, second = stub.requests[0][2], stub.requests[1][2]
     assert first["Authorization"] == "Bearer tok" and first["X-Scope-OrgID"] == "t1"
     assert second["Authorization"] == "Basic dTpw"
+
+
+def test_range_windows_are_valid_promql_durations_for_any_step(tmp_path):
+    from analysis.fetch import grad_norm_mean_expr, range_window, series_exprs
+
+    assert range_window(1.0) == "[1s]" and range_window(0.5) == "[500ms]" and range_window(1.5) == "[1500ms]"
+    exprs = series_exprs("r1", "0", "GPU-1", 0.5, 0.5)
+    assert "[500ms]" in exprs["loss"] and "[1000ms]" not in exprs["grad_norm"] and "[1s]" in exprs["grad_norm"]
+    # A step of several scrapes: the rate window reaches back one scrape more, so no optimizer step between
+    # the last sample before the window and the first inside it is lost.
+    assert "rate(train_step_grad_norm_sum{x}[3s])" in grad_norm_mean_expr("{x}", 2.0, 1.0)
+    # Every expression must parse in PromQL (a fractional `[0.5s]` does not).
+    rules = "groups:\n- name: g\n  rules:\n" + "".join(
+        f"  - record: r:{name}\n    expr: {json.dumps(expr)}\n" for name, expr in exprs.items())
+    path = tmp_path / "rules.yml"
+    path.write_text(rules)
+    proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
