@@ -45,6 +45,13 @@ class RleConfig:
                 raise ValueError(f"RLE setting {f.name} must be a finite number >= 0, got {value}")
         if not 0 < self.peak_decay_per_s <= 1:
             raise ValueError(f"RLE setting peak_decay_per_s must be in (0, 1], got {self.peak_decay_per_s}")
+        # These end up in denominators (T_sustain, 1/T_sustain, util/A_load): zero would divide by zero.
+        for name in ("min_heating_rate_c_per_s", "sustain_min_s", "sustain_max_s", "load_floor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RLE setting {name} must be > 0, got {getattr(self, name)}")
+        if self.sustain_min_s > self.sustain_max_s:
+            raise ValueError(f"RLE setting sustain_min_s ({self.sustain_min_s}) must not exceed sustain_max_s "
+                             f"({self.sustain_max_s})")
 
 
 @dataclass(frozen=True)

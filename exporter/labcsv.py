@@ -74,8 +74,13 @@ class _RowParser:
 
 
 def read_header(path: Path) -> list[str]:
-    with open(path, newline="") as fh:
-        header = next(csv.reader(fh), None)
+    try:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+    except OSError as exc:
+        raise LabCsvError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise LabCsvError(f"{path}: not a readable CSV: {exc}") from None
     if not header:
         raise LabCsvError(f"{path}: line 1: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]

@@ -41,12 +41,16 @@ def run(args: argparse.Namespace, config: RleConfig) -> int:
     if not scored:
         raise ValueError(f"{src}: no rows with device {args.device!r}")
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*header, *OUTPUT_COLUMNS])
-        for row, result in scored:
-            writer.writerow([*(row.fields.get(c, "") for c in header), *_engine_columns(result)])
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([*header, *OUTPUT_COLUMNS])
+            for row, result in scored:
+                writer.writerow([*(row.fields.get(c, "") for c in header), *_engine_columns(result)])
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
     no_power = sum(row.power_w is None for row, _ in scored)
     if no_power:
         print(f"recompute: warning: {no_power} {args.device} row(s) have no power_w; scored as 0 W like the lab's "

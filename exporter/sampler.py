@@ -78,6 +78,11 @@ class Sampler:
     def devices(self) -> list[DeviceInfo]:
         return [d.info for d in self._devices]
 
+    def _log_once(self, device: str, key: str, fmt: str, detail: object) -> None:
+        if (device, key) not in self._logged:
+            self._logged.add((device, key))
+            log.warning(fmt, device, detail)
+
     def _count_error(self, device: str, op: str) -> None:
         self._errors[(device, op)] = self._errors.get((device, op), 0) + 1
 
@@ -90,15 +95,20 @@ class Sampler:
             return None
         except Exception as exc:  # a backend bug or an odd driver state must not stop the other devices
             self._count_error(label, "read")
-            if (label, type(exc).__name__) not in self._logged:
-                self._logged.add((label, type(exc).__name__))
-                log.warning("device %s: reading failed: %s: %s (logged once)", label, type(exc).__name__, exc)
+            self._log_once(label, type(exc).__name__, "device %s: reading failed: %s (logged once)",
+                           f"{type(exc).__name__}: {exc}")
             return None
         for op in reading.failed_ops:
             self._count_error(label, op)
         result = None
         if reading.util_pct is not None and reading.power_w is not None:
-            result = dev.engine.update(now_s * self.time_scale, reading.util_pct, reading.power_w, reading.temp_c)
+            try:
+                result = dev.engine.update(now_s * self.time_scale, reading.util_pct, reading.power_w,
+                                           reading.temp_c)
+            except (ArithmeticError, ValueError) as exc:  # an odd reading must not kill the sampler thread
+                self._count_error(label, "engine")
+                self._log_once(label, f"engine-{type(exc).__name__}", "device %s: RLE engine failed: %s (logged once)",
+                               exc)
         events = dev.engine.collapse_events if dev.engine.segments else None
         return DeviceSample(dev.info, dev.engine.rated_power_w, reading, result, events)
 

@@ -21,6 +21,7 @@ def make_server(bind: str, port: int, registry: CollectorRegistry,
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 30  # an idle keep-alive connection must not hold a thread forever (Prometheus reconnects)
 
         def setup(self) -> None:
             super().setup()

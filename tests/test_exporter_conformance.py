@@ -150,3 +150,15 @@ def test_recompute_rejects_missing_column_and_bad_power(tmp_path: Path):
     proc = _recompute("--csv", src, "--device", "gpu", "--rated-power", 0, "--temp-limit", 83,
                       "--out", tmp_path / "o.csv")
     assert proc.returncode == 2 and "--rated-power" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_recompute_unreadable_input_or_output_is_one_line_exit_2(tmp_path: Path):
+    good = _write(tmp_path / "in.csv", [HEADER, "1,gpu,50,60,100"])
+    for csv_path, out, expected in ((tmp_path / "nope.csv", tmp_path / "o.csv", "cannot read"),
+                                    (tmp_path, tmp_path / "o.csv", "cannot read"),
+                                    (good, tmp_path / "missing-dir" / "o.csv", "cannot write")):
+        proc = _recompute("--csv", csv_path, "--device", "gpu", "--rated-power", 200, "--temp-limit", 83,
+                          "--out", out)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not list((tmp_path).glob("*.tmp"))

@@ -168,3 +168,38 @@ def test_detector_is_sample_rate_invariant(noise):
     # Same events at the same times up to the coarse rate's resolution: the limit crossing, the 5 s mean
     # and the 7 s hold each resolve to whole 1 s samples at 1 Hz, so each may shift an onset by < 1 s.
     assert all(abs(a - b) < 3.0 for a, b in zip(slow, fast, strict=True)), (slow, fast)
+
+
+@pytest.mark.parametrize("setting", ["min_heating_rate_c_per_s", "sustain_min_s", "sustain_max_s", "load_floor"])
+def test_settings_that_would_divide_by_zero_are_rejected(setting):
+    with pytest.raises(ValueError, match=f"{setting} must be > 0"):
+        RleConfig(**{setting: 0.0})
+    with pytest.raises(ValueError, match="must not exceed sustain_max_s"):
+        RleConfig(sustain_min_s=700.0)
+
+
+def test_an_engine_failure_is_counted_and_the_sampler_keeps_going():
+    from exporter.backends.base import DeviceInfo, Reading
+    from exporter.sampler import Sampler
+
+    class OneGpu:
+        name = "test"
+
+        def devices(self):
+            return [DeviceInfo("0", "GPU-x", "m", "gpu", "test", 200.0, 83.0)]
+
+        def read(self, index, now_s):
+            return Reading(util_pct=50.0, temp_c=60.0, power_w=100.0)
+
+        def close(self):
+            pass
+
+    ticks = iter(range(100))
+    sampler = Sampler(OneGpu(), 1.0, {}, {}, clock=lambda: float(next(ticks)))
+    real_update = sampler._devices[0].engine.update
+    sampler._devices[0].engine.update = lambda *a: 1 / 0  # an engine bug on an odd reading
+    snap = sampler.sample_once()
+    assert snap.errors == (("0", "engine", 1),) and snap.devices[0].result is None
+    assert snap.devices[0].reading.temp_c == 60.0  # the hardware series are still served
+    sampler._devices[0].engine.update = real_update
+    assert sampler.sample_once().devices[0].result is not None

@@ -96,7 +96,10 @@ class CpuBackend:
     def __init__(self, powercap_root: Path = POWERCAP_ROOT) -> None:
         self._rapl = RaplPackage.find(powercap_root)
         if self._rapl is None:
-            log.info("no readable RAPL package energy counter under %s: CPU power is not exported", powercap_root)
+            # RAPL is root-only on current kernels and absent in most VMs: say plainly what that costs.
+            log.warning("no readable RAPL package energy counter under %s: CPU power is not exported, so the "
+                        "RLE index (rle_efficiency and the other derived series) is not computed for the CPU "
+                        "(run as root, or grant read access to energy_uj)", powercap_root)
         if _cpu_temperature() is None:
             log.info("no CPU temperature sensor: CPU temperature is not exported (T_sustain is 600 s)")
         psutil.cpu_percent(interval=None)  # primes the counter: the first call returns 0

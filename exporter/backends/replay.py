@@ -1,7 +1,8 @@
 """Plays an RLE-lab recording back as devices (one per `device` column value), at real time or faster.
 
 Recording time advances `speed` seconds per wall-clock second; each sample reports the newest
-recorded row at that point. At the end the recording starts over (the engine sees a restart).
+recorded row at that point. At the end the recording starts over; the engine's state carries on
+(time keeps running, so it sees a jump in the values, not a gap).
 """
 
 from __future__ import annotations
