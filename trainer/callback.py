@@ -7,7 +7,8 @@ every step but hands them to callbacks only through `on_log`, i.e. every `loggin
 500), and by the time `on_pre_optimizer_step` runs the gradients are already clipped. So:
 
 * gradient norm: a callback queued on the autograd engine runs when the backward pass of the last
-  micro-batch of a step finishes — after gradient accumulation, before Trainer clips — and takes the
+  micro-batch of a step finishes — after gradient accumulation and, under DDP, after the reducer has
+  written the all-reduced (averaged) gradients, before Trainer clips — and takes the
   total L2 norm of the gradients with one fused `_foreach_norm` (a device tensor; fp16 loss scaling is
   divided out). Cost: one read of the gradients per optimizer step, no host sync of its own.
 * loss: a forward hook keeps the training forward passes' `loss` tensors, combined over the step's
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from trainer.gradnorm import host_floats
+from trainer.gradnorm import host_floats, total_grad_norm
 from trainer.metrics import TrainingMetrics
 
 
@@ -144,14 +145,21 @@ class PrometheusCallback(TrainerCallback):
         if self._grad_state is not None and not self._grad_state.sync_gradients:
             return  # a micro-batch that does not complete the step: nothing to measure yet
         self._queued = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._queue_measurement_last)
+
+    def _queue_measurement_last(self) -> None:
+        # Runs at the end of the backward, but possibly BEFORE callbacks queued later in the same
+        # backward — notably DDP's finalize (wait for the all-reduce, write the averaged gradients),
+        # which the reducer queues when the last bucket is ready. The engine runs its final callbacks
+        # in order and also runs those appended while it does, so re-queuing from here puts the
+        # measurement after every callback queued during the backward: it sees the averaged gradients.
         torch.autograd.Variable._execution_engine.queue_callback(self._measure_grad_norm)
 
     def _measure_grad_norm(self) -> None:
         self._queued = False
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if not grads:
+        if not any(p.grad is not None for p in self._params):
             return
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        norm = total_grad_norm(self._params)
         scale = getattr(self._scaler, "_scale", None) if self._scaler is not None else None
         if isinstance(scale, torch.Tensor):  # fp16 loss scaling: the gradients are still scaled here
             norm = norm / scale.to(norm.device).reshape(())

@@ -69,8 +69,19 @@ def clip_and_measure_grad_norm(
         return GradNorm(torch.zeros(()), max_norm if clip else math.inf)
     if clip:
         total = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type, foreach=True)
-    elif hasattr(torch.nn.utils, "get_total_norm"):
-        total = torch.nn.utils.get_total_norm(grads, norm_type=norm_type, foreach=True)
-    else:  # torch < 2.6
-        total = torch.nn.utils.clip_grad_norm_(params, math.inf, norm_type=norm_type, foreach=True)
+    else:
+        total = total_grad_norm(params, norm_type=norm_type)
     return GradNorm(total.detach(), max_norm if clip else math.inf)
+
+
+def total_grad_norm(parameters: Iterable[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
+    """Total norm of the parameters' gradients (one fused foreach pass, a device tensor, no clipping).
+
+    `torch.nn.utils.get_total_norm` exists from torch 2.6; before that, `clip_grad_norm_` with
+    max_norm=inf computes the same norm (and scales the gradients by exactly 1).
+    """
+    params = list(parameters)
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads, norm_type=norm_type, foreach=True)
+    return torch.nn.utils.clip_grad_norm_(params, math.inf, norm_type=norm_type, foreach=True)  # torch < 2.6
