@@ -68,3 +68,48 @@ def test_callback_publishes_every_optimizer_step_with_the_pre_clip_norm(
         assert sum(r["loss"] for r in window) / 3 == pytest.approx(entry["loss"], rel=1e-4)
     assert records[-1]["epoch"] == pytest.approx(trainer.state.epoch)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def _callback_on(model):
+    from trainer import PrometheusCallback
+
+    callback = PrometheusCallback(TrainingMetrics(port=0, run_id="unit", start=False), stream=io.StringIO())
+    callback._install_hooks(model)
+    return callback
+
+
+def test_grad_norm_is_measured_after_callbacks_queued_later_in_the_backward():
+    """DDP queues its finalize (wait for the all-reduce, write the averaged gradients) on the autograd
+    engine when the LAST gradient is ready; the callback must measure after it, not after the first."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    callback = _callback_on(model)
+    params = list(model.parameters())
+    ready: list[torch.Tensor] = []
+
+    def finalize() -> None:  # what DDP's reducer does, here with a fake "average" over 4 ranks
+        for p in params:
+            p.grad.div_(4)
+
+    def ddp_like_hook(param: torch.Tensor) -> None:
+        ready.append(param)
+        if len(ready) == len(params):
+            torch.autograd.Variable._execution_engine.queue_callback(finalize)
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(ddp_like_hook)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert callback._grad_norm is not None
+    assert float(callback._grad_norm) == pytest.approx(float(expected), rel=1e-6)  # the averaged gradients
+
+
+def test_grad_norm_without_torch_get_total_norm(monkeypatch):
+    """torch < 2.6 (the extra allows >= 2.1) has no torch.nn.utils.get_total_norm."""
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    callback = _callback_on(model)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert float(callback._grad_norm) == pytest.approx(float(expected), rel=1e-6)

@@ -175,3 +175,58 @@ def test_gpu_uuid_is_empty_when_nvml_is_unavailable(monkeypatch):
     metrics = TrainingMetrics(start=False, device="cuda:0")
     assert metrics.run_info["gpu_uuid"] == ""
     metrics.close()
+
+
+def test_numpy_and_tensor_step_epoch_tokens_are_coerced_and_logged(tmp_path):
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    metrics = TrainingMetrics(port=0, run_id="co", log_dir=tmp_path)
+    try:
+        metrics.observe_step(np.int64(1), 2.0, 0.5, 1e-3, tokens=torch.ones(2, 3).sum(), epoch=np.float32(0.5))
+        metrics.observe_step(torch.tensor(2), torch.tensor(1.5), np.float64(0.25), 1e-3,
+                             tokens=np.int64(6), epoch=torch.tensor(1.0))
+        text = scrape(metrics.url)
+    finally:
+        metrics.close()
+    records = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["tokens"], r["epoch"]) for r in records] == [(1, 6, 0.5), (2, 6, 1.0)]
+    assert all(type(r["step"]) is int and type(r["tokens"]) is int for r in records)
+    assert sample(text, "train_tokens_total") == 12
+    assert sample(text, "train_step") == 2
+
+
+def test_step_log_writer_survives_an_unwritable_record(tmp_path, capsys):
+    from trainer.steplog import StepLog
+
+    log = StepLog(tmp_path, "bad", 0)
+    good = (1, 1.0, 0.5, 1e-3, 0.1, 1.7e9, 8, False, False, False)
+    log.append(good)
+    log.append((object(), 1.0, 0.5, 1e-3, 0.2, 1.7e9, 8, False, False, False))  # not JSON-serialisable
+    log.append((object(), 1.0, 0.5, 1e-3, 0.3, 1.7e9, 8, False, False, False))
+    log.append((3, 1.0, 0.5, 1e-3, 0.4, 1.7e9, 8, False, False, False))
+    log.close()
+    assert [json.loads(line)["step"] for line in (tmp_path / "steps.jsonl").read_text().splitlines()] == [1, 3]
+    assert [r["step"] for r in json.loads((tmp_path / "grad_norm_log.json").read_text())] == [1, 3]
+    err = capsys.readouterr().err
+    assert err.count("skipping a record") == 1, err
+
+
+def test_close_with_an_infinite_linger_waits_until_cancelled():
+    import threading
+
+    metrics = TrainingMetrics(port=0, run_id="li", linger_s=math.inf)
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            metrics.close()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and not errors, errors  # lingering, not an OverflowError
+    metrics.cancel_linger()
+    closer.join(5)
+    assert not closer.is_alive() and not errors

@@ -166,3 +166,25 @@ def test_plain_pytorch_loop_instrumented_in_two_lines(tmp_path):
     assert sample(samples, "train_grad_norm") == records[-1]["grad_norm"]
     assert sample(samples, "train_clipped_steps_total") == sum(r["grad_norm"] > 0.5 for r in records)
     assert (tmp_path / "grad_norm_log.rank1.json").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "nan", "-1", "86401"])
+def test_absurd_linger_is_a_usage_error(value):
+    from trainer.cli import parse_args
+
+    with pytest.raises(UsageError, match="--linger must be a number of seconds in 0..86400"):
+        parse_args(["--linger", value])
+    assert parse_args(["--linger", "86400"]).linger_s == 86400
+
+
+def test_total_grad_norm_without_get_total_norm(monkeypatch):
+    """torch < 2.6 has no torch.nn.utils.get_total_norm: the clip_grad_norm_(inf) fallback gives the same."""
+    torch = pytest.importorskip("torch")
+    from trainer.gradnorm import total_grad_norm
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 4.0])
+    assert float(total_grad_norm(params)) == pytest.approx(5.0)
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
+    assert float(total_grad_norm(params)) == pytest.approx(5.0)
+    assert params[0].grad.tolist() == [3.0, 0.0, 0.0] and params[1].grad.tolist() == [0.0, 4.0]

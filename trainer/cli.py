@@ -16,6 +16,8 @@ from trainer.errors import NonFiniteAbort, UsageError
 from trainer.perturb import PerturbError, parse_perturb, parse_step_ranges
 from trainer.schedule import SCHEDULES
 
+MAX_LINGER_S = 86400  # a day; also rejects inf and nan (threading's wait overflows on huge timeouts)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
@@ -69,7 +71,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     _check(a.warmup_steps is None or a.warmup_steps >= 0, "--warmup-steps must be >= 0")
     _check(a.max_grad_norm >= 0, "--max-grad-norm must be >= 0 (0 = no clipping)")
     _check(0 <= a.port <= 65535, "--port must be in 0..65535")
-    _check(a.linger >= 0, "--linger must be >= 0")
+    _check(0 <= a.linger <= MAX_LINGER_S, f"--linger must be a number of seconds in 0..{MAX_LINGER_S}")
     _check(a.max_nonfinite >= 1, "--max-nonfinite must be >= 1")
     try:
         perturb = parse_perturb(a.perturb) if a.perturb is not None else None

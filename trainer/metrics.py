@@ -168,8 +168,8 @@ class TrainingMetrics:
             self.steplog.close()
         linger = self.linger_s if linger_s is None else linger_s
         if self._server is not None:
-            if linger > 0:
-                self._linger_cancel.wait(linger)
+            if linger > 0:  # inf / huge: wait "forever" (until cancel_linger) instead of OverflowError
+                self._linger_cancel.wait(min(linger, threading.TIMEOUT_MAX))
             self._server.shutdown()
             self._server.server_close()
             self._server = None
@@ -230,7 +230,11 @@ class TrainingMetrics:
         perturbation: bool | None = None,
         duration_s: float | None = None,
     ) -> None:
-        """Record one optimizer step. Pass Python floats (a tensor works but costs a host sync each).
+        """Record one optimizer step. Pass Python numbers: a tensor (or numpy scalar) works for any
+        argument but costs a host sync each (`int()` / `float()` of a 0-d device tensor).
+
+        `step` and `tokens` are stored as int, `epoch`, `loss`, `grad_norm`, `learning_rate` as float,
+        so the step log always gets JSON-serialisable values.
 
         `grad_norm` is the total L2 norm before clipping. A non-finite loss or norm is published on
         the gauges as is, counted in `train_nonfinite_steps_total` and kept out of the histogram
@@ -241,6 +245,9 @@ class TrainingMetrics:
         if duration_s is None and self._last_mark_s is not None:
             duration_s = now_s - self._last_mark_s
         self._last_mark_s = now_s
+        step = int(step)
+        tokens = int(tokens)
+        epoch = None if epoch is None else float(epoch)
         loss = None if loss is None else float(loss)
         grad_norm = None if grad_norm is None else float(grad_norm)
         learning_rate = None if learning_rate is None else float(learning_rate)

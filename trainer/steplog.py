@@ -11,6 +11,7 @@ import json
 import math
 import os
 import queue
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,9 +84,19 @@ class StepLog:
         self._queue.put(record)
 
     def _write_loop(self) -> None:
+        warned = False
         with self._file:
             while (record := self._queue.get()) is not None:
-                self._file.write(format_record(record, self._run_id, self._rank) + "\n")
+                try:
+                    line = format_record(record, self._run_id, self._rank)
+                except (TypeError, ValueError) as exc:  # e.g. a value json cannot serialise: skip it, go on
+                    if not warned:
+                        warned = True
+                        print(f"trainer: step log {self.jsonl_path}: skipping a record that cannot be written "
+                              f"({type(exc).__name__}: {exc}); further such records are skipped silently",
+                              file=sys.stderr, flush=True)
+                    continue
+                self._file.write(line + "\n")
 
     def close(self) -> None:
         """Drain the queue, close the JSON Lines file and write `grad_norm_log.json` from it."""
