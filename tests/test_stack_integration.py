@@ -217,7 +217,9 @@ def test_target_down_alert_reaches_the_webhook_through_alertmanager(stack: LiveS
     assert labels["job"] == "trainer" and labels["component"] == "trainer" and labels["severity"] == "warning"
     assert trainer_down_alert["annotations"]["runbook_url"].endswith("#trainertargetdown")
     payload = next(p for p in stack.webhook.payloads if trainer_down_alert in p["alerts"])
-    assert payload["receiver"] == "thermograd-webhook" and payload["groupLabels"] == {"alertname": "TrainerTargetDown"}
+    # grouped by alertname, instance and device (the trainer's alert has no device label)
+    assert payload["receiver"] == "thermograd-webhook"
+    assert payload["groupLabels"] == {"alertname": "TrainerTargetDown", "instance": labels["instance"]}
 
 
 def test_target_down_inhibits_that_targets_alerts_in_alertmanager(stack: LiveStack, trainer_down_alert: dict):
