@@ -62,6 +62,15 @@ class FakeNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         return self.gpus[index]
 
+    def _handle_by_uuid(self, uuid: str | bytes) -> FakeGpu:
+        wanted = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for gpu in self.gpus:
+            if gpu.uuid == wanted:
+                if gpu.lost:
+                    raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+                return gpu
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
     def functions(self) -> dict[str, Callable[..., Any]]:
         clocks = {pynvml.NVML_CLOCK_SM: "sm_mhz", pynvml.NVML_CLOCK_MEM: "memory_mhz"}
         device_getters: dict[str, Callable[..., Any]] = {
@@ -82,7 +91,8 @@ class FakeNvml:
             device_getters["nvmlDeviceGetCurrentClocksEventReasons"] = lambda g: g.reasons_mask
         funcs = {name: self._device(name, getter) for name, getter in device_getters.items()}
         funcs.update(nvmlInit=lambda: None, nvmlShutdown=lambda: None,
-                     nvmlDeviceGetCount=lambda: len(self.gpus), nvmlDeviceGetHandleByIndex=self._handle_by_index)
+                     nvmlDeviceGetCount=lambda: len(self.gpus), nvmlDeviceGetHandleByIndex=self._handle_by_index,
+                     nvmlDeviceGetHandleByUUID=self._handle_by_uuid)
         return funcs
 
     def install(self, set_attr: Callable[[Any, str, Any], Any]) -> None:

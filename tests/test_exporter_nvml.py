@@ -126,6 +126,24 @@ def test_lost_gpu_is_counted_omitted_and_recovers(fake: FakeNvml):
     assert series(m, "rle_exporter_errors_total", device="1", op="lost") == 3.0  # counter kept, not growing
 
 
+def test_a_lost_gpu_comes_back_by_uuid_even_when_indices_shift(fake: FakeNvml):
+    clock = FakeClock()
+    sampler = make_sampler(clock)
+    sampler.sample_once()
+    lost_uuid = fake.gpus[1].uuid
+    fake.gpus[1].lost = True
+    clock.now_s += 1.0
+    sampler.sample_once()
+    # The driver re-enumerates: the GPU that was index 1 is now index 0, and the other one index 1.
+    fake.gpus[0], fake.gpus[1] = fake.gpus[1], fake.gpus[0]
+    fake.gpus[0].lost = False
+    fake.gpus[0].temp_c = 71
+    clock.now_s += 1.0
+    sampler.sample_once()
+    m = scrape(sampler)
+    assert series(m, "rle_temperature_celsius", device="1", uuid=lost_uuid) == 71.0  # its own reading, own labels
+
+
 def test_transient_query_error_counts_that_op_only(fake: FakeNvml):
     fake.gpus[0].failing["nvmlDeviceGetTemperature"] = pynvml.NVML_ERROR_UNKNOWN
     sampler = make_sampler()

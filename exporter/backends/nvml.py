@@ -109,8 +109,10 @@ class NvmlBackend:
 
     def read(self, index: int, now_s: float) -> Reading:
         if self._lost[index]:
-            try:  # a GPU that fell off the bus may come back with a new handle
-                self._handles[index] = pynvml.nvmlDeviceGetHandleByIndex(index)
+            # A GPU that fell off the bus may come back with a new handle, and the indices of the others may
+            # shift meanwhile: look it up by UUID so another GPU's data never lands under this one's labels.
+            try:
+                self._handles[index] = pynvml.nvmlDeviceGetHandleByUUID(self._devices[index].uuid)
             except pynvml.NVMLError as exc:
                 raise DeviceLost("lost", f"GPU {index} still unreachable: {exc}") from None
         handle, unsupported = self._handles[index], self._unsupported[index]
