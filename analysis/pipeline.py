@@ -37,7 +37,8 @@ def _steps(seconds: float, step_s: float) -> int:
 
 
 def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: float, cfg: Settings,
-                 rng: np.random.Generator) -> dict:
+                 rng: np.random.Generator, naive_xy: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Naive (on `naive_xy`, default x and y), primary and lagged tests of one pair."""
     dx, dy = stationary(x), stationary(y)
     requested = _steps(cfg.max_lag_s, step_s)
     # A short run cannot support the full scan: narrow it so the largest lag still has 30 overlapping
@@ -51,8 +52,9 @@ def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: f
                                f"the run is too short for the full range")
     lag["peak_lag_s"] = None if lag["peak_lag_steps"] is None else lag["peak_lag_steps"] * step_s
     lag["lags_s"] = [k * step_s for k in range(-lag["max_lag_steps"], lag["max_lag_steps"] + 1)]
-    return {"x": names[0], "y": names[1], "naive": correlation.naive(x, y),
-            "primary": correlation.primary(x, y), "lag": lag, "coupled": False, "strength": None}
+    return {"x": names[0], "y": names[1], "naive": correlation.naive(*(naive_xy or (x, y))),
+            "primary": correlation.correlation_with_neff(dx, dy, correlation.PRIMARY_METHOD),
+            "lag": lag, "coupled": False, "strength": None}
 
 
 def _pair_verdict(pair: dict, alpha: float) -> None:
@@ -98,11 +100,11 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
               "analysed_from_unix": table.start_s + warm_rows * table.step_s}
     full, table = table, table.rows_from(warm_rows)
     cols, step = table.columns, table.step_s
-    absent = np.full(table.n, np.nan)
-    pairs = [analyse_pair(cols.get(x, absent), cols.get(y, absent), (x, y), step, cfg, rng) for x, y in PAIRS]
-    for pair in pairs:  # the naive numbers are what a naive look at the whole run gives, start-up included
-        pair["naive"] = correlation.naive(full.columns.get(pair["x"], np.full(full.n, np.nan)),
-                                          full.columns.get(pair["y"], np.full(full.n, np.nan)))
+    absent, absent_full = np.full(table.n, np.nan), np.full(full.n, np.nan)
+    # The naive numbers are what a naive look at the whole run gives, start-up included.
+    pairs = [analyse_pair(cols.get(x, absent), cols.get(y, absent), (x, y), step, cfg, rng,
+                          naive_xy=(full.columns.get(x, absent_full), full.columns.get(y, absent_full)))
+             for x, y in PAIRS]
     extra: list[dict] = []
 
     ev: dict = {"status": INSUFFICIENT, "reason": "no collapse series"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
 
 from analysis.backfill import (  # noqa: E402
     create_blocks,
@@ -37,11 +38,6 @@ RUN_ID = "bench-week"
 def log(message: str) -> None:
     print(f"bench_analysis: {message}", file=sys.stderr, flush=True)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cached_tsdb(cache: Path) -> tuple[Path, dict, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
 
 from exporter.backends.nvml import NvmlBackend  # noqa: E402
 from exporter.collector import SnapshotCollector  # noqa: E402
@@ -37,11 +38,6 @@ GOALS = {"scrape_p99_ms": 5.0, "cpu_1hz_pct": 1.0, "cpu_10hz_pct": 5.0, "rss_mb"
 def progress(message: str) -> None:
     print(f"bench_exporter: {message}", file=sys.stderr, flush=True)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_exporter(sample_hz: float) -> tuple[subprocess.Popen, int]:

@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from prometheus_client import generate_latest  # noqa: E402
@@ -38,13 +40,6 @@ from trainer.config import JobConfig  # noqa: E402
 from trainer.job import run  # noqa: E402
 from trainer.metrics import TrainingMetrics  # noqa: E402
 from trainer.steplog import format_record  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # Prometheus's part, in its own process so its CPU time is not billed to the trainer.
 _SCRAPER = """
@@ -70,7 +65,7 @@ def _stop_scraper(proc: subprocess.Popen) -> int:
 
 
 def _one_run(instrument: bool, args: argparse.Namespace, workdir: Path, index: int):
-    port = _free_port()
+    port = free_port()
     cfg = JobConfig(
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, seed=0, device="cpu",
         port=port, linger_s=0, quiet=True, instrument=instrument, log_dir=str(workdir / f"run{index}"),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from stacklib import free_port  # noqa: E402  (tests import it from here: a loopback port free a moment ago)
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +35,6 @@ def rle_lab_csv(shared_dir: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (tests never hard-code ports)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import os
 
 import pytest
 from conftest import free_port
+from test_trainer_helpers import tiny_lm_and_data
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -31,11 +32,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     from trainer import PrometheusCallback, TrainingMetrics
 
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_embd=32, n_head=2)
-    model = transformers.GPT2LMHeadModel(config)
-    generator = torch.Generator().manual_seed(0)
-    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (32, 16), generator=generator).tolist()]
+    model, data = tiny_lm_and_data(32)
     args = transformers.TrainingArguments(
         output_dir=os.path.join(out_dir, "out"), max_steps=STEPS, per_device_train_batch_size=4,
         gradient_accumulation_steps=2, ddp_find_unused_parameters=False, logging_steps=1, learning_rate=1e-3, max_grad_norm=1.0, report_to=[], save_strategy="no",

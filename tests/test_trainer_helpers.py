@@ -84,3 +84,16 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.05):
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {predicate}")
+
+
+def tiny_lm_and_data(n_sequences: int) -> tuple[object, list[dict]]:
+    """A 1-layer GPT-2 built from a config (seeded) and n random 16-token sequences for a Trainer."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_embd=32, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 64, (n_sequences, 16), generator=generator).tolist()
+    return model, [{"input_ids": seq, "labels": seq} for seq in ids]

@@ -6,7 +6,7 @@ import io
 import os
 
 import pytest
-from test_trainer_helpers import read_jsonl, sample, scrape
+from test_trainer_helpers import read_jsonl, sample, scrape, tiny_lm_and_data
 
 from trainer import TrainingMetrics
 
@@ -26,11 +26,7 @@ def test_callback_publishes_every_optimizer_step_with_the_pre_clip_norm(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core box: avoid OpenMP spin contention (see test_trainer_job)
     monkeypatch.delenv("RANK", raising=False)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_embd=32, n_head=2)
-    model = transformers.GPT2LMHeadModel(config)
-    generator = torch.Generator().manual_seed(0)
-    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (48, 16), generator=generator).tolist()]
+    model, data = tiny_lm_and_data(48)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4,
         gradient_accumulation_steps=accumulation, logging_steps=3, learning_rate=1e-3, warmup_steps=2,
