@@ -19,6 +19,8 @@ RUN /opt/thermograd/bin/pip install --index-url "https://download.pytorch.org/wh
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
+# trainer.metrics serves /metrics with the exporter's bounded HTTP server (exporter/httpserve.py).
+COPY exporter ./exporter
 RUN /opt/thermograd/bin/pip install ".[trainer]" \
  && /opt/thermograd/bin/pip uninstall -y pip
 

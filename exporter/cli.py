@@ -23,6 +23,7 @@ log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9842  # not 9835 / 9400: nvidia_gpu_exporter and dcgm-exporter often run beside us
 MAX_SAMPLE_HZ = 10.0
+MAX_SIM_DEVICES = 64  # more GPUs than any node holds; 10**9 would exhaust memory building the devices
 # RleConfig fields of the collapse detector get --collapse-*, the index's windows and floors --rle-*.
 _DETECTOR_FIELDS = {"warmup_s", "peak_decay_per_s", "gate_util_pct", "gate_load_ratio", "gate_heating_c",
                     "drop_frac", "hold_s", "evidence_sustain_s", "evidence_temp_margin_c",
@@ -92,7 +93,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="rated power for A_load (default: the device's power limit); repeatable")
     p.add_argument("--temp-limit", action="append", default=[], metavar="[DEV=]C",
                    help="temperature limit for T_sustain (default 83 GPU, 80 CPU); repeatable")
-    p.add_argument("--devices", type=int, default=1, help="sim: number of simulated GPUs")
+    p.add_argument("--devices", type=int, default=1, help=f"sim: number of simulated GPUs (1-{MAX_SIM_DEVICES})")
     p.add_argument("--seed", type=int, default=0, help="sim: random seed")
     p.add_argument("--sim-load", default="host",
                    help="sim: 'host' (host CPU utilization), a constant load 0-1, or steps 't:load,t:load'")
@@ -122,8 +123,8 @@ def _validate_serve(args: argparse.Namespace) -> None:
         raise UsageError(f"--sample-hz must be > 0 and <= {MAX_SAMPLE_HZ:g}, got {args.sample_hz:g}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0-65535, got {args.port}")
-    if args.devices < 1:
-        raise UsageError(f"--devices must be >= 1, got {args.devices}")
+    if not 1 <= args.devices <= MAX_SIM_DEVICES:
+        raise UsageError(f"--devices must be 1-{MAX_SIM_DEVICES}, got {args.devices}")
     if not (math.isfinite(args.speed) and args.speed > 0):
         raise UsageError(f"--speed must be > 0, got {args.speed:g}")
 
@@ -154,11 +155,11 @@ def serve(args: argparse.Namespace) -> int:
         sampler = Sampler(backend, args.sample_hz, resolve_device_values(power_specs, labels, "--rated-power"),
                           resolve_device_values(limit_specs, labels, "--temp-limit"), config)
         registry = CollectorRegistry()
-        registry.register(SnapshotCollector(lambda: sampler.snapshot))
         try:
             server = make_server(args.bind, args.port, registry, sampler.healthy)
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
+        registry.register(SnapshotCollector(lambda: sampler.snapshot, server.stats.snapshot))
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())

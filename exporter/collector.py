@@ -56,8 +56,10 @@ def _hardware_value(reading: Reading, attr: str) -> float | None:
 class SnapshotCollector:
     """Renders `get_snapshot()`; each collect() reads the snapshot reference once."""
 
-    def __init__(self, get_snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, get_snapshot: Callable[[], Snapshot],
+                 http_stats: Callable[[], dict[str, int]] | None = None) -> None:
         self._get_snapshot = get_snapshot
+        self._http_stats = http_stats  # the endpoint's own counters (exporter.httpserve.HttpStats.snapshot)
         self._build = {"version": __version__, "python": platform.python_version()}
 
     def collect(self) -> Iterator[Metric]:
@@ -118,3 +120,10 @@ class SnapshotCollector:
         for device, op, count in snap.errors:
             errors.add_metric([device, op], float(count))
         yield errors
+        if self._http_stats is not None:
+            http = CounterMetricFamily("rle_exporter_http_errors_total",
+                                       "HTTP endpoint events by reason (client, header_limit, accept, busy).",
+                                       labels=["reason"])
+            for reason, count in self._http_stats().items():
+                http.add_metric([reason], float(count))
+            yield http

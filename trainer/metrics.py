@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from exporter.httpserve import BoundedHTTPServer, serve_in_thread
 from trainer.identity import default_rank, default_world_size, detect_gpu_uuid, new_run_id
 from trainer.steplog import StepLog
 
@@ -83,6 +84,15 @@ class _State:
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def _check_step_inputs(tokens: int, duration_s: float | None) -> None:
+    # A counter must never go down and a histogram's _sum must stay finite: one bad call would
+    # corrupt every rate() over this run for good, so refuse it instead of publishing it.
+    if tokens < 0:
+        raise ValueError(f"observe_step: tokens must be >= 0, got {tokens}")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s >= 0):
+        raise ValueError(f"observe_step: duration_s must be a finite number >= 0, got {duration_s}")
 
 
 class TrainingMetrics:
@@ -147,10 +157,12 @@ class TrainingMetrics:
         """Start serving /metrics (idempotent). Raises MetricsPortError if the port is taken."""
         if self._server is not None:
             return
+        routes = {"/metrics": lambda: (200, generate_latest(self.registry), CONTENT_TYPE_LATEST)}
         try:
-            self._server, self._server_thread = start_http_server(self.port, addr=self.bind, registry=self.registry)
+            self._server = BoundedHTTPServer((self.bind, self.port), routes, name="trainer")
         except OSError as exc:
             raise MetricsPortError(exc.errno, f"cannot serve /metrics on {self.bind}:{self.port}: {exc.strerror or exc}") from None
+        self._server_thread = serve_in_thread(self._server)
         self.port = int(self._server.server_address[1])
 
     @property
@@ -240,6 +252,8 @@ class TrainingMetrics:
         the gauges as is, counted in `train_nonfinite_steps_total` and kept out of the histogram
         (one NaN would poison `_sum` forever). `None` leaves a gauge unchanged.
         `duration_s` defaults to the time since the previous `observe_step` (or `begin_step`).
+        Raises ValueError (recording nothing) for negative `tokens` or a non-finite or negative
+        `duration_s`.
         """
         now_s = time.perf_counter()
         if duration_s is None and self._last_mark_s is not None:
@@ -247,6 +261,8 @@ class TrainingMetrics:
         self._last_mark_s = now_s
         step = int(step)
         tokens = int(tokens)
+        duration_s = None if duration_s is None else float(duration_s)
+        _check_step_inputs(tokens, duration_s)
         epoch = None if epoch is None else float(epoch)
         loss = None if loss is None else float(loss)
         grad_norm = None if grad_norm is None else float(grad_norm)
@@ -356,3 +372,12 @@ class _Collector:
         yield gauge(
             "train_perturbation_active", "1 while a learning-rate perturbation burst is active.", state.perturbation
         )
+        steplog = owner.steplog
+        yield counter("train_log_records_dropped", "Step-log records not written (queue full or I/O error).",
+                      steplog.dropped if steplog is not None else 0)
+        http = CounterMetricFamily("train_http_errors", "/metrics endpoint events by reason.",
+                                   labels=[*names, "reason"])
+        server = owner._server
+        for reason, count in (server.stats.snapshot().items() if server is not None else ()):
+            http.add_metric([*labels, reason], count)
+        yield http

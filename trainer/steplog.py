@@ -1,12 +1,14 @@
 """The per-step JSON Lines log and, at close, the seed's `grad_norm_log.json` (a JSON array).
 
-The training thread only enqueues a tuple (a C-level SimpleQueue put, well under a microsecond); a
-writer thread formats the line and writes it line-buffered, so each step reaches the file within
-milliseconds without the training loop ever waiting on disk.
+The training thread only enqueues a tuple (a non-blocking put on a bounded queue, about a
+microsecond); a writer thread formats the line and writes it with one system call, so each step
+reaches the file within milliseconds without the training loop ever waiting on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -61,65 +63,123 @@ def log_paths(log_dir: Path, rank: int) -> tuple[Path, Path]:
     return log_dir / f"steps{suffix}.jsonl", log_dir / f"grad_norm_log{suffix}.json"
 
 
-class StepLog:
-    """Append-only per-step log with a background writer; `close()` also writes the JSON array."""
+MAX_QUEUED = 100_000  # records (~100 B each): minutes of steps at any speed; past that, drop and count
 
-    def __init__(self, log_dir: str | os.PathLike[str], run_id: str, rank: int) -> None:
+
+class StepLog:
+    """Append-only per-step log with a background writer; `close()` also writes the JSON array.
+
+    Built to lose as little as possible and never the run: the queue is bounded (a record that does
+    not fit is dropped and counted); a failed write (disk full, I/O error) is cut back to the last
+    complete line, warned about once and counted, and the writer goes on with the next record; `close()`
+    never raises for I/O. So `steps.jsonl` holds only complete lines, whatever happened.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str], run_id: str, rank: int,
+                 max_queued: int = MAX_QUEUED) -> None:
         self.log_dir = Path(log_dir)
         self.jsonl_path, self.array_path = log_paths(self.log_dir, rank)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        if self.jsonl_path.exists() and self.jsonl_path.stat().st_size > 0:
-            # Never overwrite a previous run's measurements.
-            raise FileExistsError(f"{self.jsonl_path} already holds a run's log; choose another log directory")
+        for path in (self.jsonl_path, self.array_path):
+            if path.exists() and path.stat().st_size > 0:
+                # Never overwrite a previous run's measurements (either file is one).
+                raise FileExistsError(errno.EEXIST, f"{path} already holds a run's log; choose another log directory")
         self._run_id = run_id
         self._rank = rank
-        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
-        self._file = open(self.jsonl_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed by the writer)
+        self._queue: queue.Queue[tuple | None] = queue.Queue(max_queued)
+        # Records not on disk, one counter per thread that drops (so neither `+=` races the other).
+        self._dropped_full = 0  # training thread: the queue was full
+        self._dropped_io = 0  # writer thread: the write failed
+        self._warned: set[str] = set()
+        # O_APPEND + one os.write per line: a line is on disk whole, or cut back with ftruncate.
+        self._fd = os.open(self.jsonl_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self._size = 0  # bytes of complete lines in the file
         self._thread = threading.Thread(target=self._write_loop, name="trainer-steplog", daemon=True)
         self._thread.start()
         self._closed = False
 
     def append(self, record: tuple) -> None:
-        """Called from the training loop: enqueue only (no formatting, no I/O)."""
-        self._queue.put(record)
+        """Called from the training loop: enqueue only (no formatting, no I/O, never blocks)."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._dropped_full += 1
+            self._warn_once("full", f"more than {self._queue.maxsize} records waiting for the disk; dropping "
+                            "records (counted in train_log_records_dropped_total)")
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped_full + self._dropped_io
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            print(f"trainer: warning: step log {self.jsonl_path}: {text}", file=sys.stderr, flush=True)
 
     def _write_loop(self) -> None:
-        warned = False
-        with self._file:
+        try:
             while (record := self._queue.get()) is not None:
                 try:
                     line = format_record(record, self._run_id, self._rank)
                 except (TypeError, ValueError) as exc:  # e.g. a value json cannot serialise: skip it, go on
-                    if not warned:
-                        warned = True
-                        print(f"trainer: step log {self.jsonl_path}: skipping a record that cannot be written "
-                              f"({type(exc).__name__}: {exc}); further such records are skipped silently",
-                              file=sys.stderr, flush=True)
+                    self._warn_once("record", f"skipping a record that cannot be written ({type(exc).__name__}: "
+                                    f"{exc}); further such records are skipped silently")
                     continue
-                self._file.write(line + "\n")
+                self._write_line((line + "\n").encode())
+        finally:
+            os.close(self._fd)
+
+    def _write_line(self, data: bytes) -> None:
+        written = 0
+        try:
+            while written < len(data):  # a short write is retried: the retry names the reason (ENOSPC)
+                n = os.write(self._fd, data[written:])
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += n
+            self._size += written
+            return
+        except OSError as exc:
+            error = exc
+        self._dropped_io += 1
+        self._warn_once("io", f"cannot write ({error.strerror or error}); training goes on, records are dropped "
+                        "and counted in train_log_records_dropped_total until writing works again")
+        with contextlib.suppress(OSError):  # no partial line left behind (truncating frees, never needs space)
+            os.ftruncate(self._fd, self._size)
 
     def close(self) -> None:
         """Drain the queue, close the JSON Lines file and write `grad_norm_log.json` from it."""
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        self._queue.put(None)  # blocks only while the queue is full, which the writer is draining
         self._thread.join()
-        write_json_array(self.jsonl_path, self.array_path)
+        if self.dropped:
+            print(f"trainer: warning: step log {self.jsonl_path}: {self.dropped} record(s) could not be written",
+                  file=sys.stderr, flush=True)
+        try:
+            write_json_array(self.jsonl_path, self.array_path)
+        except OSError as exc:
+            print(f"trainer: warning: cannot write {self.array_path}: {exc.strerror or exc} "
+                  f"({self.jsonl_path} is complete)", file=sys.stderr, flush=True)
 
 
 def write_json_array(jsonl_path: Path, array_path: Path) -> None:
     """Stream the JSON Lines file into a JSON array (constant memory; atomic replace)."""
     tmp = array_path.with_name(array_path.name + ".tmp")
-    with open(jsonl_path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-        dst.write("[")
-        first = True
-        for line in src:
-            line = line.strip()
-            if not line:
-                continue
-            dst.write("\n  " if first else ",\n  ")
-            dst.write(line)
-            first = False
-        dst.write("\n]\n" if not first else "]\n")
-    os.replace(tmp, array_path)
+    try:
+        with open(jsonl_path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            dst.write("[")
+            first = True
+            for line in src:
+                line = line.strip()
+                if not line:
+                    continue
+                dst.write("\n  " if first else ",\n  ")
+                dst.write(line)
+                first = False
+            dst.write("\n]\n" if not first else "]\n")
+        os.replace(tmp, array_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a stale half-written temporary file
+        raise
