@@ -32,8 +32,22 @@ def _engine_columns(result: RleResult) -> list[str]:
             f"{result.sustain_s:.9g}", f"{result.rolling_peak:.9g}", str(int(result.collapsed))]
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """The same file by any name: one path, a relative one, a symlink or a hard link."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
 def run(args: argparse.Namespace, config: RleConfig) -> int:
     src, out = Path(args.csv), Path(args.out)
+    if same_file(src, out):
+        # OUT keeps only the --device rows: writing it over the input would delete the other devices'.
+        raise ValueError(f"--out {out} is the input --csv {src}; refusing to overwrite the recording "
+                         "(choose another --out)")
     header = read_header(src)
     engine = RleEngine(args.rated_power, args.temp_limit, args.interval_s, config)
     # Read and score everything before writing, so a malformed line leaves no half-written output.

@@ -23,7 +23,7 @@ class JobConfig:
     perturb: PerturbSpec | None = None
     port: int = 9843
     bind: str = "127.0.0.1"
-    log_dir: str | None = None  # None: out/trainer/<run_id>
+    log_dir: str | None = None  # '{run_id}' is replaced; None: out/trainer/{run_id}
     linger_s: float = 2.0
     run_id: str | None = None
     gpu_uuid: str | None = None

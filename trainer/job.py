@@ -57,6 +57,15 @@ def _say(stream: TextIO, text: str) -> None:
     print(f"trainer: {text}", file=stream, flush=True)
 
 
+DEFAULT_LOG_DIR = "out/trainer/{run_id}"
+
+
+def resolve_log_dir(template: str | None, run_id: str) -> Path:
+    """`{run_id}` in --log-dir becomes the run's id: a container restarted with the same command line
+    (compose's fixed volume path) writes a fresh folder instead of being refused a previous run's."""
+    return Path((template or DEFAULT_LOG_DIR).replace("{run_id}", run_id))
+
+
 def _start_metrics(cfg: JobConfig, run_id: str, log_dir: Path | None) -> TrainingMetrics | None:
     if not cfg.instrument:
         return None
@@ -85,7 +94,7 @@ def run(cfg: JobConfig, control: StopControl | None = None, stream: TextIO | Non
     run_id = cfg.run_id or new_run_id()
     log_dir = None
     if cfg.instrument:
-        log_dir = Path(cfg.log_dir) if cfg.log_dir else Path("out") / "trainer" / run_id
+        log_dir = resolve_log_dir(cfg.log_dir, run_id)
     metrics = _start_metrics(cfg, run_id, log_dir)
     result = JobResult(run_id=run_id, log_dir=log_dir)
     if metrics is not None:
