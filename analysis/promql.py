@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,13 +43,38 @@ class PromClient:
             self._session.auth = self.basic_auth
 
     # --- transport -------------------------------------------------------------------------------
+    def _get_within_deadline(self, endpoint: str, params: dict | list | None) -> requests.Response:
+        """One GET, headers and body, finished within timeout_s in all.
+
+        requests' timeout bounds each socket read, so a backend (or proxy) that drip-feeds a byte at a
+        time would hold the analysis forever. The request runs in a daemon thread that is abandoned at
+        the deadline (it cannot block the exit) and its body is read there in full."""
+        outcome: dict[str, object] = {}
+
+        def fetch() -> None:
+            try:
+                resp = self._session.get(endpoint, params=params, timeout=self.timeout_s)
+                _ = resp.content  # the whole body, inside the deadline
+                outcome["response"] = resp
+            except BaseException as exc:  # handed to the caller's thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=fetch, name="promql-get", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            raise requests.Timeout(f"no complete answer within --timeout {self.timeout_s:g} s")
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        return outcome["response"]  # type: ignore[return-value]
+
     def _get(self, path: str, params: dict | list | None = None) -> dict:
-        """GET with retries and exponential back-off on connection errors and 5xx."""
+        """GET with retries and exponential back-off on connection errors, timeouts and 5xx."""
         endpoint = f"{self.url}{path}"
         last_error = ""
         for attempt in range(self.retries + 1):
             try:
-                resp = self._session.get(endpoint, params=params, timeout=self.timeout_s)
+                resp = self._get_within_deadline(endpoint, params)
             except requests.RequestException as exc:
                 last_error = f"{type(exc).__name__}: {_first_line(str(exc))}"
             else:
@@ -65,10 +91,25 @@ class PromClient:
         except ValueError as exc:
             raise InputError(f"{endpoint} answered HTTP {resp.status_code} with non-JSON: "
                              f"{_first_line(resp.text)!r}") from exc
+        if not isinstance(body, dict):
+            raise InputError(f"{endpoint} answered HTTP {resp.status_code} with JSON that is not a Prometheus "
+                             f"API answer (a {type(body).__name__}, not an object)")
         if body.get("status") != "success":
             raise InputError(f"{endpoint} answered HTTP {resp.status_code}: "
                              f"{body.get('errorType', 'error')}: {_first_line(str(body.get('error')))}")
+        if not isinstance(body.get("data"), dict):
+            raise InputError(f"{endpoint} answered HTTP {resp.status_code} without a `data` object "
+                             "(not a Prometheus API answer)")
         return body["data"]
+
+    def _result(self, data: dict, path: str) -> list[dict]:
+        """data.result of a query answer, checked: a list of objects, each with a `metric` object."""
+        result = data.get("result")
+        if not (isinstance(result, list) and all(isinstance(r, dict) and isinstance(r.get("metric"), dict)
+                                                 for r in result)):
+            raise InputError(f"{self.url}{path}: data.result is not a list of series "
+                             "(not a Prometheus API answer)")
+        return result
 
     # --- API -------------------------------------------------------------------------------------
     def scrape_interval_s(self) -> float | None:
@@ -81,7 +122,8 @@ class PromClient:
             raise
         except InputError:  # e.g. Mimir or VictoriaMetrics do not serve Prometheus's config
             return None
-        for line in data.get("yaml", "").splitlines():
+        yaml_text = data.get("yaml")
+        for line in (yaml_text if isinstance(yaml_text, str) else "").splitlines():
             stripped = line.strip()
             if stripped.startswith("scrape_interval:"):
                 return parse_duration_s(stripped.split(":", 1)[1].strip())
@@ -101,8 +143,12 @@ class PromClient:
             raise
         except InputError:
             return None
-        intervals = [parse_duration_s(t["scrapeInterval"]) for t in data.get("activeTargets", [])
-                     if t.get("labels", {}).get("job") in jobs and t.get("scrapeInterval")]
+        targets = data.get("activeTargets")
+        try:
+            intervals = [parse_duration_s(t["scrapeInterval"]) for t in targets or []
+                         if t.get("labels", {}).get("job") in jobs and t.get("scrapeInterval")]
+        except (AttributeError, TypeError, ValueError, InputError):  # a backend with another shape: unknown
+            return None
         return max(intervals) if intervals else None
 
     def build_version(self) -> str | None:
@@ -114,7 +160,7 @@ class PromClient:
 
     def instant(self, expr: str, time_s: float, purpose: str) -> list[dict]:
         self.queries.append({"purpose": purpose, "type": "instant", "query": expr, "time": time_s})
-        return self._get("/api/v1/query", {"query": expr, "time": f"{time_s:.3f}"})["result"]
+        return self._result(self._get("/api/v1/query", {"query": expr, "time": f"{time_s:.3f}"}), "/api/v1/query")
 
     def range_chunks(self, start_s: float, end_s: float, step_s: float) -> list[tuple[float, float]]:
         """Chunks on the same grid start + k*step, each at most MAX_POINTS_PER_SERIES points."""
@@ -135,8 +181,9 @@ class PromClient:
 
         def fetch(job: tuple[str, str, float, float]) -> list[dict]:
             _, expr, lo, hi = job
-            return self._get("/api/v1/query_range",
-                             {"query": expr, "start": f"{lo:.3f}", "end": f"{hi:.3f}", "step": f"{step_s:g}"})["result"]
+            data = self._get("/api/v1/query_range",
+                             {"query": expr, "start": f"{lo:.3f}", "end": f"{hi:.3f}", "step": f"{step_s:g}"})
+            return self._result(data, "/api/v1/query_range")
 
         merged: dict[str, list[dict]] = {name: [] for name in exprs}
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -157,9 +204,13 @@ def _first_line(text: str) -> str:
 
 def matrix_to_arrays(results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate the 'values' of query_range results (one series, possibly several chunks)."""
-    parts = [r["values"] for r in results if r.get("values")]
-    if not parts:
-        return np.empty(0), np.empty(0)
-    t_s = np.concatenate([np.fromiter((v[0] for v in part), float, len(part)) for part in parts])
-    vals = np.concatenate([np.array([v[1] for v in part], dtype=float) for part in parts])
+    try:
+        parts = [r["values"] for r in results if r.get("values")]
+        if not parts:
+            return np.empty(0), np.empty(0)
+        t_s = np.concatenate([np.fromiter((v[0] for v in part), float, len(part)) for part in parts])
+        vals = np.concatenate([np.array([v[1] for v in part], dtype=float) for part in parts])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise InputError(f"a range query answer has malformed `values` ({type(exc).__name__}: "
+                         f"{_first_line(str(exc))}); expected [[time, \"value\"], ...]") from None
     return t_s, vals

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from exporter.backends.base import PLAUSIBLE_RANGES
+
 REQUIRED_COLUMNS = ("timestamp", "device", "util_pct", "power_w", "temp_c")
+
+
+# CSV column -> its plausible range (fan_pct is in percent, the Reading's fan_ratio a fraction).
+_RANGES = {"util_pct": PLAUSIBLE_RANGES["util_pct"], "temp_c": PLAUSIBLE_RANGES["temp_c"],
+           "power_w": PLAUSIBLE_RANGES["power_w"],
+           "fan_pct": tuple(100.0 * bound for bound in PLAUSIBLE_RANGES["fan_ratio"])}
+# Spreadsheet exports often start with a byte-order mark; "utf-8-sig" drops it (and reads plain UTF-8).
+ENCODING = "utf-8-sig"
 
 
 class LabCsvError(ValueError):
@@ -35,9 +45,13 @@ class LabRow:
 def parse_timestamp(text: str) -> float:
     """ISO 8601 (a trailing Z or an offset is honoured; a naive time is UTC) or plain Unix seconds."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"not a finite time: {text!r}")
+        return value
     stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     if stamp.tzinfo is None:  # some lab recorders write naive times; never read them in the host's zone
         stamp = stamp.replace(tzinfo=UTC)
@@ -63,6 +77,9 @@ class _RowParser:
             raise self.fail(column, f"not a number: {text!r}") from None
         if not math.isfinite(value):
             raise self.fail(column, f"not a finite number: {text!r}")
+        low, high = _RANGES.get(column, (-math.inf, math.inf))
+        if not low <= value <= high:
+            raise self.fail(column, f"{text} is outside the physically plausible {low:g} to {high:g}")
         return value
 
     def timestamp(self) -> float:
@@ -75,7 +92,7 @@ class _RowParser:
 
 def read_header(path: Path) -> list[str]:
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding=ENCODING) as fh:
             header = next(csv.reader(fh), None)
     except OSError as exc:
         raise LabCsvError(f"{path}: cannot read: {exc.strerror or exc}") from None
@@ -90,11 +107,16 @@ def read_header(path: Path) -> list[str]:
 
 
 def iter_rows(path: Path, device: str | None = None) -> Iterator[LabRow]:
-    """Rows in file order (optionally of one device); raises LabCsvError on the first bad one."""
+    """Rows in file order (optionally of one device); raises LabCsvError on the first bad one.
+
+    Each device's timestamps must increase strictly: a recording that goes back in time (or repeats
+    or lacks one) cannot be played or scored (the replay's loop length and the engine's rates would
+    be zero or negative)."""
     path = Path(path)
+    previous: dict[str, tuple[float, int]] = {}  # device -> (timestamp, line) of its last row
     try:
         header = read_header(path)
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding=ENCODING) as fh:
             reader = csv.reader(fh)
             next(reader)
             for values in reader:
@@ -112,7 +134,12 @@ def iter_rows(path: Path, device: str | None = None) -> Iterator[LabRow]:
                 if device is not None and name != device:
                     continue
                 fan = p.number("fan_pct", optional=True) if "fan_pct" in header else None
-                yield LabRow(line=line, fields=fields, timestamp_s=p.timestamp(), device=name,
+                timestamp_s = p.timestamp()
+                if name in previous and not timestamp_s > previous[name][0]:
+                    raise p.fail("timestamp", f"not after the previous {name} row's (line {previous[name][1]}); "
+                                 "timestamps must increase")
+                previous[name] = (timestamp_s, line)
+                yield LabRow(line=line, fields=fields, timestamp_s=timestamp_s, device=name,
                              util_pct=p.number("util_pct"), power_w=p.number("power_w", optional=True),
                              temp_c=p.number("temp_c", optional=True),
                              fan_ratio=None if fan is None else fan / 100.0)

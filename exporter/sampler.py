@@ -7,19 +7,23 @@ sample of every device and never touches the hardware.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter.backends.base import Backend, DeviceInfo, DeviceLost, Reading
+from exporter.backends.base import PLAUSIBLE_RANGES, Backend, DeviceInfo, DeviceLost, Reading
 from exporter.engine import RleConfig, RleEngine, RleResult
 
 log = logging.getLogger(__name__)
 
 # Bucket bounds (s) of rle_exporter_sample_duration_seconds: a sampling round is µs (sim) to ms (NVML).
 DURATION_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Reading field -> the `op` its implausible values are counted under in rle_exporter_errors_total.
+_RANGE_OPS = {"util_pct": "utilization", "temp_c": "temperature", "power_w": "power", "fan_ratio": "fan"}
 STALE_INTERVALS = 3.0  # /healthz fails when the newest good sample is older than this many intervals
 
 
@@ -100,6 +104,7 @@ class Sampler:
             return None
         for op in reading.failed_ops:
             self._count_error(label, op)
+        reading = self._drop_implausible(label, reading)
         result = None
         if reading.util_pct is not None and reading.power_w is not None:
             try:
@@ -111,6 +116,19 @@ class Sampler:
                                exc)
         events = dev.engine.collapse_events if dev.engine.segments else None
         return DeviceSample(dev.info, dev.engine.rated_power_w, reading, result, events)
+
+    def _drop_implausible(self, label: str, reading: Reading) -> Reading:
+        """A value no device can report (non-finite, -300 °C, 1e308 W) is dropped, counted under its
+        query's op and logged once: never served, never fed to the engine (it would overflow)."""
+        dropped = {}
+        for attr, (low, high) in PLAUSIBLE_RANGES.items():
+            value = getattr(reading, attr)
+            if value is not None and not (math.isfinite(value) and low <= value <= high):
+                dropped[attr] = None
+                self._count_error(label, _RANGE_OPS[attr])
+                self._log_once(label, f"range-{attr}", "device %s: dropping implausible %s (logged once)",
+                               f"{attr}={value!r}, outside {low:g} to {high:g}")
+        return dataclasses.replace(reading, **dropped) if dropped else reading
 
     def sample_once(self) -> Snapshot:
         """One sampling round over all devices; publishes and returns the new snapshot."""

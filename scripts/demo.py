@@ -221,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve() / run_id
     out.mkdir(parents=True)  # a fresh folder, so a fresh TSDB
     ports = choose_ports({name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS})
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Installed explicitly, SIGINT too: a demo started with SIGINT ignored (nohup, a CI runner, a
+    # background job) inherits SIG_IGN, and Python then never installs its KeyboardInterrupt handler.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupt)
     say(f"output in {out}")
     supervisor = sl.Supervisor()
     keeping = False

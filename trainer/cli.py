@@ -6,6 +6,7 @@ Everything here is light (no torch import) so bad input fails in a fraction of a
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    'or "steps=10-14,30-34,lr_mult=10"')
     p.add_argument("--port", type=int, default=9843, help="/metrics port (0: any free port)")
     p.add_argument("--bind", default="127.0.0.1", help="/metrics address")
-    p.add_argument("--log-dir", help="step log folder (default out/trainer/<run_id>)")
+    p.add_argument("--log-dir", help="step log folder; {run_id} in it is replaced by the run's id, so one "
+                   "command line can run again (default out/trainer/{run_id})")
     p.add_argument("--linger", type=float, default=2.0,
                    help="seconds /metrics stays up after the last step (default 2 = two 1 s scrapes)")
     p.add_argument("--run-id", help="run_id label (default: generated, printed at start)")
@@ -67,9 +69,10 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     _check(a.steps >= 1, "--steps must be >= 1")
     _check(a.batch_size >= 1, "--batch-size must be >= 1")
     _check(a.seq_len >= 2, "--seq-len must be >= 2")
-    _check(a.lr > 0, "--lr must be > 0")
+    _check(math.isfinite(a.lr) and a.lr > 0, "--lr must be a finite number > 0")
     _check(a.warmup_steps is None or a.warmup_steps >= 0, "--warmup-steps must be >= 0")
-    _check(a.max_grad_norm >= 0, "--max-grad-norm must be >= 0 (0 = no clipping)")
+    _check(math.isfinite(a.max_grad_norm) and a.max_grad_norm >= 0,
+           "--max-grad-norm must be a finite number >= 0 (0 = no clipping)")
     _check(0 <= a.port <= 65535, "--port must be in 0..65535")
     _check(0 <= a.linger <= MAX_LINGER_S, f"--linger must be a number of seconds in 0..{MAX_LINGER_S}")
     _check(a.max_nonfinite >= 1, "--max-nonfinite must be >= 1")

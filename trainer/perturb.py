@@ -14,6 +14,7 @@ reproducible. The first burst starts after `start` (default: one jittered gap). 
 from __future__ import annotations
 
 import bisect
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ _TIME_UNITS_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _AMOUNT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|steps?)$")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 _KEYS = ("every", "duration", "start", "jitter", "lr_mult", "steps")
+# Bursts must be seen by a 1 s scrape and cost nothing to schedule: `every=0.000001s` would draw
+# millions of burst starts per minute. A burst per step (`every=1steps`) is the finest step schedule.
+MIN_EVERY = {"s": 1.0, "steps": 1.0}
+MAX_LR_MULT = 1000.0  # a burst is a perturbation, not a divergence (inf or 1e30 would wreck the run)
 
 
 class PerturbError(ValueError):
@@ -101,8 +106,8 @@ def _split(text: str) -> dict[str, str]:
 def parse_perturb(text: str) -> PerturbSpec:
     pairs = _split(text)
     lr_mult = _parse_float("lr_mult", pairs.get("lr_mult", "10"))
-    if not lr_mult > 0:
-        raise PerturbError("lr_mult must be > 0")
+    if not 0 < lr_mult <= MAX_LR_MULT:
+        raise PerturbError(f"lr_mult must be > 0 and <= {MAX_LR_MULT:g}, got {pairs.get('lr_mult')}")
     if "steps" in pairs:
         extra = set(pairs) - {"steps", "lr_mult"}
         if extra:
@@ -119,6 +124,9 @@ def parse_perturb(text: str) -> PerturbSpec:
             raise PerturbError("start= must use the same kind of unit as every=")
     if duration_unit != unit:
         raise PerturbError("every= and duration= must both be times or both be steps")
+    if not MIN_EVERY[unit] <= every < math.inf:
+        raise PerturbError(f"every={pairs['every']} is too short: at least {MIN_EVERY[unit]:g} "
+                           f"{'second' if unit == 's' else 'step'}")
     jitter = _parse_float("jitter", pairs.get("jitter", "0"))
     if not 0 <= jitter < 1:
         raise PerturbError("jitter must be in [0, 1)")

@@ -21,6 +21,18 @@ class DeviceInfo:
     temp_limit_c: float  # the default temperature limit for T_sustain
 
 
+# What a device can physically report, by Reading field (util %, °C, W, fan fraction). A value outside
+# is a glitch (NVML's 0xFFFFFFFF, a corrupt recording, -300 °C, 1e308) and is never served: the RLE
+# would be nonsense or overflow. Generous on purpose: the hottest GPUs shut down near 100 °C, the
+# largest draw ~1.5 kW.
+PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
+    "util_pct": (0.0, 100.0),
+    "temp_c": (-50.0, 150.0),
+    "power_w": (0.0, 5000.0),
+    "fan_ratio": (0.0, 1.0),
+}
+
+
 @dataclass(frozen=True)
 class Reading:
     """One sample of one device. None means the device does not offer the value (never exported as 0)."""
