@@ -1,6 +1,8 @@
 """Runs every bench/bench_*.py in its own process and prints one JSON object keyed by benchmark.
 
 Each benchmark prints a single JSON object on stdout; results are also written to bench/results/.
+Names on the command line run only those (e.g. `exporter trainer analysis`): bench_soak.py alone takes
+30 minutes at its default, which is what `make bench` reproduces.
 """
 
 from __future__ import annotations

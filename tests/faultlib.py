@@ -9,14 +9,15 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import REPO_ROOT, free_port
+from stacklib import http_get as get  # (status, body), an HTTP error status included
+
+__all__ = ["get"]
 
 # A library user's training process serving /metrics: TrainingMetrics only (no torch import).
 TRAINER_ENDPOINT = (
@@ -44,14 +45,6 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def ignore_sigint() -> None:
     """preexec_fn: start the child with SIGINT ignored, as nohup or a CI runner without a terminal does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -75,7 +68,7 @@ def serving(kind: str, tmp_path: Path, *args: str,
         while True:
             assert proc.poll() is None, served.stderr()
             try:
-                if get(served.base + "/metrics", timeout=2)[0] == 200:
+                if get(served.base + "/metrics", timeout_s=2)[0] == 200:
                     break
             except OSError:
                 pass
