@@ -166,6 +166,7 @@ def serve(args: argparse.Namespace) -> int:
         sampler.start()
         serve_in_thread(server)
         host, port = server.server_address[:2]
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
         log.info("backend %s, %d device(s): %s", backend.name, len(labels),
                  ", ".join(f"{d.device} ({d.kind}, {d.uuid})" for d in sampler.devices))
         print(f"exporter: listening on http://{host}:{port}/metrics (backend {backend.name}, "
