@@ -18,7 +18,7 @@ from analysis.pipeline import Settings, analyse
 from analysis.plots import coupling_png, crosscorr_png
 from analysis.promql import PromClient
 from analysis.report import LAG_NOTE, series_summary, versions, window, write_report
-from analysis.selection import choose_device, choose_run, discover_runs, run_identity
+from analysis.selection import choose_device, choose_run, discover_runs, run_identity, run_sample_interval_s
 from analysis.timeparse import get_tz, parse_duration_s, parse_instant_s
 from analysis.verdict import overall, summary_text
 
@@ -109,15 +109,21 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
         step_s, step_source = job_scrape_s, f"scrape interval of the {'/'.join(SCRAPE_JOBS)} targets (/api/v1/targets)"
     elif scrape_s:
         step_s, step_source = scrape_s, "global scrape_interval from /api/v1/status/config"
-    else:
-        step_s, step_source = DEFAULT_STEP_S, "default (the backend does not serve its config)"
-    scrape_s = scrape_s or step_s
+    else:  # no config, no targets (VictoriaMetrics, Mimir): the run's own samples tell, once it is known
+        step_s, step_source = None, ""
     end_s = parse_instant_s(args.end) if args.end else time.time()
     start_s = parse_instant_s(args.start) if args.start else None
     if start_s is not None and start_s >= end_s:
         raise InputError("--start must be before --end")
     runs = discover_runs(client, start_s if start_s is not None else end_s - parse_duration_s(args.lookback), end_s)
     run = choose_run(runs, args.run)
+    if step_s is None:
+        sampled_s = run_sample_interval_s(client, run)
+        step_s, step_source = ((sampled_s, "median spacing of the run's raw samples") if sampled_s
+                               else (DEFAULT_STEP_S, "default (no scrape interval served, too few samples)"))
+        notes.append("the backend serves no scrape interval (empty or absent /api/v1/targets and "
+                     f"/api/v1/status/config): the step is the {step_source}, {step_s:g} s")
+    scrape_s = scrape_s or step_s
     if start_s is None:
         start_s = max(run.first_seen_s, run.start_time_s - step_s)
     if not args.end:

@@ -151,12 +151,30 @@ class PromClient:
             return None
         return max(intervals) if intervals else None
 
+    def sample_interval_s(self, selectors: tuple[str, ...], time_s: float, window_s: float) -> float | None:
+        """The longest median spacing of raw samples (ms precision) among the series of `selectors`
+        over (time - window, time], from range-vector instant queries; None without two samples.
+
+        The scrape interval as the data itself shows it, for backends that serve neither Prometheus's
+        config nor its targets (VictoriaMetrics, Mimir: empty or absent /api/v1/status/config, /targets).
+        """
+        from analysis.fetch import range_window
+
+        medians = []
+        for selector in selectors:
+            for series in self.instant(f"{selector}{range_window(window_s)}", time_s, "sample interval"):
+                t_s = np.array([float(t) for t, _ in series.get("values", [])])
+                if t_s.size >= 2:
+                    medians.append(round(float(np.median(np.diff(t_s))), 3))
+        return max(medians) if medians and max(medians) > 0 else None
+
     def build_version(self) -> str | None:
         """The backend's version from /api/v1/status/buildinfo (None where it is not served)."""
         try:
-            return str(self._get("/api/v1/status/buildinfo").get("version"))
+            version = self._get("/api/v1/status/buildinfo").get("version")
         except InputError:
             return None
+        return str(version) if version else None
 
     def instant(self, expr: str, time_s: float, purpose: str) -> list[dict]:
         self.queries.append({"purpose": purpose, "type": "instant", "query": expr, "time": time_s})

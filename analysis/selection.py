@@ -58,6 +58,16 @@ def discover_runs(client: PromClient, start_s: float, end_s: float) -> dict[str,
     return runs
 
 
+SAMPLE_SPACING_WINDOW_S = 600.0  # the run's first ten minutes show its scrape interval
+
+
+def run_sample_interval_s(client: PromClient, run: Run) -> float | None:
+    """The scrape interval of the run's trainer and of the exporters, from their raw samples' spacing."""
+    at_s = min(run.last_seen_s, run.start_time_s + SAMPLE_SPACING_WINDOW_S)
+    selectors = (f"train_run_info{{run_id={quote_label(run.run_id)}}}", "rle_device_info")
+    return client.sample_interval_s(selectors, at_s, max(at_s - run.first_seen_s, 1.0))
+
+
 def choose_run(runs: dict[str, Run], wanted: str | None) -> Run:
     if not runs:
         raise InputError("no training runs found (no train_run_start_time_seconds series in the look-back "

@@ -34,9 +34,15 @@ RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ALERTMANAGER_CONFIG = REPO_ROOT / "alertmanager" / "alertmanager.yml"
 LOOPBACK = "127.0.0.1"
 APT_PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus",
-                "alertmanager": "prometheus-alertmanager", "amtool": "prometheus-alertmanager"}
+                "alertmanager": "prometheus-alertmanager", "amtool": "prometheus-alertmanager",
+                "victoriametrics": "victoria-metrics"}
 # Debian names the Alertmanager binary prometheus-alertmanager; upstream tarballs call it alertmanager.
 BINARY_NAMES = {"prometheus": ("prometheus",), "alertmanager": ("prometheus-alertmanager", "alertmanager")}
+# Long-term storage (the longterm test only, not the demo): Debian's victoria-metrics, upstream's -prod.
+LONGTERM_BINARY_NAMES = {"victoriametrics": ("victoria-metrics", "victoria-metrics-prod")}
+# The commented remote_write option in prometheus.yml sits between these two comment lines.
+REMOTE_WRITE_BEGIN = "# >>> long-term storage"
+REMOTE_WRITE_END = "# <<< long-term storage"
 
 
 class StackError(RuntimeError):
@@ -80,7 +86,7 @@ def pick_port(preferred: int, taken: set[int] | None = None) -> int:
 
 # ------------------------------------------------------------------------------------------ binaries
 def find_binary(kind: str) -> str | None:
-    for name in BINARY_NAMES[kind]:
+    for name in {**BINARY_NAMES, **LONGTERM_BINARY_NAMES}[kind]:
         if path := shutil.which(name):
             return path
     return None
@@ -92,16 +98,33 @@ def install_hint(missing: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- config rendering
+def with_remote_write(config_text: str) -> str:
+    """prometheus.yml's text with its commented long-term storage option (remote_write) uncommented."""
+    lines = config_text.splitlines(keepends=True)
+    begin = next(i for i, line in enumerate(lines) if line.startswith(REMOTE_WRITE_BEGIN))
+    end = next(i for i, line in enumerate(lines) if line.startswith(REMOTE_WRITE_END))
+    body = [line[2:] if line.startswith("# ") else line for line in lines[begin + 1:end]]
+    if not any(line.startswith("remote_write:") for line in body):
+        raise StackError(f"{PROMETHEUS_CONFIG}: no commented remote_write block between "
+                         f"{REMOTE_WRITE_BEGIN!r} and {REMOTE_WRITE_END!r}")
+    return "".join([*lines[:begin + 1], *body, *lines[end:]])
+
+
 def render_prometheus_config(out_dir: Path, targets: dict[str, str], alertmanager: str | None, *,
                              self_address: str | None = None, interval: str = "1s",
                              evaluation_interval: str | None = None,
-                             rule_files: Sequence[Path] | None = None) -> Path:
+                             rule_files: Sequence[Path] | None = None,
+                             remote_write_url: str | None = None) -> Path:
     """The repository's prometheus.yml with each job's static targets replaced by `targets[job]`.
 
     file_sd is dropped (nothing to discover on one machine), rule files become absolute paths, and the
-    exporter and trainer jobs keep one shared interval — the point of the configuration.
+    exporter and trainer jobs keep one shared interval — the point of the configuration. With
+    `remote_write_url`, the file's commented remote_write option is enabled, sending to that URL.
     """
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    text = PROMETHEUS_CONFIG.read_text(encoding="utf-8")
+    config = yaml.safe_load(with_remote_write(text) if remote_write_url else text)
+    for remote in config.get("remote_write", []):
+        remote["url"] = remote_write_url
     config["global"].update(scrape_interval=interval, scrape_timeout=interval)
     if evaluation_interval:
         config["global"]["evaluation_interval"] = evaluation_interval
@@ -348,6 +371,19 @@ def prometheus_argv(binary: str, config: Path, tsdb: Path, port: int) -> list[st
             "--log.level=warn"]
 
 
+# Query semantics equal to Prometheus's for the analysis's query_range (README "Long-term storage"):
+# no 30 s latency offset (VictoriaMetrics otherwise hides, and for the newest points recomputes, the
+# last 30 s), no response cache (it would keep a range computed while samples were still arriving),
+# no deduplication (every scrape is kept, as Prometheus keeps it) and Prometheus's 5 min lookback.
+VICTORIAMETRICS_QUERY_FLAGS = ("-search.latencyOffset=0s", "-search.disableCache", "-dedup.minScrapeInterval=0s",
+                               "-search.maxStalenessInterval=5m")
+
+
+def victoriametrics_argv(binary: str, storage: Path, port: int) -> list[str]:
+    return [binary, f"-storageDataPath={storage}", f"-httpListenAddr={LOOPBACK}:{port}", "-retentionPeriod=1y",
+            "-loggerLevel=WARN", *VICTORIAMETRICS_QUERY_FLAGS]
+
+
 def alertmanager_argv(binary: str, config: Path, storage: Path, port: int) -> list[str]:
     # An empty cluster address turns gossip off: otherwise Alertmanager listens on 0.0.0.0:9094.
     return [binary, f"--config.file={config}", f"--storage.path={storage}",
@@ -356,6 +392,22 @@ def alertmanager_argv(binary: str, config: Path, storage: Path, port: int) -> li
 
 def python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def sim_exporter_argv(port: int, *, devices: int = 1, seed: int = 0, sample_hz: float = 1) -> list[str]:
+    """The exporter with simulated GPUs (uuid sim-0...), as the integration tests run it."""
+    return python_module_argv("exporter", "--backend", "sim", "--devices", str(devices), "--seed", str(seed),
+                              "--sample-hz", f"{sample_hz:g}", "--port", str(port))
+
+
+def tiny_trainer_argv(port: int, log_dir: Path, run_id: str, steps: int, *, gpu_uuid: str = "sim-0",
+                      linger_s: float = 8, perturb: str = "steps=10-14,lr_mult=10",
+                      extra: Sequence[str] = ()) -> list[str]:
+    """The reference trainer on CPU with the tiny model: a short, seeded run tied to `gpu_uuid`."""
+    return python_module_argv(
+        "trainer", "--model", "tiny", "--steps", str(steps), "--batch-size", "2", "--seq-len", "32", "--seed", "0",
+        "--device", "cpu", "--perturb", perturb, "--port", str(port), "--log-dir", str(log_dir),
+        "--linger", f"{linger_s:g}", "--run-id", run_id, "--gpu-uuid", gpu_uuid, "--quiet", *extra)
 
 
 def device_info(metrics_text: str) -> list[dict[str, str]]:

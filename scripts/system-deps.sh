@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Ensures the system binaries the stack and its tests use (Prometheus, promtool, Alertmanager, amtool).
+# Ensures the system binaries the stack and its tests use (Prometheus, promtool, Alertmanager, amtool,
+# VictoriaMetrics).
 # As root on Debian/Ubuntu it installs them with apt; otherwise it prints the one command to run.
 set -euo pipefail
 missing=()
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 { command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1; } \
     && command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+# Long-term storage: tests/test_stack_longterm.py remote_writes to a real VictoriaMetrics.
+{ command -v victoria-metrics >/dev/null 2>&1 || command -v victoria-metrics-prod >/dev/null 2>&1; } \
+    || missing+=(victoria-metrics)
 [ ${#missing[@]} -eq 0 ] && exit 0
 cmd="apt-get install -y --no-install-recommends ${missing[*]}"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

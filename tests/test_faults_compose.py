@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from test_stack_compose import BASE, NOGPU, load, merge, validate
 
-SERVICES = ("exporter", "trainer", "prometheus", "alertmanager", "grafana")
+SERVICES = ("exporter", "trainer", "prometheus", "alertmanager", "grafana", "victoriametrics")
 
 
 @pytest.fixture(scope="module", params=["gpu", "nogpu"])

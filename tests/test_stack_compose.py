@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 BASE = ROOT / "docker-compose.yml"
 NOGPU = ROOT / "docker-compose.nogpu.yml"
-PUBLISHED = {"grafana", "prometheus"}
+PUBLISHED = {"grafana", "prometheus", "victoriametrics"}  # the query endpoints (VictoriaMetrics: --profile longterm)
+PROFILES = {"victoriametrics": ["longterm"]}  # services that start only with `--profile NAME`
 OWN_SERVICES = {"exporter", "trainer"}
 
 
@@ -101,7 +102,9 @@ def test_compose_files_match_the_compose_specification(base: dict, nogpu: dict):
     validate(base)
     validate(nogpu)
     validate(merge({}, load(NOGPU)))  # the override alone is a valid (partial) compose file too
-    assert set(base["services"]) == {"exporter", "trainer", "prometheus", "alertmanager", "grafana"}
+    assert {name for name, svc in base["services"].items() if not svc.get("profiles")} == {
+        "exporter", "trainer", "prometheus", "alertmanager", "grafana"}
+    assert {name: svc["profiles"] for name, svc in base["services"].items() if svc.get("profiles")} == PROFILES
 
 
 def test_the_schema_check_rejects_a_broken_service(base: dict):
@@ -119,7 +122,7 @@ def test_grafana_refuses_to_start_without_an_admin_password(base: dict):
     assert "admin/admin" not in text and not re.search(r"GF_SECURITY_ADMIN_PASSWORD:\s*[\"']?admin", text)
 
 
-def test_only_grafana_and_prometheus_are_published_on_loopback(base: dict):
+def test_only_the_query_endpoints_are_published_on_loopback(base: dict):
     services = interpolate(base, {"GF_ADMIN_PASSWORD": "x"})["services"]
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert published == PUBLISHED
@@ -156,10 +159,12 @@ def test_bind_mounts_exist_and_are_read_only(base: dict):
     assert seen >= 4
 
 
-def test_paths_named_in_commands_exist_in_their_mounts(base: dict):
+@pytest.mark.parametrize("env", [{}, {"THERMOGRAD_PROMETHEUS_CONFIG": "prometheus-longterm.yml"}],
+                         ids=["default", "longterm"])
+def test_paths_named_in_commands_exist_in_their_mounts(base: dict, env: dict[str, str]):
     """`--config.file=/etc/prometheus/prometheus.yml` must be a file of the mounted ./prometheus."""
     checked = 0
-    for service in base["services"].values():
+    for service in interpolate(base, {"GF_ADMIN_PASSWORD": "x", **env})["services"].values():
         words = [*service.get("command", []), *map(str, service.get("environment", {}).values())]
         for word in words:
             path = word.split("=", 1)[-1]

@@ -88,9 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             rule_files=[sl.RULES_DIR / "recording.yml", fast_alert_rules(tmp)])
         supervisor.start("prometheus", sl.prometheus_argv(require_binary("prometheus"), prom_config,
                                                           tmp / "tsdb", ports["prometheus"]), logs / "prometheus.log")
-        supervisor.start("exporter", sl.python_module_argv(
-            "exporter", "--backend", "sim", "--devices", "1", "--seed", "0", "--port", str(ports["exporter"])),
-            logs / "exporter.log")
+        supervisor.start("exporter", sl.sim_exporter_argv(ports["exporter"]), logs / "exporter.log")
         prom_url = f"http://{loopback['prometheus']}"
         sl.wait_http_ok(f"{prom_url}/-/ready", 60, supervisor=supervisor)
         sl.wait_http_ok(f"http://{loopback['alertmanager']}/-/ready", 60, supervisor=supervisor)
@@ -99,11 +97,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         sl.wait_until(lambda: prom.query(f'rle_efficiency{{uuid="{SIM_UUID}"}}'), 60,
                       "the exporter's first RLE sample in Prometheus", supervisor=supervisor)
         start_s = time.time()
-        trainer = supervisor.start("trainer", sl.python_module_argv(
-            "trainer", "--model", "tiny", "--steps", str(STEPS), "--batch-size", "2", "--seq-len", "32",
-            "--seed", "0", "--device", "cpu", "--perturb", "steps=10-14,lr_mult=10", "--port", str(ports["trainer"]),
-            "--log-dir", str(tmp / "trainer"), "--linger", "8", "--run-id", RUN_ID, "--gpu-uuid", SIM_UUID, "--quiet"),
-            logs / "trainer.log")
+        trainer = supervisor.start("trainer", sl.tiny_trainer_argv(ports["trainer"], tmp / "trainer", RUN_ID, STEPS,
+                                                                   gpu_uuid=SIM_UUID, linger_s=8),
+                                   logs / "trainer.log")
         live = LiveStack(prom, prom_url, supervisor, trainer, webhook, ports, start_s, tmp)
         # Until Prometheus has scraped the last step, while the trainer lingers: both targets must be up.
         sl.wait_until(lambda: live.prom.scalar(f'max(train_steps_total{{run_id="{RUN_ID}"}})') == STEPS, 240,
