@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generated import write_or_check  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = REPO_ROOT / "grafana" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "thermograd-prometheus"}
@@ -227,19 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a committed dashboard differs")
     parser.add_argument("--out", type=Path, default=DASHBOARD_DIR)
     args = parser.parse_args(argv)
-    stale = []
-    for name, build in DASHBOARDS.items():
-        path, text = args.out / name, render(build)
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                stale.append(str(path))
-        else:
-            args.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-    if stale:
-        print(f"out of date (run python scripts/build_dashboards.py): {', '.join(stale)}", file=sys.stderr)
-        return 1
-    return 0
+    outputs = {args.out / name: render(build) for name, build in DASHBOARDS.items()}
+    return write_or_check(outputs, check=args.check, script="scripts/build_dashboards.py")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""Generated, committed files: write them, or check that the committed ones are current.
+
+Shared by scripts/build_dashboards.py, scripts/build_k8s.py and scripts/build_longterm.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def write_or_check(outputs: dict[Path, str], *, check: bool, script: str) -> int:
+    """Write every file (check=False) or report the stale ones on stderr and return 1 (check=True)."""
+    stale = []
+    for path, text in outputs.items():
+        if check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print(f"out of date (run python {script}): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
