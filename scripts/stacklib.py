@@ -371,11 +371,12 @@ def prometheus_argv(binary: str, config: Path, tsdb: Path, port: int) -> list[st
             "--log.level=warn"]
 
 
-# Query semantics equal to Prometheus's for the analysis's query_range (README "Long-term storage"):
-# no 30 s latency offset (VictoriaMetrics otherwise hides, and for the newest points recomputes, the
-# last 30 s), no response cache (it would keep a range computed while samples were still arriving),
-# no deduplication (every scrape is kept, as Prometheus keeps it) and Prometheus's 5 min lookback.
-VICTORIAMETRICS_QUERY_FLAGS = ("-search.latencyOffset=0s", "-search.disableCache", "-dedup.minScrapeInterval=0s",
+# Query semantics equal to Prometheus's for the analysis's query_range (README "Long-term storage").
+# -search.latencyOffset=0s is required: with the default 30 s, VictoriaMetrics adjusts the points of the
+# last 30 s before "now", so an analysis run right after the run ends gets another window end (and, in
+# tests/test_stack_longterm.py, another verdict). The other two pin Prometheus's semantics explicitly:
+# no deduplication (every scrape kept) and Prometheus's 5 min lookback.
+VICTORIAMETRICS_QUERY_FLAGS = ("-search.latencyOffset=0s", "-dedup.minScrapeInterval=0s",
                                "-search.maxStalenessInterval=5m")
 
 
