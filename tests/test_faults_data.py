@@ -108,7 +108,7 @@ def test_the_step_log_queue_is_bounded_drops_and_counts(tmp_path: Path):
         real_write(data)
 
     log._write_line = slow_disk  # type: ignore[method-assign]
-    record = (1, 2.0, 0.5, 1e-3, None, 1.7e9, 64, False, False, False)
+    record = (1, 2.0, 0.5, 1e-3, None, 1.7e9, 64, False, False, False, 0.0, None)
     for _ in range(100):
         log.append(record)  # never blocks the training loop
     assert 85 <= log.dropped <= 90  # 10 queued, at most one in the writer's hands

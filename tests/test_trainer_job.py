@@ -53,6 +53,22 @@ def test_step_perturbation_bursts_multiply_the_lr_exactly_where_scheduled(tmp_pa
         assert r["learning_rate"] == pytest.approx(expected, rel=1e-12)
 
 
+def test_pause_and_lr_bursts_together(tmp_path):
+    """A pause before step 1 (start=0s) and LR bursts on steps 2 and 4: the pause is no step, the LR bursts
+    are where they were, and the step after the pause carries pause_s and pause_start_unix."""
+    import time
+
+    before = time.time()
+    records = _run(tmp_path, "pl", device="cpu", perturb=parse_perturb("steps=2,4,lr_mult=10"),
+                   pause=parse_perturb("kind=pause,every=60s,duration=300ms,start=0s"))
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["perturbation"] for r in records] == [False, True, False, True, False, False]
+    assert 0.3 <= records[0]["pause_s"] < 1.0
+    assert before <= records[0]["pause_start_unix"] <= records[0]["time_unix"] - records[0]["pause_s"]
+    assert [r["pause_s"] for r in records[1:]] == [0.0] * 5
+    assert all(r["pause_start_unix"] is None for r in records[1:])
+
+
 def test_an_isolated_nonfinite_step_is_skipped_and_training_goes_on(tmp_path):
     records = _run(tmp_path, "n", device="cpu", inject_nan_steps=((2, 2),))
     assert [r["nonfinite"] for r in records] == [False, True, False, False, False, False]

@@ -195,15 +195,44 @@ def test_numpy_and_tensor_step_epoch_tokens_are_coerced_and_logged(tmp_path):
     assert sample(text, "train_step") == 2
 
 
+def test_a_pause_is_a_labelled_state_not_a_step_and_not_in_the_step_duration(tmp_path):
+    import time
+
+    metrics = TrainingMetrics(port=0, run_id="pz", log_dir=tmp_path)
+    try:
+        before = scrape(metrics.url)
+        assert sample(before, "train_perturbation_active", kind="lr") == 0
+        assert not [k for k in before if ("kind", "pause") in k[1]]  # no pause scheduled: no pause series
+        metrics.begin_step()
+        metrics.observe_step(1, 2.0, 1.0, 1e-3, tokens=8, perturbation=True)
+        metrics.begin_pause()
+        during = scrape(metrics.url)
+        assert sample(during, "train_perturbation_active", kind="pause") == 1
+        assert sample(during, "train_perturbation_active", kind="lr") == 1  # an LR burst may overlap a pause
+        time.sleep(0.3)
+        metrics.end_pause()
+        metrics.observe_step(2, 2.0, 1.0, 1e-3, tokens=8, perturbation=False)
+        after = scrape(metrics.url)
+        assert sample(after, "train_perturbation_active", kind="pause") == 0
+        assert sample(after, "train_steps_total") == 2
+        assert sample(after, "train_step_duration_seconds_sum") < 0.3  # the 0.3 s pause is in no step
+    finally:
+        metrics.close(linger_s=0)
+    first, second = (json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines())
+    assert (first["pause_s"], first["pause_start_unix"], first["perturbation"]) == (0.0, None, True)
+    assert 0.3 <= second["pause_s"] < 0.6 and second["perturbation"] is False
+    assert second["pause_start_unix"] + second["pause_s"] <= second["time_unix"]
+
+
 def test_step_log_writer_survives_an_unwritable_record(tmp_path, capsys):
     from trainer.steplog import StepLog
 
     log = StepLog(tmp_path, "bad", 0)
-    good = (1, 1.0, 0.5, 1e-3, 0.1, 1.7e9, 8, False, False, False)
+    good = (1, 1.0, 0.5, 1e-3, 0.1, 1.7e9, 8, False, False, False, 0.0, None)
     log.append(good)
-    log.append((object(), 1.0, 0.5, 1e-3, 0.2, 1.7e9, 8, False, False, False))  # not JSON-serialisable
-    log.append((object(), 1.0, 0.5, 1e-3, 0.3, 1.7e9, 8, False, False, False))
-    log.append((3, 1.0, 0.5, 1e-3, 0.4, 1.7e9, 8, False, False, False))
+    log.append((object(), 1.0, 0.5, 1e-3, 0.2, 1.7e9, 8, False, False, False, 0.0, None))  # not JSON-serialisable
+    log.append((object(), 1.0, 0.5, 1e-3, 0.3, 1.7e9, 8, False, False, False, 0.0, None))
+    log.append((3, 1.0, 0.5, 1e-3, 0.4, 1.7e9, 8, False, False, False, 0.0, None))
     log.close()
     assert [json.loads(line)["step"] for line in (tmp_path / "steps.jsonl").read_text().splitlines()] == [1, 3]
     assert [r["step"] for r in json.loads((tmp_path / "grad_norm_log.json").read_text())] == [1, 3]

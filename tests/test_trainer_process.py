@@ -142,6 +142,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     _one_line_error(run_trainer(["--data", str(empty)], tmp_path), "empty corpus")
     _one_line_error(run_trainer(["--perturb", "every=60,duration=5s"], tmp_path), "needs a unit")
     _one_line_error(run_trainer(["--perturb", "steps=10-14,bogus=1"], tmp_path), "unknown key 'bogus'")
+    _one_line_error(run_trainer(["--perturb", "kind=pause,every=20s,duration=4s,lr_mult=3"], tmp_path),
+                    "kind=pause takes no lr_mult=")
+    _one_line_error(run_trainer(["--perturb", "every=20s,duration=4s", "--perturb", "steps=3"], tmp_path),
+                    "one --perturb per kind")
     _one_line_error(run_trainer(["--steps", "0"], tmp_path), "--steps must be >= 1")
     _one_line_error(run_trainer(["--steps", "ten"], tmp_path), "invalid int value")
     with socket.socket() as busy:

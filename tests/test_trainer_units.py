@@ -23,6 +23,9 @@ def test_perturb_grammar():
     assert parse_perturb("steps=10-14,30-34,lr_mult=3").step_ranges == ((10, 14), (30, 34))
     assert parse_perturb("lr_mult=3, steps=7").step_ranges == ((7, 7),)
     assert parse_step_ranges("3,5-6") == ((3, 3), (5, 6))
+    assert parse_perturb("every=60s,duration=5s").kind == "lr" == parse_perturb("kind=lr,steps=3").kind
+    pause = parse_perturb("kind=pause,every=20s,duration=4s,jitter=0.3,start=10s")
+    assert (pause.kind, pause.unit, pause.every, pause.duration, pause.start) == ("pause", "s", 20.0, 4.0, 10.0)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +43,13 @@ def test_perturb_grammar():
         ("speed=3", "unknown key 'speed'"),
         ("every=5s,every=6s,duration=1s", "given twice"),
         ("10-14", "not key=value"),
+        ("kind=stall,every=5s,duration=1s", "kind='stall' is not one of lr, pause"),
+        ("kind=pause,every=20s,duration=4s,lr_mult=3", "kind=pause takes no lr_mult="),
+        ("kind=pause,steps=3-5", "kind=pause takes no steps="),
+        ("kind=pause,every=20steps,duration=2steps", "kind=pause needs times"),
+        ("kind=pause,every=20s", "give every= and duration="),
+        ("kind=pause,every=0.5s,duration=0.1s", "too short"),
+        ("kind=pause,every=10s,duration=10s", "never overlap"),
     ],
 )
 def test_perturb_grammar_errors_are_one_line(text, message):
@@ -61,6 +71,18 @@ def test_time_bursts_are_seeded_jittered_and_last_duration():
     assert starts[0] >= 7.0 - 1e-9  # first burst only after one (jittered) gap
     # Each burst is active for exactly its 2 s: 20 samples of 0.1 s.
     assert sum(active_a) == pytest.approx(20 * sum(1 for s in starts if s + 2 <= 500), abs=len(starts))
+
+
+def test_pause_bursts_have_their_own_seeded_schedule():
+    """Same seed, same every: a pause schedule is not the LR schedule (the analysis must tell them apart)."""
+    lr = PerturbSchedule(parse_perturb("every=10s,duration=2s,jitter=0.3"), 5)
+    pause = PerturbSchedule(parse_perturb("kind=pause,every=10s,duration=2s,jitter=0.3"), 5)
+    again = PerturbSchedule(parse_perturb("kind=pause,every=10s,duration=2s,jitter=0.3"), 5)
+    assert pause.burst_starts_until(300) == again.burst_starts_until(300)
+    assert pause.burst_starts_until(300)[:5] != lr.burst_starts_until(300)[:5]
+    assert pause.latest_burst(0.0) == -1
+    first = pause.burst_starts_until(0)[0]
+    assert pause.latest_burst(first) == 0 and pause.latest_burst(first + 2.5) == 0
 
 
 def test_step_bursts_by_count():

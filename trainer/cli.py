@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from trainer.config import JobConfig
 from trainer.errors import NonFiniteAbort, UsageError
-from trainer.perturb import PerturbError, parse_perturb, parse_step_ranges
+from trainer.perturb import PerturbError, PerturbSpec, parse_perturb, parse_step_ranges
 from trainer.schedule import SCHEDULES
 
 MAX_LINGER_S = 86400  # a day; also rejects inf and nan (threading's wait overflows on huge timeouts)
@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip threshold; 0 = no clipping")
-    p.add_argument("--perturb", metavar="SPEC", help='LR bursts: "every=60s,duration=5s,lr_mult=10,jitter=0.3" '
-                   'or "steps=10-14,30-34,lr_mult=10"')
+    p.add_argument("--perturb", metavar="SPEC", action="append", default=[],
+                   help='LR bursts: "every=60s,duration=5s,lr_mult=10,jitter=0.3" or "steps=10-14,30-34,lr_mult=10"; '
+                   'pause bursts (the loop idles): "kind=pause,every=20s,duration=4s,jitter=0.3"; repeatable, one '
+                   'spec per kind')
     p.add_argument("--port", type=int, default=9843, help="/metrics port (0: any free port)")
     p.add_argument("--bind", default="127.0.0.1", help="/metrics address")
     p.add_argument("--log-dir", help="step log folder; {run_id} in it is replaced by the run's id, so one "
@@ -64,6 +66,21 @@ def _check(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def parse_perturb_args(specs: list[str]) -> dict[str, PerturbSpec]:
+    """Every --perturb, by kind: at most one spec per kind (two LR schedules would multiply into one)."""
+    by_kind: dict[str, PerturbSpec] = {}
+    for text in specs:
+        try:
+            spec = parse_perturb(text)
+        except PerturbError as exc:
+            raise UsageError(f"invalid --perturb {text!r}: {exc}") from None
+        if spec.kind in by_kind:
+            raise UsageError(f"invalid --perturb {text!r}: a kind={spec.kind} schedule is already given; "
+                             "one --perturb per kind")
+        by_kind[spec.kind] = spec
+    return by_kind
+
+
 def parse_args(argv: list[str] | None) -> JobConfig:
     a = build_parser().parse_args(argv)
     _check(a.steps >= 1, "--steps must be >= 1")
@@ -76,10 +93,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     _check(0 <= a.port <= 65535, "--port must be in 0..65535")
     _check(0 <= a.linger <= MAX_LINGER_S, f"--linger must be a number of seconds in 0..{MAX_LINGER_S}")
     _check(a.max_nonfinite >= 1, "--max-nonfinite must be >= 1")
-    try:
-        perturb = parse_perturb(a.perturb) if a.perturb is not None else None
-    except PerturbError as exc:
-        raise UsageError(f"invalid --perturb {a.perturb!r}: {exc}") from None
+    bursts = parse_perturb_args(a.perturb)
     try:
         inject = parse_step_ranges(a.inject_nan_at) if a.inject_nan_at else ()
     except PerturbError as exc:
@@ -87,7 +101,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     return JobConfig(
         model=a.model, data=a.data, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
         warmup_steps=a.warmup_steps, schedule=a.schedule, seed=a.seed, device=a.device,
-        max_grad_norm=a.max_grad_norm, perturb=perturb, port=a.port, bind=a.bind, log_dir=a.log_dir,
+        max_grad_norm=a.max_grad_norm, perturb=bursts.get("lr"), pause=bursts.get("pause"), port=a.port, bind=a.bind, log_dir=a.log_dir,
         linger_s=a.linger, run_id=a.run_id, gpu_uuid=a.gpu_uuid, max_nonfinite=a.max_nonfinite,
         inject_nan_steps=inject, instrument=not a.no_instrument, quiet=a.quiet,
     )

@@ -20,7 +20,8 @@ class JobConfig:
     seed: int = 0
     device: str = "auto"
     max_grad_norm: float = 1.0  # 0 = no clipping (the pre-clip norm is still measured)
-    perturb: PerturbSpec | None = None
+    perturb: PerturbSpec | None = None  # learning-rate bursts (kind=lr)
+    pause: PerturbSpec | None = None  # pause bursts (kind=pause): the loop idles, no step is taken
     port: int = 9843
     bind: str = "127.0.0.1"
     log_dir: str | None = None  # '{run_id}' is replaced; None: out/trainer/{run_id}

@@ -22,7 +22,7 @@ from trainer.data import WindowSampler, corpus_byte_budget, corpus_files, read_d
 from trainer.errors import NonFiniteAbort, UsageError
 from trainer.identity import new_run_id
 from trainer.metrics import MetricsPortError, TrainingMetrics
-from trainer.perturb import PerturbSchedule
+from trainer.perturb import PerturbSchedule, PerturbSpec
 from trainer.progress import Progress
 from trainer.schedule import default_warmup_steps, lr_factor
 
@@ -199,6 +199,33 @@ def _optimizer_step(s: _Setup, lr: float, max_grad_norm: float, poison: bool) ->
     return outcome
 
 
+class _Pauses:
+    """Pause bursts: at the first step boundary at or after a burst's scheduled start, the loop idles for
+    the burst's duration (a signal cuts it short). The idle time is no step and is in no step's duration."""
+
+    def __init__(self, spec: PerturbSpec, seed: int, metrics: TrainingMetrics | None, control: StopControl) -> None:
+        self.spec = spec
+        self.schedule = PerturbSchedule(spec, seed)
+        self.metrics = metrics
+        self.control = control
+        self.served = -1  # index of the last burst idled for
+        if metrics is not None:
+            metrics.set_perturbation(False, kind="pause")  # the series exists from the start: pauses are scheduled
+
+    def maybe_idle(self, elapsed_s: float) -> None:
+        index = self.schedule.latest_burst(elapsed_s)
+        if index <= self.served or self.control.stop.is_set():
+            return
+        self.served = index
+        if self.metrics is not None:
+            self.metrics.begin_pause()
+        try:
+            self.control.stop.wait(self.spec.duration)
+        finally:
+            if self.metrics is not None:
+                self.metrics.end_pause()
+
+
 def _train(
     cfg: JobConfig,
     documents: list[bytes],
@@ -210,12 +237,15 @@ def _train(
     setup = _build(cfg, documents, metrics, stream)
     warmup = default_warmup_steps(cfg.steps) if cfg.warmup_steps is None else cfg.warmup_steps
     perturb = PerturbSchedule(cfg.perturb, cfg.seed) if cfg.perturb is not None else None
+    pauses = _Pauses(cfg.pause, cfg.seed, metrics, control) if cfg.pause is not None else None
     progress = Progress(cfg.steps, stream)
     consecutive_nonfinite = 0
     t0 = time.monotonic()
     if metrics is not None:
         metrics.begin_step()
     for step in range(1, cfg.steps + 1):
+        if pauses is not None:
+            pauses.maybe_idle(time.monotonic() - t0)
         if control.stop.is_set():
             result.stopped_by_signal = True
             break

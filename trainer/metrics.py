@@ -78,7 +78,8 @@ class _State:
     tokens: int = 0
     clipped: int = 0
     nonfinite: int = 0
-    perturbation: int = 0
+    # train_perturbation_active by kind: "lr" always (0 outside bursts), "pause" once a pause is declared.
+    perturbation: dict[str, int] = field(default_factory=lambda: {"lr": 0})
     info: dict[str, str] = field(default_factory=dict)
 
 
@@ -135,6 +136,9 @@ class TrainingMetrics:
         self._grad_hist = _Histogram(GRAD_NORM_BUCKETS)
         self._duration_hist = _Histogram(STEP_DURATION_BUCKETS_S)
         self._last_mark_s: float | None = None
+        self._pause_start: tuple[float, float] | None = None  # (Unix time, perf_counter) of a pause going on
+        self._pause_s = 0.0  # idle seconds since the last observed step, and when that idling began
+        self._pause_start_unix: float | None = None
         self.set_run_info(model=model, device=device, gpu_uuid=gpu_uuid, world_size=world_size)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -219,9 +223,29 @@ class TrainingMetrics:
         """Optional: mark the start of a step, so its duration excludes time spent outside the step."""
         self._last_mark_s = time.perf_counter()
 
-    def set_perturbation(self, active: bool) -> None:
+    def set_perturbation(self, active: bool, kind: str = "lr") -> None:
+        """Set `train_perturbation_active{kind=...}`; a kind's series exists from its first call on."""
         with self._lock:
-            self._state.perturbation = int(active)
+            self._state.perturbation[kind] = int(active)
+
+    def begin_pause(self) -> None:
+        """The loop starts idling (a pause burst): `train_perturbation_active{kind="pause"}` is 1 until
+        `end_pause()`. A pause is not a step: it is not counted and is left out of the next step's duration."""
+        self._pause_start = (time.time(), time.perf_counter())
+        self.set_perturbation(True, kind="pause")
+
+    def end_pause(self) -> None:
+        """The pause is over: the next step is timed from now, and its log record carries `pause_s`."""
+        if self._pause_start is None:
+            return
+        start_unix, start_perf = self._pause_start
+        self._pause_start = None
+        now_s = time.perf_counter()
+        self._pause_s += now_s - start_perf
+        if self._pause_start_unix is None:
+            self._pause_start_unix = start_unix
+        self._last_mark_s = now_s  # like begin_step(): the idle time is outside the step
+        self.set_perturbation(False, kind="pause")
 
     def set_loss(self, loss: float) -> None:
         """Update only `train_loss` (e.g. from a coarser log when per-step loss is unavailable)."""
@@ -289,21 +313,25 @@ class TrainingMetrics:
             if epoch is not None:
                 state.epoch = epoch
             if perturbation is not None:
-                state.perturbation = int(perturbation)
+                state.perturbation["lr"] = int(perturbation)
+            lr_burst = bool(state.perturbation["lr"])
             state.clipped += bool(clipped)
             state.nonfinite += bool(nonfinite)
             if duration_s is not None:
                 self._duration_hist.observe(duration_s)
+        pause_s, pause_start_unix = self._pause_s, self._pause_start_unix
+        self._pause_s, self._pause_start_unix = 0.0, None
         if self.steplog is not None:
             self.steplog.append((
                 step, loss, grad_norm, learning_rate, epoch, time.time(), tokens,
-                bool(clipped), bool(nonfinite), bool(state.perturbation),
+                bool(clipped), bool(nonfinite), lr_burst, pause_s, pause_start_unix,
             ))
 
     def snapshot(self) -> tuple[_State, tuple, tuple]:
         """A consistent copy of everything a scrape renders (taken under the lock, rendered outside)."""
         with self._lock:
-            state = _State(**{**self._state.__dict__, "info": dict(self._state.info)})
+            state = _State(**{**self._state.__dict__, "info": dict(self._state.info),
+                              "perturbation": dict(self._state.perturbation)})
             return state, self._grad_hist.snapshot(), self._duration_hist.snapshot()
 
 
@@ -369,9 +397,13 @@ class _Collector:
         yield counter(
             "train_nonfinite_steps", "Steps with a non-finite loss or gradient norm.", state.nonfinite
         )
-        yield gauge(
-            "train_perturbation_active", "1 while a learning-rate perturbation burst is active.", state.perturbation
+        perturbation = GaugeMetricFamily(
+            "train_perturbation_active", "1 while a perturbation burst of this kind (lr, pause) is active.",
+            labels=[*names, "kind"],
         )
+        for kind, active in sorted(state.perturbation.items()):
+            perturbation.add_metric([*labels, kind], active)
+        yield perturbation
         steplog = owner.steplog
         yield counter("train_log_records_dropped", "Step-log records not written (queue full or I/O error).",
                       steplog.dropped if steplog is not None else 0)

@@ -1,14 +1,20 @@
-"""Learning-rate perturbation bursts for causal experiments: grammar and (seeded) schedule.
+"""Perturbation bursts for causal experiments: grammar and (seeded) schedule.
+
+Two kinds: `kind=lr` (the default) multiplies the learning rate by `lr_mult` during a burst;
+`kind=pause` makes the training loop idle for `duration` (no step is taken, so on a GPU utilization
+and power drop: an intervention on the compute, a positive control for the analysis).
 
 Grammar (comma-separated `key=value`; `steps=` takes a list):
 
     every=60s,duration=5s,lr_mult=10,jitter=0.3[,start=30s]   bursts by wall time (units ms, s, m, h)
     every=200steps,duration=10steps,lr_mult=10,jitter=0.2     bursts by optimizer step
     steps=10-14,30-34,lr_mult=10                              explicit 1-based step ranges (inclusive)
+    kind=pause,every=20s,duration=4s,jitter=0.3[,start=30s]   pause bursts (wall time only, no lr_mult)
 
 The gap between consecutive burst starts is `every × (1 + jitter × U(-1, 1))`, drawn from a generator
 seeded with the run's seed, so a burst is not locked to any periodic hardware rhythm yet the run is
 reproducible. The first burst starts after `start` (default: one jittered gap). `lr_mult` defaults to 10.
+A pause schedule draws from its own generator, so pause and LR bursts of one run are not in lockstep.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from dataclasses import dataclass
 _TIME_UNITS_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _AMOUNT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|steps?)$")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
-_KEYS = ("every", "duration", "start", "jitter", "lr_mult", "steps")
+_KEYS = ("kind", "every", "duration", "start", "jitter", "lr_mult", "steps")
+KINDS = ("lr", "pause")
 # Bursts must be seen by a 1 s scrape and cost nothing to schedule: `every=0.000001s` would draw
 # millions of burst starts per minute. A burst per step (`every=1steps`) is the finest step schedule.
 MIN_EVERY = {"s": 1.0, "steps": 1.0}
@@ -37,6 +44,7 @@ class PerturbError(ValueError):
 class PerturbSpec:
     lr_mult: float
     unit: str  # "s" (wall time) or "steps"
+    kind: str = "lr"  # "lr" or "pause"
     every: float = 0.0
     duration: float = 0.0
     jitter: float = 0.0
@@ -105,6 +113,11 @@ def _split(text: str) -> dict[str, str]:
 
 def parse_perturb(text: str) -> PerturbSpec:
     pairs = _split(text)
+    kind = pairs.pop("kind", "lr")
+    if kind not in KINDS:
+        raise PerturbError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "pause":
+        return _parse_pause(pairs)
     lr_mult = _parse_float("lr_mult", pairs.get("lr_mult", "10"))
     if not 0 < lr_mult <= MAX_LR_MULT:
         raise PerturbError(f"lr_mult must be > 0 and <= {MAX_LR_MULT:g}, got {pairs.get('lr_mult')}")
@@ -113,8 +126,24 @@ def parse_perturb(text: str) -> PerturbSpec:
         if extra:
             raise PerturbError(f"steps= cannot be combined with {', '.join(sorted(extra))}")
         return PerturbSpec(lr_mult=lr_mult, unit="steps", step_ranges=parse_step_ranges(pairs["steps"]))
+    return _periodic(pairs, lr_mult=lr_mult)
+
+
+def _parse_pause(pairs: dict[str, str]) -> PerturbSpec:
+    for key in ("lr_mult", "steps"):
+        if key in pairs:
+            raise PerturbError(f"kind=pause takes no {key}= (a pause idles for every=/duration= of wall time)")
+    spec = _periodic(pairs, lr_mult=1.0, kind="pause")
+    if spec.unit != "s":
+        raise PerturbError("kind=pause needs times (e.g. every=20s,duration=4s), not steps: a pause is not a step")
+    return spec
+
+
+def _periodic(pairs: dict[str, str], *, lr_mult: float, kind: str = "lr") -> PerturbSpec:
+    """Bursts every `every` for `duration` (both times or both steps), jittered."""
     if "every" not in pairs or "duration" not in pairs:
-        raise PerturbError("give every= and duration= (e.g. every=60s,duration=5s) or steps=N-M,…")
+        raise PerturbError("give every= and duration= (e.g. every=60s,duration=5s)"
+                           + (" or steps=N-M,…" if kind == "lr" else ""))
     every, unit = _parse_amount("every", pairs["every"])
     duration, duration_unit = _parse_amount("duration", pairs["duration"])
     start = None
@@ -132,7 +161,8 @@ def parse_perturb(text: str) -> PerturbSpec:
         raise PerturbError("jitter must be in [0, 1)")
     if not 0 < duration < every * (1 - jitter):
         raise PerturbError("need 0 < duration < every × (1 - jitter) so bursts never overlap")
-    return PerturbSpec(lr_mult=lr_mult, unit=unit, every=every, duration=duration, jitter=jitter, start=start)
+    return PerturbSpec(lr_mult=lr_mult, unit=unit, kind=kind, every=every, duration=duration, jitter=jitter,
+                       start=start)
 
 
 class PerturbSchedule:
@@ -140,7 +170,8 @@ class PerturbSchedule:
 
     def __init__(self, spec: PerturbSpec, seed: int) -> None:
         self.spec = spec
-        self._rng = random.Random(seed)
+        # LR bursts keep the generator of earlier versions (same seed, same bursts); other kinds get their own.
+        self._rng = random.Random(seed if spec.kind == "lr" else f"{spec.kind}:{seed}")
         self._starts: list[float] = []
 
     def _gap(self) -> float:
@@ -154,12 +185,15 @@ class PerturbSchedule:
             self._starts.append(self._starts[-1] + self._gap())
         return self._starts
 
+    def latest_burst(self, position: float) -> int:
+        """Index of the last burst that started at or before `position` (-1: none yet)."""
+        return bisect.bisect_right(self.burst_starts_until(position), position) - 1
+
     def active(self, step: int, elapsed_s: float) -> bool:
         spec = self.spec
         if spec.step_ranges:
             return any(first <= step <= last for first, last in spec.step_ranges)
         # Step bursts count completed steps (step 1 is position 0), time bursts elapsed seconds.
         position = float(step - 1) if spec.unit == "steps" else elapsed_s
-        starts = self.burst_starts_until(position)
-        index = bisect.bisect_right(starts, position) - 1
-        return index >= 0 and position < starts[index] + spec.duration
+        index = self.latest_burst(position)
+        return index >= 0 and position < self._starts[index] + spec.duration

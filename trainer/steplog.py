@@ -22,7 +22,7 @@ from typing import Any
 # One record as enqueued by the training thread (formatting happens in the writer thread).
 FIELDS = (
     "step", "loss", "grad_norm", "learning_rate", "epoch", "time_unix",
-    "tokens", "clipped", "nonfinite", "perturbation",
+    "tokens", "clipped", "nonfinite", "perturbation", "pause_s", "pause_start_unix",
 )
 
 
@@ -52,6 +52,8 @@ def format_record(record: tuple, run_id: str, rank: int) -> str:
         "clipped": fields["clipped"],
         "nonfinite": fields["nonfinite"],
         "perturbation": fields["perturbation"],
+        "pause_s": round(fields["pause_s"], 6),
+        "pause_start_unix": None if fields["pause_start_unix"] is None else round(fields["pause_start_unix"], 6),
         "run_id": run_id,
         "rank": rank,
     }
