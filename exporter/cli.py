@@ -97,6 +97,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sim: random seed")
     p.add_argument("--sim-load", default="host",
                    help="sim: 'host' (host CPU utilization), a constant load 0-1, or steps 't:load,t:load'")
+    p.add_argument("--sim-profile", choices=["default", "demo"], default="default",
+                   help="sim: the simulated card's physics; 'demo' (40 C ambient, half the heat capacity) heats "
+                   "through the 83 C limit and throttles within a demo-length run (default: default)")
     p.add_argument("--replay-csv", type=Path, help="replay: an RLE-lab recording")
     p.add_argument("--speed", type=float, default=1.0, help="replay: recording seconds per wall second")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -149,7 +152,7 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError("--backend replay needs --replay-csv PATH")
 
     backend = open_backend(args.backend, devices=args.devices, seed=args.seed, sim_load=sim_load,
-                           replay_csv=args.replay_csv, speed=args.speed)
+                           replay_csv=args.replay_csv, speed=args.speed, sim_profile=args.sim_profile)
     try:
         labels = [d.device for d in backend.devices()]
         sampler = Sampler(backend, args.sample_hz, resolve_device_values(power_specs, labels, "--rated-power"),

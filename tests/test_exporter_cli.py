@@ -42,6 +42,17 @@ def test_engine_flags_reach_the_config():
     assert config.warmup_s == 60.0  # untouched defaults stay the lab's
 
 
+def test_sim_profile_reaches_the_simulated_gpu_and_auto_fallback():
+    from exporter.backends import open_backend
+    from exporter.backends.sim import SIM_PROFILES
+
+    args = build_serve_parser().parse_args(["--backend", "sim", "--sim-profile", "demo"])
+    backend = open_backend(args.backend, sim_load=lambda _: 1.0, sim_profile=args.sim_profile)
+    assert backend.params == SIM_PROFILES["demo"] and backend.params.ambient_c == 40.0
+    assert build_serve_parser().parse_args([]).sim_profile == "default"
+    assert open_backend("sim", sim_load=lambda _: 1.0).params == SIM_PROFILES["default"]
+
+
 class FlakyBackend:
     """device 0 raises an unexpected error every round; device 1 works."""
 

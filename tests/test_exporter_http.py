@@ -135,6 +135,7 @@ def nvml_available() -> bool:
     (["--collapse-drop-frac", "-1"], "drop_frac"),
     (["--backend", "replay"], "--replay-csv"),
     (["--bogus"], "unrecognized"),
+    (["--sim-profile", "hot"], "--sim-profile"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     proc = run_bad("--backend", "sim", "--sim-load", "0", "--port", str(free_port()), *args)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from exporter.backends.sim import SimBackend, SimGpu, SimParams, parse_load
+from exporter.backends.sim import SIM_PROFILES, SimBackend, SimGpu, SimParams, parse_load
 from exporter.engine import RleEngine
 
 
@@ -55,13 +55,20 @@ def test_power_follows_load_up_to_the_limit():
     assert readings[-1].throttle["sw_power_cap"]
 
 
-def _collapse_events(load: float, seconds: int, seed: int) -> int:
-    p = SimParams()
+def _collapse_onsets(load, seconds: int, seed: int, params: SimParams | None = None) -> list[tuple[int, dict]]:
+    """(second, reading) of every collapse onset; `load` is a number or a function of the second."""
+    p = params or SimParams()
     gpu, engine = SimGpu(p, seed=seed), RleEngine(p.power_limit_w, p.temp_limit_c)
+    onsets = []
     for t in range(seconds):
-        r = gpu.step(1.0 if t else 0.0, load)
-        engine.update(float(t), r.util_pct, r.power_w, r.temp_c)
-    return engine.collapse_events
+        r = gpu.step(1.0 if t else 0.0, load(t) if callable(load) else load)
+        if engine.update(float(t), r.util_pct, r.power_w, r.temp_c).onset:
+            onsets.append((t, r))
+    return onsets
+
+
+def _collapse_events(load: float, seconds: int, seed: int, params: SimParams | None = None) -> int:
+    return len(_collapse_onsets(load, seconds, seed, params))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -70,6 +77,27 @@ def test_sustained_load_collapses_and_idle_or_moderate_load_does_not(seed):
     assert _collapse_events(0.0, 600, seed) == 0
     assert _collapse_events(0.05, 600, seed) == 0
     assert _collapse_events(0.5, 600, seed) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_demo_profile_collapses_within_a_demo_run_throttles_and_half_load_does_not(seed):
+    demo = SIM_PROFILES["demo"]
+    full = _collapse_onsets(1.0, 600, seed, demo)
+    assert full and 60 < full[0][0] <= 100  # after the detector's 60 s warm-up, within 100 s
+    assert _collapse_events(0.5, 600, seed, demo) == 0
+    assert _collapse_events(0.0, 600, seed, demo) == 0
+    gpu, readings = run(1.0, 300, demo, seed)
+    hot = [r for r in readings if r.temp_c > demo.slowdown_c]
+    assert hot and all(r.throttle["sw_thermal"] and r.throttle["hw_slowdown"] for r in hot)
+    assert readings[-1].sm_clock_hz < 0.85 * demo.max_sm_clock_hz  # clocks cut by the heat
+    assert 88 < readings[-1].temp_c < 92  # the throttled card settles near 90 °C
+
+
+def test_demo_profile_collapses_again_after_each_pause_of_a_hot_card():
+    """A trainer that idles 4 s every 20 s: each resume of a hot card is another collapse onset."""
+    onsets = _collapse_onsets(lambda t: 0.05 if t >= 20 and t % 20 < 4 else 1.0, 200, 0, SIM_PROFILES["demo"])
+    assert len(onsets) >= 5 and onsets[2][0] <= 110
+    assert all(r.temp_c > SIM_PROFILES["demo"].temp_limit_c - 5 for _, r in onsets)
 
 
 def test_seeded_runs_repeat_and_seeds_differ():

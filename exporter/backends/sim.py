@@ -7,6 +7,13 @@ the model gives the same trajectory at any sampling rate. Power follows load up 
 past the slowdown temperature clocks, utilization and power drop. With the defaults, sustained full
 load heats the device through its 83 °C limit while it is still heating — a genuine RLE collapse —
 and idle settles near 40 °C with no collapse.
+
+Profiles (`--sim-profile`): `default` is the card above (time constant 120 s: under full load it reaches
+83 °C after about 3 minutes). `demo` is a small, poorly cooled card in a warm case: 40 °C ambient and
+half the heat capacity (time constant 60 s), so a demo-length run under full load heats through 83 °C
+after about a minute, throttles past 86 °C (sw_thermal, hw_slowdown) and settles near 90 °C; half
+load still settles below the limit (≈ 76 °C) and never collapses. Only the physics differ; the
+detector is the same.
 """
 
 from __future__ import annotations
@@ -83,6 +90,12 @@ class SimGpu:
                       "hw_slowdown": hot, "sync_boost": False, "sw_thermal": hot, "hw_thermal": False,
                       "hw_power_brake": False, "display_clocks": False},
         )
+
+
+SIM_PROFILES: dict[str, SimParams] = {
+    "default": SimParams(),
+    "demo": SimParams(ambient_c=40.0, time_constant_s=60.0),
+}
 
 
 def parse_load(spec: str) -> Callable[[float], float] | None:
