@@ -167,6 +167,16 @@ def coupling_dashboard() -> dict:
             unit="short", width=8,
             description="Tokens processed per joule the run's GPU drew (1-min rates; energy counter, so nothing "
                         "between samples is missed). Empty for a CPU run: it has no GPU energy to divide by."),
+        Panel("Throttle cost (tokens/s lost to throttling)", targets(
+            (f"rank:train_tokens_lost_to_throttling:rate10s{{{run}}}", "lost, rank {{rank}} on {{uuid}}"),
+            (f"rank:train_tokens:rate10s{{{run}}}", "tokens/s now, rank {{rank}}"),
+            (f"avg_over_time(rank:train_tokens:rate10s_unthrottled{{{run}}}[10m])", "unthrottled tokens/s, rank {{rank}}")),
+            unit="short", width=12,
+            description="The run's own unthrottled speed (10-s windows of the last 10 min with the GPU not throttled "
+                        "by a thermal or power reason and no pause burst) minus its speed now, while its GPU is "
+                        "throttled; 0 while it is not. Negative: not slower while throttled."),
+        Panel("SM clock", targets((f"rle_sm_clock_hertz{{{dev}}}", "SM clock")), unit="hertz", width=12,
+              description="Thermal and power throttling show as clock drops (see Throttle reasons)."),
         Panel("Firing alerts", [target('ALERTS{alertstate="firing"}', "", instant=True, table=True)],
               kind="table", width=8,
               options={"showHeader": True, "footer": {"show": False}}),
@@ -179,7 +189,7 @@ def coupling_dashboard() -> dict:
     annotations = [
         annotation("Collapse", f"rle_collapsed{{{dev}}} == 1", "red", "collapse on {{device}}"),
         annotation("Perturbation burst", f"train_perturbation_active{{{run}}} == 1", "orange",
-                   "lr perturbation, rank {{rank}}"),
+                   "{{kind}} perturbation, rank {{rank}}"),
     ]
     return dashboard("thermograd-coupling", "Training ↔ thermal coupling",
                      "The seed's four panels on Prometheus's one clock, plus what explains them: power, A_load, "
