@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--rle-csv", type=Path, help="RLE-lab CSV")
     files.add_argument("--tz", help="time zone of naive ISO timestamps (default UTC)")
     stats = p.add_argument_group("statistics")
-    stats.add_argument("--step", help="grid step (default: scrape interval; 1s for files)")
+    stats.add_argument("--step", help="grid step (default: the targets' scrape interval; for files the slower "
+                                      "source's own sampling interval)")
     stats.add_argument("--max-lag", default="30s", help="lagged cross-correlation range +/- (default 30s)")
     stats.add_argument("--warmup", default="30s",
                        help="leave the run's first part (its start-up transient) out of the tests: this long, "
@@ -62,10 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--spike-z", type=float, default=3.0, help="robust z of a grad-norm spike (default 3)")
     stats.add_argument("--event-window", default="5s", help="coincidence window for spikes/collapses (default 5s)")
     stats.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm (default 0.05)")
+    stats.add_argument("--min-effect", type=float, default=0.1,
+                       help="smallest |r| called coupling; a significant smaller one is 'negligible' (default 0.1)")
     stats.add_argument("--seed", type=int, default=0, help="random seed for surrogates (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     return p
+
+
+def _duration_flag(flag: str, text: str, allow_zero: bool = False) -> float:
+    """A duration flag's value in seconds: finite and positive (or zero where that means 'off')."""
+    value = parse_duration_s(text)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise InputError(f"{flag} {text!r}: must be a finite duration {'>= 0' if allow_zero else '> 0'}")
+    return value
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Every statistics flag checked (one line naming the flag, exit 2) and gathered."""
+    if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+        raise InputError(f"--alpha {args.alpha:g}: must be between 0 and 1 (exclusive)")
+    if not (math.isfinite(args.min_effect) and 0 <= args.min_effect < 1):
+        raise InputError(f"--min-effect {args.min_effect:g}: must be in [0, 1)")
+    if not (math.isfinite(args.spike_z) and args.spike_z > 0):
+        raise InputError(f"--spike-z {args.spike_z:g}: must be a finite number > 0")
+    if args.surrogates < 100 or args.surrogates > 1_000_000:
+        raise InputError(f"--surrogates {args.surrogates}: must be between 100 and 1000000")
+    return Settings(max_lag_s=_duration_flag("--max-lag", args.max_lag),
+                    warmup_s=_duration_flag("--warmup", args.warmup, allow_zero=True),
+                    n_surrogates=args.surrogates, spike_z=args.spike_z,
+                    event_window_s=_duration_flag("--event-window", args.event_window),
+                    alpha=args.alpha, min_effect=args.min_effect, seed=args.seed)
 
 
 def _headers(items: list[str]) -> dict[str, str]:
@@ -104,7 +132,7 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     scrape_s = job_scrape_s or client.scrape_interval_s()
     notes: list[str] = []
     if args.step:
-        step_s, step_source = parse_duration_s(args.step), "--step"
+        step_s, step_source = _duration_flag("--step", args.step), "--step"
     elif job_scrape_s:
         step_s, step_source = job_scrape_s, f"scrape interval of the {'/'.join(SCRAPE_JOBS)} targets (/api/v1/targets)"
     elif scrape_s:
@@ -115,7 +143,7 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     start_s = parse_instant_s(args.start) if args.start else None
     if start_s is not None and start_s >= end_s:
         raise InputError("--start must be before --end")
-    runs = discover_runs(client, start_s if start_s is not None else end_s - parse_duration_s(args.lookback), end_s)
+    runs = discover_runs(client, start_s if start_s is not None else end_s - _duration_flag("--lookback", args.lookback), end_s)
     run = choose_run(runs, args.run)
     if step_s is None:
         sampled_s = run_sample_interval_s(client, run)
@@ -151,35 +179,35 @@ def from_files(args: argparse.Namespace) -> tuple[T.Table, dict]:
     if not (args.grad_log and args.rle_csv):
         raise InputError("give --prometheus URL, or both --grad-log FILE and --rle-csv FILE")
     tz = get_tz(args.tz)
-    grad = load_grad_log(args.grad_log, tz)
-    rle, device = load_rle_csv(args.rle_csv, args.device, tz)
-    step_s = parse_duration_s(args.step) if args.step else 1.0
-    if step_s <= 0:
-        raise InputError("--step must be positive")
-    table = files_to_table(grad, rle, step_s)
+    notes: list[str] = []
+    grad = load_grad_log(args.grad_log, tz, notes)
+    rle, device = load_rle_csv(args.rle_csv, args.device, tz, notes)
+    step_s = _duration_flag("--step", args.step) if args.step else None
+    table = files_to_table(grad, rle, step_s, notes)
     meta = {
         "inputs": {"source": "files", "grad_log": str(args.grad_log), "rle_csv": str(args.rle_csv),
                    "device": device, "naive_timestamps_tz": args.tz or "UTC"},
-        "step": {"seconds": step_s, "source": "--step" if args.step else "default 1 s"},
-        "queries": [], "notes": [],
+        "step": {"seconds": table.step_s,
+                 "source": "--step" if args.step else "the slower source's own sampling interval (median spacing)",
+                 "grid_start_unix": table.start_s},
+        "queries": [], "notes": notes,
     }
     return table, meta
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = settings_from_args(args)  # bad flags fail before anything is created or fetched
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--out {args.out}: {exc}") from None
-    if args.surrogates < 100:
-        raise InputError("--surrogates must be at least 100")
     t0 = time.perf_counter()
     table, meta = from_prometheus(args) if args.prometheus else from_files(args)
+    if not table.has(T.GRAD_NORM):
+        where = meta["inputs"].get("grad_log") or f"run {meta['inputs'].get('run_id')} on {meta['inputs'].get('url')}"
+        raise InputError(f"{where}: no usable gradient norm (every value is null, NaN or missing)")
     table = table.trimmed([T.GRAD_NORM, T.LOSS])
     t_fetch = time.perf_counter() - t0
-    cfg = Settings(max_lag_s=parse_duration_s(args.max_lag), warmup_s=parse_duration_s(args.warmup),
-                   n_surrogates=args.surrogates, spike_z=args.spike_z,
-                   event_window_s=parse_duration_s(args.event_window), alpha=args.alpha, seed=args.seed)
     t0 = time.perf_counter()
     results = analyse(table, cfg)
     t_stats = time.perf_counter() - t0
@@ -194,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         del report["perturbation"]
     t0 = time.perf_counter()
     verdict = report["verdict"]
-    title = f"run {meta['inputs'].get('run_id', args.grad_log)}: verdict {'coupled' if verdict['coupled'] else 'not coupled'} ({verdict['strength']})"
+    title = f"run {meta['inputs'].get('run_id', args.grad_log)}: verdict {verdict['strength']}"
     coupling_png(table, args.out / "coupling.png", title,
                  "Prometheus evaluation timestamps" if args.prometheus else f"a {table.step_s:g} s grid")
     crosscorr_png(results["pairs"], args.out / "crosscorr.png")

@@ -55,11 +55,26 @@ EPOCH_FIELDS = ("time_unix", "timestamp_shared")
 ISO_FIELDS = ("timestamp", "timestamp_iso")
 
 
-def _record_time(rec: dict, where: str, tz: tzinfo) -> float:
+# Epoch values this large are not seconds: 1e11 s is the year 5138, 1e11 ms is 1973.
+_EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
+
+
+def epoch_seconds(value: float, where: str, name: str, units_seen: set[str]) -> float:
+    """Unix seconds from an epoch number in s, ms, us or ns (recognised by size; the unit is noted)."""
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"{where}: {name} {value!r} is not a Unix time")
+    for threshold, per_second, unit in _EPOCH_UNITS:
+        if value >= threshold:
+            units_seen.add(unit)
+            return value / per_second
+    return value
+
+
+def _record_time(rec: dict, where: str, tz: tzinfo, units_seen: set[str]) -> float:
     """An epoch field first (time_unix, timestamp_shared), else an ISO one (offset honoured, naive = tz)."""
     for name in EPOCH_FIELDS:
         if rec.get(name) not in (None, ""):
-            return _number(rec[name], where, name, True)
+            return epoch_seconds(_number(rec[name], where, name, True), where, name, units_seen)
     for name in ISO_FIELDS:
         stamp = rec.get(name)
         if isinstance(stamp, str) and stamp:
@@ -70,8 +85,12 @@ def _record_time(rec: dict, where: str, tz: tzinfo) -> float:
     raise InputError(f"{where}: no time field (epoch: {', '.join(EPOCH_FIELDS)}; ISO: {', '.join(ISO_FIELDS)})")
 
 
-def _grad_records(path: Path, text: str) -> list[tuple[str, object]]:
-    """(location, record) pairs from a JSON array (seed format) or JSON Lines (trainer format)."""
+def _grad_records(path: Path, text: str, notes: list[str]) -> list[tuple[str, object]]:
+    """(location, record) pairs from a JSON array (seed format) or JSON Lines (trainer format).
+
+    A JSON Lines log whose last line is cut off (no newline: the writer was killed or the disk filled
+    up mid-line) is read up to its last complete line, with a note; a bad line anywhere else is an error.
+    """
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -79,28 +98,40 @@ def _grad_records(path: Path, text: str) -> list[tuple[str, object]]:
             raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
         return [(f"{path}: entry {i + 1}", rec) for i, rec in enumerate(data)]
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             out.append((f"{path}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as exc:
+            if lineno == len(lines) and not text.endswith("\n"):
+                notes.append(f"{path}:{lineno}: the last line is incomplete (the log was cut off mid-write); "
+                             "read up to the last complete line.")
+                break
             raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
     return out
 
 
-def load_grad_log(path: Path, tz: tzinfo) -> Samples:
+def _note_units(units_seen: set[str], path: Path, notes: list[str]) -> None:
+    if units_seen:
+        notes.append(f"{path}: epoch timestamps in {', '.join(sorted(units_seen))} were converted to seconds.")
+
+
+def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Samples:
+    notes = [] if notes is None else notes
+    units_seen: set[str] = set()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
     times, cols = [], {k: [] for k in GRAD_FIELDS}
-    for where, rec in _grad_records(path, text):
+    for where, rec in _grad_records(path, text, notes):
         if not isinstance(rec, dict):
             raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
         if "grad_norm" not in rec and "loss" not in rec:
             continue  # e.g. a run header or summary line in a JSON Lines log
-        times.append(_record_time(rec, where, tz))
+        times.append(_record_time(rec, where, tz, units_seen))
         pert = rec.get("perturbation")
         if isinstance(pert, dict):  # a burst description rather than a flag: its presence means active
             rec = {**rec, "perturbation": bool(pert.get("active", True))}
@@ -108,6 +139,7 @@ def load_grad_log(path: Path, tz: tzinfo) -> Samples:
             cols[col].append(_number(rec.get(key, _ABSENT), where, key, key == "grad_norm"))
     if not times:
         raise InputError(f"{path}: no records with grad_norm")
+    _note_units(units_seen, path, notes)
     return Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()})
 
 
@@ -115,10 +147,13 @@ RLE_COLUMNS = {"rle": "rle_smoothed", "temperature": "temp_c", "power": "power_w
                "collapsed": "collapse"}
 
 
-def load_rle_csv(path: Path, device: str | None, tz: tzinfo) -> tuple[Samples, str]:
+def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
+                 notes: list[str] | None = None) -> tuple[Samples, str]:
     """Rows of one device from an RLE-lab CSV (several devices per file); returns (samples, device)."""
+    notes = [] if notes is None else notes
+    units_seen: set[str] = set()
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
     with handle:
@@ -153,7 +188,8 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo) -> tuple[Samples, s
             continue
         where = f"{path}:{lineno}"
         if row.get("timestamp_shared") not in (None, ""):
-            times.append(_number(row["timestamp_shared"], where, "timestamp_shared", True))
+            times.append(epoch_seconds(_number(row["timestamp_shared"], where, "timestamp_shared", True), where,
+                                       "timestamp_shared", units_seen))
         else:
             try:
                 times.append(parse_iso_s(row.get("timestamp") or "", tz))
@@ -163,4 +199,5 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo) -> tuple[Samples, s
             cols[col].append(_number(row.get(key), where, key, False))
     if not times:
         raise InputError(f"{path}: no rows for device {device!r}")
+    _note_units(units_seen, path, notes)
     return Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()}), device

@@ -1,4 +1,9 @@
-"""Offline files -> one Table on a common grid (the overlap of the two timelines)."""
+"""Offline files -> one Table on a common grid (the overlap of the two timelines).
+
+The grid follows the data: its step is the slower source's own sampling interval (unless --step), and
+its phase puts every hardware sample in the middle of its row, so a sampler's jitter (tens of ms on a
+1 s sampler) never pushes two samples into one row and leaves the next one empty.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,81 @@ from analysis.errors import InputError
 from analysis.load_files import Samples
 from analysis.timeparse import iso_utc
 
+# A grid this much larger than the samples it holds is a stray timestamp, not a recording.
+MAX_ROWS_PER_SAMPLE = 50
+MIN_ROWS_CAP = 1_000_000
+
 
 def _fmt(rng: tuple[float, float]) -> str:
     return f"{iso_utc(rng[0])} .. {iso_utc(rng[1])}"
 
 
-def files_to_table(grad: Samples, rle: Samples, step_s: float) -> T.Table:
+def sample_interval_s(t_s: np.ndarray) -> float | None:
+    """A source's typical interval: the median spacing of its distinct timestamps (gaps and jitter
+    barely move a median). None with fewer than two distinct times."""
+    t = np.unique(t_s[np.isfinite(t_s)])
+    if t.size < 2:
+        return None
+    return float(np.median(np.diff(t)))
+
+
+def choose_step_s(grad: Samples, rle: Samples) -> float:
+    """The slower of the two sources' intervals, to two significant digits (a jittered 1 s sampler's
+    median spacing is 0.999 s): on a finer grid the slower source would leave most rows empty and no
+    first difference could be formed."""
+    intervals = [v for v in (sample_interval_s(grad.t_s), sample_interval_s(rle.t_s)) if v and v > 0]
+    step = max(intervals) if intervals else 1.0
+    return max(float(f"{step:.2g}"), 0.001)
+
+
+def grid_phase_s(t_s: np.ndarray, step_s: float) -> float:
+    """Grid offset in [0, step) that centres the samples in their rows: circular mean of t mod step,
+    plus half a step (rows take samples in (t - step, t])."""
+    angle = 2 * np.pi * np.mod(t_s, step_s) / step_s
+    mean = float(np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()))
+    return float(np.mod(mean / (2 * np.pi) * step_s + step_s / 2, step_s))
+
+
+def main_cluster(samples: Samples, what: str, notes: list[str]) -> Samples:
+    """The samples without strays: a recording split at gaps over max(1 day, 1000 intervals) keeps its
+    largest part (a clock reset or a record from another run must not stretch the grid over years)."""
+    order = np.argsort(samples.t_s, kind="stable")
+    t = samples.t_s[order]
+    interval = sample_interval_s(t) or 1.0
+    cuts = np.flatnonzero(np.diff(t) > max(86400.0, 1000 * interval)) + 1
+    if cuts.size == 0:
+        return samples
+    bounds = np.concatenate(([0], cuts, [t.size]))
+    biggest = int(np.argmax(np.diff(bounds)))
+    keep = order[bounds[biggest]: bounds[biggest + 1]]
+    dropped = t.size - keep.size
+    notes.append(f"{what}: {dropped} record(s) far from the rest of the recording (more than a day away) "
+                 f"were left out; analysed {_fmt((t[bounds[biggest]], t[bounds[biggest + 1] - 1]))}.")
+    keep = np.sort(keep)
+    return Samples(samples.t_s[keep], {k: v[keep] for k, v in samples.columns.items()})
+
+
+def files_to_table(grad: Samples, rle: Samples, step_s: float | None = None,
+                   notes: list[str] | None = None) -> T.Table:
     """Grad norm per row is the mean of the steps in (t - step, t] (like the histogram's mean),
     with the last value alongside; hardware columns take the last sample in the row."""
+    notes = [] if notes is None else notes
+    grad, rle = main_cluster(grad, "training log", notes), main_cluster(rle, "RLE CSV", notes)
+    step_s = step_s or choose_step_s(grad, rle)
     g_lo, g_hi = grad.range_s
     r_lo, r_hi = rle.range_s
     lo, hi = max(g_lo, r_lo), min(g_hi, r_hi)
     if hi <= lo:
         raise InputError(f"the timelines do not overlap: training log {_fmt((g_lo, g_hi))}, "
                          f"RLE CSV {_fmt((r_lo, r_hi))}")
-    start = np.floor(lo / step_s) * step_s
+    in_overlap = rle.t_s[(rle.t_s >= lo) & (rle.t_s <= hi)]
+    phase = grid_phase_s(in_overlap if in_overlap.size else rle.t_s, step_s)
+    start = np.floor((lo - phase) / step_s) * step_s + phase
     n = int(np.ceil((hi - start) / step_s)) + 1
+    samples = grad.t_s.size + rle.t_s.size
+    if n > max(MIN_ROWS_CAP, MAX_ROWS_PER_SAMPLE * samples):
+        raise InputError(f"the overlap {_fmt((lo, hi))} would need {n:,} rows of {step_s:g} s for {samples:,} "
+                         "samples: a stray timestamp far from the rest? (check the first and last records)")
     table = T.Table(float(start), step_s, n)
     cols = table.columns
     cols[T.GRAD_NORM] = bin_to_grid(grad.t_s, grad.columns["grad_norm"], start, step_s, n, how="mean")

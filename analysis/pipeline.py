@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from analysis import table as T
 from analysis.stats import correlation, events, granger, lagged, perturbation
 from analysis.stats.multiple import holm
-from analysis.stats.series import INSUFFICIENT, is_constant, stationary, strength_band
+from analysis.stats.series import INSUFFICIENT, LONG_GAP_S, is_constant, segment_bounds, stationary
 
 PAIRS = ((T.GRAD_NORM, T.RLE), (T.GRAD_NORM, T.TEMPERATURE), (T.GRAD_NORM, T.POWER),
          (T.GRAD_NORM, T.A_LOAD), (T.LOSS, T.RLE))
 HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
+POWER_FOR_MDE = 0.8
+Z_POWER = float(stats.norm.ppf(POWER_FOR_MDE))
 
 
 @dataclass
@@ -21,7 +24,8 @@ class Settings:
     max_lag_s: float = 30.0
     # A run's start-up is one regime change, not coupling: in the same second or two the gradient norm
     # plunges and the device leaves idle. On differences that is one extreme pair, and on a 2-minute demo run
-    # it alone made Pearson read r = -0.77 between series that were uncorrelated for the other 100 s.
+    # it alone made Pearson read r = -0.77 between series that were uncorrelated for the other 100 s. A
+    # resume after a long gap in the training series (a restart, a checkpoint, an evaluation) is one too.
     warmup_s: float = 30.0
     n_surrogates: int = 1000
     spike_z: float = 3.0
@@ -29,6 +33,10 @@ class Settings:
     perturbation_window_s: float | None = None  # None: twice the median burst length
     granger_max_order: int = 10
     alpha: float = 0.05
+    # The smallest |r| worth calling coupling: a week of 1 s data makes r = 0.01 significant.
+    min_effect: float = 0.1
+    # The seed's "independent systems" band: |r| < 0.3. Claimed only when an equivalence test shows it.
+    equivalence_bound: float = 0.3
     seed: int = 0
 
 
@@ -36,16 +44,37 @@ def _steps(seconds: float, step_s: float) -> int:
     return max(1, int(round(seconds / step_s)))
 
 
+def startup_rows(train: np.ndarray, step_s: float, warmup_s: float) -> tuple[np.ndarray, int]:
+    """Rows to leave out of the tests: the run's first `warmup_s` and the same after every resume
+    from a gap of LONG_GAP_S or more in the training series, each at most a tenth of its segment
+    (a short run keeps most of its samples; a start-up transient lasts seconds, not minutes).
+    Returns (mask, number of resumes)."""
+    n = train.size
+    mask = np.zeros(n, dtype=bool)
+    present = np.isfinite(train)
+    if warmup_s <= 0 or not present.any():
+        return mask, 0
+    first, last = segment_bounds(present, _steps(LONG_GAP_S, step_s))
+    starts = np.unique(first[present])
+    for s in starts:
+        length = int(last[s] - s + 1)
+        mask[s: s + min(_steps(warmup_s, step_s), length // 10)] = True
+    mask[: int(np.flatnonzero(present)[0])] = True  # before the first step there is nothing to test
+    return mask, int(starts.size - 1)
+
+
 def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: float, cfg: Settings,
                  rng: np.random.Generator, naive_xy: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-    """Naive (on `naive_xy`, default x and y), primary and lagged tests of one pair."""
-    dx, dy = stationary(x), stationary(y)
+    """Naive (on `naive_xy`, default x and y), primary (lag 0) and lagged tests of one pair."""
+    dx, dy = stationary(x, step_s), stationary(y, step_s)
     requested = _steps(cfg.max_lag_s, step_s)
     # A short run cannot support the full scan: narrow it so the largest lag still has 30 overlapping
-    # pairs (lagged_test's floor), and say so, rather than give no lagged answer at all.
+    # pairs, and say so, rather than give no lagged answer at all.
     fits = (int(np.sum(np.isfinite(dx) & np.isfinite(dy))) - lagged.MIN_OVERLAP) // 2
     max_lag = min(requested, fits) if fits >= 1 else requested
-    lag = lagged.lagged_test(dx, dy, max_lag, cfg.n_surrogates, rng)
+    res = lagged.scan(dx, dy, max_lag, cfg.n_surrogates, rng)
+    prim, lag = res["lag0"], res["lagged"]
+    prim["method"] = correlation.PRIMARY_METHOD
     lag["max_lag_s"] = max_lag * step_s
     if max_lag < requested:
         lag["max_lag_note"] = (f"scan narrowed from +/-{requested * step_s:g} s to +/-{max_lag * step_s:g} s: "
@@ -53,80 +82,125 @@ def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: f
     lag["peak_lag_s"] = None if lag["peak_lag_steps"] is None else lag["peak_lag_steps"] * step_s
     lag["lags_s"] = [k * step_s for k in range(-lag["max_lag_steps"], lag["max_lag_steps"] + 1)]
     return {"x": names[0], "y": names[1], "naive": correlation.naive(*(naive_xy or (x, y))),
-            "primary": correlation.correlation_with_neff(dx, dy, correlation.PRIMARY_METHOD),
-            "lag": lag, "coupled": False, "strength": None}
+            "primary": prim, "lag": lag, "coupled": False, "strength": None, "_equivalence": res["equivalence"]}
 
 
-def _pair_verdict(pair: dict, alpha: float) -> None:
-    """Coupled when the primary or the lagged test survives correction; strength from that test's |r|."""
+def strength_from_ci(ci: list[float]) -> str:
+    """The seed's bands applied to the CI's bound nearest zero: what the data show at least."""
+    lo, hi = ci
+    nearest = 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))
+    return "strong" if nearest > 0.7 else "moderate" if nearest > 0.3 else "weak"
+
+
+def _equivalence(eq: dict, cfg: Settings) -> dict:
+    """TOST at every lag of the scan (an intersection-union test: no correction needed): |r| < bound is
+    shown when every lag's (1 - 2 alpha) CI lies inside (-bound, bound)."""
+    z, se = np.abs(np.asarray(eq["z"])), np.asarray(eq["se_z"])
+    bound_z = float(np.arctanh(cfg.equivalence_bound))
+    z_crit = float(stats.norm.ppf(1 - cfg.alpha))
+    upper = np.tanh(z + z_crit * se)
+    worst = int(np.argmax(upper))
+    p_eq = float(np.max(stats.norm.cdf((z - bound_z) / se)))
+    return {"bound": cfg.equivalence_bound, "alpha": cfg.alpha, "p": p_eq, "equivalent": p_eq < cfg.alpha,
+            "max_abs_r_upper": float(upper[worst]), "_worst": (float(z[worst]), float(se[worst])),
+            "method": f"TOST at every lag: each lag's {100 * (1 - 2 * cfg.alpha):g} % CI inside "
+                      f"(-{cfg.equivalence_bound:g}, {cfg.equivalence_bound:g})"}
+
+
+def _detectable(pair: dict, eq: dict, equiv: dict, family: int, step_s: float, cfg: Settings) -> None:
+    """Minimal detectable |r| at 80 % power (lag-0 test, Holm's first step) and the run length that would
+    settle the question: detect the estimated r, or show it inside the equivalence band."""
+    z_a = float(stats.norm.ppf(1 - cfg.alpha / (2 * max(family, 1))))
+    z_eq = float(stats.norm.ppf(1 - cfg.alpha))
+    se0, n = eq["se0_z"], eq["n"]
+    pair["minimal_detectable_r"] = float(np.tanh((z_a + Z_POWER) * se0))
+    r_hat = abs(pair["primary"]["r"] or 0.0)
+    needs = []
+    if r_hat > 0:
+        needs.append(n * ((z_a + Z_POWER) * se0 / np.arctanh(min(r_hat, 0.999999))) ** 2)
+    z_w, se_w = equiv["_worst"]
+    gap = np.arctanh(cfg.equivalence_bound) - z_w
+    if gap > 0:
+        needs.append(n * ((z_eq + Z_POWER) * se_w / gap) ** 2)
+    pair["run_length_to_settle_s"] = float(min(needs) * step_s) if needs else None
+
+
+def _pair_verdict(pair: dict, family: int, step_s: float, cfg: Settings) -> None:
+    """coupled / negligible / none / inconclusive / insufficient data, from the corrected tests, the
+    smallest effect of interest and the equivalence test."""
     prim, lag = pair["primary"], pair["lag"]
+    eq = pair.pop("_equivalence")
     if prim.get("status") == INSUFFICIENT and lag.get("status") == INSUFFICIENT:
         pair["coupled"], pair["strength"] = False, INSUFFICIENT
         pair["reason"] = "; ".join(dict.fromkeys(t.get("reason", "too few samples") for t in (prim, lag)))
         return
-    found = [abs(t[key]) for t, key in ((prim, "r"), (lag, "peak_r"))
-             if t.get("p_adjusted") is not None and t["p_adjusted"] < alpha]
-    pair["coupled"] = bool(found)
+    found = [(abs(t[key]), t[key], t["ci"], name) for t, key, name in ((prim, "r", "lag 0"), (lag, "peak_r", "lagged"))
+             if t.get("p_adjusted") is not None and t["p_adjusted"] < cfg.alpha]
+    equiv = _equivalence(eq, cfg)
+    pair["equivalence"] = {k: v for k, v in equiv.items() if not k.startswith("_")}
     if found:
-        pair["strength"] = strength_band(max(found))
-    elif prim.get("status") == INSUFFICIENT:
-        pair["strength"] = INSUFFICIENT
-        pair["reason"] = prim.get("reason")
-    else:
-        pair["strength"] = "none"
+        size, r, ci, test = max(found)
+        pair["effect"] = {"r": r, "ci": ci, "test": test}
+        if size < cfg.min_effect:
+            pair["coupled"], pair["strength"] = False, "negligible"
+        else:
+            pair["coupled"], pair["strength"] = True, strength_from_ci(ci)
+        return
+    pair["coupled"] = False
+    pair["strength"] = "none" if equiv["equivalent"] else "inconclusive"
+    if not equiv["equivalent"]:
+        _detectable(pair, eq, equiv, family, step_s, cfg)
 
 
-def _correct(pairs: list[dict], extra: list[dict], cfg: Settings) -> list[str]:
-    """Holm across every p-value in the report; each test dict gets its p_adjusted. Returns notes."""
-    tests = [t for p in pairs for t in (p["primary"], p["lag"]) if t.get("p") is not None]
-    tests += [t for t in extra if t.get("p") is not None]
+def _correct(tests: list[dict]) -> None:
+    """Holm over one family; each test dict gets its p_adjusted."""
+    tests = [t for t in tests if t.get("p") is not None]
     for test, adjusted in zip(tests, holm([t["p"] for t in tests]), strict=True):
         test["p_adjusted"] = adjusted
-    floor = len(tests) / (cfg.n_surrogates + 1)  # the smallest Holm-adjusted surrogate p possible
-    notes = [f"Holm correction over {len(tests)} tests; the smallest adjusted surrogate p-value is {floor:.3g}."]
-    if floor >= cfg.alpha:
-        notes.append(f"With {cfg.n_surrogates} surrogates no surrogate-based test can reach alpha={cfg.alpha} "
-                     "after correction: raise --surrogates.")
-    return notes
+
+
+def _masked(table: T.Table, rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: np.where(rows, np.nan, col) for name, col in table.columns.items()}
 
 
 def analyse(table: T.Table, cfg: Settings) -> dict:
-    """Every test on `table` (which starts at the run's first sample) after the start-up warm-up."""
+    """Every test on `table` (which starts at the run's first sample) without its start-up rows."""
     rng = np.random.default_rng(cfg.seed)
-    # At most a tenth of the run: a short run (the lab's are 3 minutes) keeps most of its samples, and a
-    # start-up transient lasts seconds, not minutes.
-    warm_rows = min(_steps(cfg.warmup_s, table.step_s), table.n // 10) if cfg.warmup_s > 0 else 0
-    warmup = {"seconds": warm_rows * table.step_s, "rows_excluded": warm_rows,
-              "analysed_from_unix": table.start_s + warm_rows * table.step_s}
-    full, table = table, table.rows_from(warm_rows)
-    cols, step = table.columns, table.step_s
-    absent, absent_full = np.full(table.n, np.nan), np.full(full.n, np.nan)
+    step, n = table.step_s, table.n
+    absent = np.full(n, np.nan)
+    train = table.columns.get(T.GRAD_NORM, table.columns.get(T.LOSS, absent))
+    excluded, resumes = startup_rows(train, step, cfg.warmup_s)
+    first = int(np.argmax(~excluded)) if (~excluded).any() else n
+    warmup = {"seconds": first * step, "rows_excluded": int(excluded.sum()), "resumes": resumes,
+              "analysed_from_unix": table.start_s + first * step}
+    cols = _masked(table, excluded)
     # The naive numbers are what a naive look at the whole run gives, start-up included.
     pairs = [analyse_pair(cols.get(x, absent), cols.get(y, absent), (x, y), step, cfg, rng,
-                          naive_xy=(full.columns.get(x, absent_full), full.columns.get(y, absent_full)))
+                          naive_xy=(table.columns.get(x, absent), table.columns.get(y, absent)))
              for x, y in PAIRS]
-    extra: list[dict] = []
+    verdict_tests = [t for p in pairs for t in (p["primary"], p["lag"])]
+    secondary: list[dict] = []
 
     ev: dict = {"status": INSUFFICIENT, "reason": "no collapse series"}
-    if table.has(T.COLLAPSED):
-        ev = events.spikes_vs_collapses(cols[T.GRAD_NORM], cols[T.COLLAPSED], cfg.spike_z,
-                                        _steps(cfg.event_window_s, step), cfg.n_surrogates, rng)
+    if T.COLLAPSED in cols and np.isfinite(cols[T.COLLAPSED]).any():
+        ev = events.spikes_vs_collapses(cols.get(T.GRAD_NORM, absent), cols[T.COLLAPSED], cfg.spike_z,
+                                        _steps(cfg.event_window_s, step), cfg.n_surrogates, rng, step)
         ev["window_s"] = ev["window_steps"] * step
         for key in ("precursor", "trigger"):
             ev[key] = {"rate": ev.pop(f"{key}_rate"), "p": ev.pop(f"{key}_p"), "p_adjusted": None}
-            extra.append(ev[key])
-        extra.append(ev["point_biserial"])
+            secondary.append(ev[key])
+        secondary.append(ev["point_biserial"])
 
     gr = []
     for x, y in PAIRS:
         res = granger.granger_both_ways(cols.get(x, absent), cols.get(y, absent),
-                                        min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)))
+                                        min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)), step)
         res.update(x=x, y=y)
-        extra += [res[k] for k in ("x_to_y", "y_to_x") if res.get(k)]
+        secondary += [res[k] for k in ("x_to_y", "y_to_x") if res.get(k)]
         gr.append(res)
 
     pert = None
-    if table.has(T.PERTURBATION) and not is_constant(cols[T.PERTURBATION]):
+    if T.PERTURBATION in cols and not is_constant(cols[T.PERTURBATION]):
         window = (_steps(cfg.perturbation_window_s, step) if cfg.perturbation_window_s
                   else perturbation.default_window(cols[T.PERTURBATION]))
         pert = {"window_s": window * step, "metrics": {}}
@@ -134,12 +208,25 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
             res = perturbation.triggered_average(cols.get(name, absent), cols[T.PERTURBATION], window,
                                                  cfg.n_surrogates, rng)
             pert["metrics"][name] = res
-            extra.append(res)
+            secondary.append(res)
 
-    notes = _correct(pairs, extra, cfg)
-    if warm_rows:
-        notes.append(f"The run's first {warmup['seconds']:g} s (start-up: the device leaving idle as the loss and "
-                     "gradient norm plunge) are shown in the figures but left out of every test (--warmup).")
+    _correct(verdict_tests)
+    _correct(secondary)
+    family = sum(t.get("p") is not None for t in verdict_tests)
     for pair in pairs:
-        _pair_verdict(pair, cfg.alpha)
-    return {"pairs": pairs, "events": ev, "granger": gr, "perturbation": pert, "warmup": warmup, "notes": notes}
+        _pair_verdict(pair, family, step, cfg)
+    notes = [f"Holm correction in two families: the verdict's {family} lag-0 and lagged tests, and "
+             f"{sum(t.get('p') is not None for t in secondary)} secondary tests (events, Granger, perturbations)."]
+    floor = family / (cfg.n_surrogates + 1)
+    if floor >= cfg.alpha:
+        notes.append(f"With {cfg.n_surrogates} surrogates no surrogate-based test can reach alpha={cfg.alpha} "
+                     "after correction: raise --surrogates.")
+    if first:
+        notes.append(f"The run's first {first * step:g} s (start-up: the device leaving idle as the loss and "
+                     "gradient norm plunge) are shown in the figures but left out of every test (--warmup).")
+    if resumes:
+        notes.append(f"The training series resumes {resumes} time(s) after a gap of {LONG_GAP_S:g} s or more "
+                     "(a restart, a checkpoint or an evaluation); the start of each resumed stretch is left out "
+                     "of the tests like the run's own start, and no window or lag reaches across a gap.")
+    return {"pairs": pairs, "events": ev, "granger": gr, "perturbation": pert, "warmup": warmup, "notes": notes,
+            "families": {"verdict": family, "secondary": sum(t.get("p") is not None for t in secondary)}}

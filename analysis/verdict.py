@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from analysis.stats.series import INSUFFICIENT
 
 _ORDER = {"strong": 3, "moderate": 2, "weak": 1}
@@ -17,20 +19,50 @@ def _fmt_r(r: float | None) -> str:
     return "n/a" if r is None else f"{r:+.2f}"
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "a much longer run"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"about {seconds / size:.0f} {unit}"
+    return f"about {seconds:.0f} s"
+
+
 def overall(pairs: list[dict], step_s: float) -> dict:
+    """One of the seed's answers for the run: coupled (with strength), negligible, none (independence
+    shown by an equivalence test), inconclusive, or insufficient data."""
     coupled = [p for p in pairs if p["coupled"]]
     if coupled:
         best = max(coupled, key=lambda p: _ORDER.get(p["strength"], 0))
         names = ", ".join(f"{p['x']}~{p['y']}" for p in coupled)
-        summary = (f"Coupled ({best['strength']}): {names} survive(s) Holm correction on stationary series; "
-                   f"lags are resolved to the {step_s:g} s step.")
+        summary = (f"Coupled ({best['strength']}): {names} survive(s) Holm correction on stationary series "
+                   f"with |r| of at least the smallest effect of interest; lags are resolved to the {step_s:g} s step.")
         return {"coupled": True, "strength": best["strength"], "summary": summary}
-    if all(p["strength"] == INSUFFICIENT for p in pairs):
+    informative = [p for p in pairs if p["strength"] != INSUFFICIENT]
+    if not informative:
         return {"coupled": False, "strength": INSUFFICIENT,
-                "summary": "Insufficient data: every pair has an effective sample size below 30 or a constant series."}
+                "summary": "Insufficient data: every pair has too few samples or a constant series."}
+    inconclusive = [p for p in informative if p["strength"] == "inconclusive"]
+    if inconclusive:
+        longest = max(p.get("run_length_to_settle_s") or np.inf for p in inconclusive)
+        mde = max(p.get("minimal_detectable_r") or 0.0 for p in inconclusive)
+        names = ", ".join(f"{p['x']}~{p['y']}" for p in inconclusive)
+        return {"coupled": False, "strength": "inconclusive",
+                "summary": (f"Inconclusive: no coupling was found, but this run cannot show independence either "
+                            f"({names}: the equivalence test does not put |r| below 0.3). Couplings of |r| >= "
+                            f"{mde:.2f} would have been detected with 80 % power; {_duration(longest)} of data "
+                            f"would settle it.")}
+    negligible = [p for p in informative if p["strength"] == "negligible"]
+    if negligible:
+        names = ", ".join(f"{p['x']}~{p['y']}" for p in negligible)
+        return {"coupled": False, "strength": "negligible",
+                "summary": (f"Negligible: {names} move(s) together significantly, but by less than the smallest "
+                            f"effect of interest (|r| < min-effect): reported, not called coupled.")}
+    skipped = [f"{p['x']}~{p['y']}" for p in pairs if p["strength"] == INSUFFICIENT]
     return {"coupled": False, "strength": "none",
-            "summary": "No evidence of coupling: no pair's lag-0 or lagged test on stationary series survives "
-                       "Holm correction."}
+            "summary": ("Independent systems: for every pair an equivalence test shows |r| < 0.3 at every lag "
+                        "scanned (the seed's band), and no test survives Holm correction"
+                        + (f" ({', '.join(skipped)}: insufficient data)." if skipped else "."))}
 
 
 def _pair_lines(pair: dict, alpha: float) -> list[str]:
@@ -43,19 +75,28 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
     lag_found = lag.get("p_adjusted") is not None and lag["p_adjusted"] < alpha
     lead = "" if not (lag_s and lag_found) else (f"; {pair['x']} leads by {lag_s:g} s" if lag_s > 0 else
                                                  f"; {pair['y']} leads by {-lag_s:g} s")
+    verdict = (f"COUPLED ({pair['strength']})" if pair["coupled"] else
+               {"negligible": "negligible (significant, |r| below the smallest effect of interest)",
+                "none": "none (equivalence shown: |r| < 0.3 at every lag)",
+                "inconclusive": "inconclusive"}.get(pair["strength"], "not coupled"))
     lines = [f"- {name}: naive r = {_fmt_r(naive.get('pearson_r'))} (p = {_fmt_p(naive.get('p'))}, n = {naive['n']}); "
              f"primary r = {_fmt_r(prim.get('r'))} [95% CI {_fmt_r(ci[0])}, {_fmt_r(ci[1])}], "
              f"n_eff = {prim.get('n_eff') or 0:.0f}, Holm p = {_fmt_p(prim.get('p_adjusted'))}; "
              f"peak lagged r = {_fmt_r(lag.get('peak_r'))} at {lag_s if lag_s is not None else 'n/a'} s{lead}, "
-             f"Holm p = {_fmt_p(lag.get('p_adjusted'))} -> "
-             f"{'COUPLED (' + pair['strength'] + ')' if pair['coupled'] else 'not coupled'}."]
+             f"Holm p = {_fmt_p(lag.get('p_adjusted'))} -> {verdict}."]
+    if pair["strength"] == "inconclusive":
+        eq = pair.get("equivalence") or {}
+        lines.append(f"  Not shown independent: |r| could be up to {eq.get('max_abs_r_upper', float('nan')):.2f} at some "
+                     f"lag (equivalence p = {_fmt_p(eq.get('p'))}); the minimal detectable |r| at 80 % power is "
+                     f"{pair.get('minimal_detectable_r', float('nan')):.2f}; "
+                     f"{_duration(pair.get('run_length_to_settle_s'))} of data would settle it.")
     nr, np_ = naive.get("pearson_r"), naive.get("p")
     if not pair["coupled"] and nr is not None and np_ is not None and np_ < 0.05 and abs(nr) >= 0.3:
         band = "strong" if abs(nr) > 0.7 else "moderate"
         lines.append(f"  The naive number would have claimed a {band} coupling (|r| = {abs(nr):.2f}, p = {_fmt_p(np_)}). "
                      "It counts every sample as independent and correlates shared trends (the model learns while "
                      "the device warms); once the trends are differenced away and autocorrelation is allowed for, "
-                     "the step-to-step movements do not go together.")
+                     "no coupling of the step-to-step movements survives.")
     if lag.get("max_lag_note"):
         lines.append(f"  Lagged test: {lag['max_lag_note']}.")
     if pair["coupled"] and nr is not None and abs(nr) < 0.3:

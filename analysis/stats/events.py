@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.stats.series import INSUFFICIENT, first_difference, is_constant, onsets, robust_z
+from analysis.stats import lagged
+from analysis.stats.series import (
+    HIGHPASS_S,
+    INSUFFICIENT,
+    LONG_GAP_S,
+    first_difference,
+    onsets,
+    robust_z,
+    rolling_mean,
+    rows_for,
+    segment_bounds,
+    state_onsets,
+)
+
+LEVEL_BANDWIDTH = 200
 
 
 def spike_indices(grad_norm: np.ndarray, z_threshold: float) -> np.ndarray:
@@ -33,71 +47,101 @@ def _precursor_rate(a_rows: np.ndarray, b: np.ndarray, window: int) -> np.ndarra
     return hits.mean(axis=1)
 
 
+def randomised_p(null: np.ndarray, observed: float, rng: np.random.Generator) -> float:
+    """Rank p-value with ties broken at random: exactly uniform under the null even for a statistic that
+    takes few values (a rate over three spikes), where the plain (1 + #>=) / (1 + N) is conservative."""
+    greater = int(np.sum(null > observed))
+    ties = int(np.sum(null == observed))
+    return float((greater + rng.uniform(0.0, 1.0) * (ties + 1)) / (1 + null.size))
+
+
+def shifted_events(events: np.ndarray, valid: np.ndarray, margin: int, n_surrogates: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """The events moved together by circular shifts along the valid rows (rows are sorted), one shift
+    per surrogate row: their spacing and clustering are kept, only their timing against the other
+    series changes. All shifts when there are at most n_surrogates; shifts within `margin` valid rows
+    of zero are left out."""
+    m = valid.size
+    pos = np.searchsorted(valid, events)
+    shifts = np.arange(margin + 1, m - margin)
+    if shifts.size > n_surrogates:
+        shifts = rng.choice(shifts, size=n_surrogates, replace=False)
+    return np.sort(valid[(pos[None, :] + shifts[:, None]) % m], axis=1)
+
+
 def coincidence(spikes: np.ndarray, collapses: np.ndarray, valid: np.ndarray, window: int,
                 n_surrogates: int, rng: np.random.Generator) -> dict:
-    """Event coincidence analysis (Donges et al. 2016) with spike times redrawn uniformly as the null."""
+    """Event coincidence analysis (Donges et al. 2016); null: the spike train circularly shifted."""
     out: dict = {"n_spikes": int(spikes.size), "n_collapses": int(collapses.size), "window_steps": window,
                  "precursor_rate": None, "precursor_p": None, "trigger_rate": None, "trigger_p": None,
-                 "n_surrogates": n_surrogates}
-    if spikes.size == 0 or collapses.size == 0 or valid.size <= spikes.size:
+                 "n_surrogates": 0, "null": "the spike train circularly shifted along the valid rows "
+                 "(keeps its clustering); ties broken at random"}
+    if spikes.size == 0 or collapses.size == 0 or valid.size <= 2 * window + 2 + 20:
         out["status"] = INSUFFICIENT
-        out["reason"] = "no grad-norm spikes" if spikes.size == 0 else "no collapse onsets"
+        out["reason"] = ("no grad-norm spikes" if spikes.size == 0 else
+                         "no collapse onsets" if collapses.size == 0 else "too few rows")
         return out
     b = np.sort(collapses)
     obs_prec = float(_precursor_rate(np.sort(spikes)[None, :], b, window)[0])
     obs_trig = float(_trigger_rate(spikes, b, window))
-    surr = np.sort(rng.choice(valid, size=(n_surrogates, spikes.size)), axis=1)
+    surr = shifted_events(spikes, valid, window, n_surrogates, rng)
     null_prec = _precursor_rate(surr, b, window)
     null_trig = _trigger_rate(surr, b, window)
     out.update(
         status="ok",
         precursor_rate=obs_prec,
-        precursor_p=float((1 + np.sum(null_prec >= obs_prec)) / (1 + n_surrogates)),
+        precursor_p=randomised_p(null_prec, obs_prec, rng),
         trigger_rate=obs_trig,
-        trigger_p=float((1 + np.sum(null_trig >= obs_trig)) / (1 + n_surrogates)),
+        trigger_p=randomised_p(null_trig, obs_trig, rng),
         null_trigger_rate_mean=float(null_trig.mean()),
+        n_surrogates=int(surr.shape[0]),
     )
     return out
 
 
-def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng: np.random.Generator) -> dict:
-    """r between a 0/1 state and a series, with p from circular shifts of the state.
+def highpass_level(x: np.ndarray, step_s: float) -> np.ndarray:
+    """A level minus its running mean over HIGHPASS_S: what is left when slow trends are taken out."""
+    bounds = segment_bounds(np.isfinite(x), rows_for(LONG_GAP_S, step_s))
+    return x - rolling_mean(x, rows_for(HIGHPASS_S / 2, step_s), bounds)
 
-    Both are persistent levels (a collapse lasts seconds to minutes, the gradient norm drifts), which an
-    effective-n correction truncated for differenced series under-counts. Shifting the state keeps both
-    autocorrelations; one FFT gives r at every shift. Shifts within n/20 of zero are left out.
+
+def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng: np.random.Generator,
+                   step_s: float = 1.0) -> dict:
+    """r between a 0/1 state and a series' high-passed level, studentised, with p from circular shifts
+    of the state (lagged.scan at lag 0).
+
+    Both are persistent (a collapse lasts seconds to minutes, the gradient norm drifts): shifts keep
+    both autocorrelations, and shifts within n/20 of zero are left out. The level is high-passed
+    because a slow trend (the gradient norm decays while the device heats and collapses more) is not
+    what the question is about.
     """
-    keep = np.isfinite(state) & np.isfinite(values)
-    b, g = state[keep], values[keep]
-    n = int(b.size)
+    level = highpass_level(np.asarray(values, dtype=float), step_s)
+    n = int(np.sum(np.isfinite(state) & np.isfinite(level)))
     out: dict = {"r": None, "p": None, "p_adjusted": None, "n": n, "n_surrogates": 0,
-                 "method": "point-biserial r (collapse state vs grad norm); p from circular shifts of the state"}
-    margin = max(1, n // 20)
-    if n < 30 or is_constant(b) or is_constant(g):
-        out["status"] = INSUFFICIENT
-        out["reason"] = "a series is constant or too short"
+                 "method": "point-biserial r (collapse state vs high-passed grad norm); p from circular shifts "
+                           "of the HAC-studentised r"}
+    # Both are levels, not differences: their autocorrelations reach far, so the variance sums them over
+    # up to 200 lags (Bretherton et al. truncate at n/5), not the few lags that suit differences.
+    res = lagged.scan(level, np.asarray(state, dtype=float), 0, n_surrogates, rng,
+                      min_shift=max(1, n // 20), bw=LEVEL_BANDWIDTH)["lag0"]
+    if res.get("status") != "ok":
+        out.update(status=INSUFFICIENT, reason=res.get("reason", "a series is constant or too short"))
         return out
-    bs, gs = (b - b.mean()) / b.std(), (g - g.mean()) / g.std()
-    r_at_shift = np.fft.irfft(np.conj(np.fft.rfft(gs)) * np.fft.rfft(bs), n) / n  # r with the state shifted by s
-    shifts = np.arange(margin, n - margin + 1)
-    null = np.abs(r_at_shift[rng.choice(shifts, size=min(n_surrogates, shifts.size), replace=False)])
-    r = float(r_at_shift[0])
-    out.update(status="ok", r=r, n_surrogates=int(null.size),
-               p=float((1 + np.sum(null >= abs(r))) / (1 + null.size)))
+    out.update(status="ok", r=res["r"], p=res["p"], ci=res["ci"], n_surrogates=res["n_surrogates"],
+               surrogates=res["surrogates"])
     return out
 
 
 def spikes_vs_collapses(grad_norm: np.ndarray, collapsed: np.ndarray, z_threshold: float, window: int,
-                        n_surrogates: int, rng: np.random.Generator) -> dict:
-    """Both the coincidence analysis and the point-biserial r (collapse state vs grad norm, n_eff-based p)."""
+                        n_surrogates: int, rng: np.random.Generator, step_s: float = 1.0) -> dict:
+    """Both the coincidence analysis and the point-biserial r (collapse state vs grad norm)."""
     spikes = spike_indices(grad_norm, z_threshold)
-    state = np.where(np.isfinite(collapsed), collapsed > 0.5, False)
-    collapse_onsets = onsets(state)
+    collapse_onsets = state_onsets(collapsed)  # a NaN inside a collapse is not a new onset
     valid = np.flatnonzero(np.isfinite(grad_norm) & np.isfinite(collapsed))
+    spikes = spikes[np.isin(spikes, valid)]
     result = coincidence(spikes, collapse_onsets, valid, window, n_surrogates, rng)
     result["spike_z_threshold"] = z_threshold
-    binary = np.where(np.isfinite(collapsed), state.astype(float), np.nan)
-    result["point_biserial"] = point_biserial(binary, grad_norm, n_surrogates, rng)
+    result["point_biserial"] = point_biserial(collapsed, grad_norm, n_surrogates, rng, step_s)
     result["spike_steps"] = [int(i) for i in spikes[:1000]]
     result["collapse_onset_steps"] = [int(i) for i in collapse_onsets[:1000]]
     return result

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 MIN_N_EFF = 30.0
-BANDS = ((0.7, "strong"), (0.3, "moderate"), (0.0, "weak"))  # the seed's thresholds on |r|
 INSUFFICIENT = "insufficient data"
 
 
@@ -16,29 +15,95 @@ def first_difference(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def detrend_linear(x: np.ndarray) -> np.ndarray:
-    """x minus its least-squares line over time (gaps stay gaps and do not bend the fit)."""
-    out = np.full(x.shape, np.nan)
+HIGHPASS_S = 300.0  # drifts slower than this are trends, not coupling (lags of interest are <= 30 s)
+VOLATILITY_S = 60.0  # the local noise scale is measured over this long
+LONG_GAP_S = 30.0  # a gap this long ends a segment: no window reaches across it
+
+
+def segment_bounds(present: np.ndarray, min_gap_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every row, the first and last row of its segment: runs of the grid separated by at least
+    `min_gap_rows` consecutive missing rows (shorter gaps are just missing values inside a segment)."""
+    n = present.size
+    idx = np.flatnonzero(present)
+    starts, ends = np.zeros(n, dtype=np.int64), np.full(n, max(n - 1, 0), dtype=np.int64)
+    if idx.size == 0:
+        return starts, ends
+    breaks = np.flatnonzero(np.diff(idx) > min_gap_rows)
+    seg_first = np.concatenate(([idx[0]], idx[breaks + 1]))
+    seg_last = np.concatenate((idx[breaks], [idx[-1]]))
+    which = np.clip(np.searchsorted(seg_first, np.arange(n), side="right") - 1, 0, seg_first.size - 1)
+    return seg_first[which], seg_last[which]
+
+
+def rolling_mean(x: np.ndarray, half_width: int, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Centred mean of the finite values within +/-half_width rows, clipped to each row's segment
+    (O(n) from running sums); NaN where the window holds nothing."""
     finite = np.isfinite(x)
-    if finite.sum() < 3:
-        out[finite] = x[finite] - x[finite].mean() if finite.any() else x[finite]
-        return out
-    t = np.flatnonzero(finite).astype(float)
-    slope, intercept = np.polyfit(t, x[finite], 1)
-    out[finite] = x[finite] - (slope * t + intercept)
-    return out
+    cum = np.concatenate(([0.0], np.cumsum(np.where(finite, x, 0.0))))
+    cnt = np.concatenate(([0], np.cumsum(finite)))
+    i = np.arange(x.size)
+    lo = np.maximum(i - half_width, bounds[0])
+    hi = np.minimum(i + half_width, bounds[1]) + 1
+    hi = np.maximum(hi, lo)
+    count = cnt[hi] - cnt[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (cum[hi] - cum[lo]) / np.maximum(count, 1), np.nan)
 
 
-def stationary(x: np.ndarray) -> np.ndarray:
-    """What every coupling test runs on: first differences, then their linear trend removed.
+def rolling_linear_trend(x: np.ndarray, half_width: int, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """At every row, the value at that row of a least-squares line through the finite values within
+    +/-half_width rows (clipped to the segment); O(n) from running sums. Unlike a running mean it
+    follows a curve's slope into the window's clipped ends, where a run's transients are steepest."""
+    finite = np.isfinite(x)
+    n = x.size
+    t = np.arange(n, dtype=float) - n / 2.0  # centred: keeps the running sums of t^2 small
+    xv = np.where(finite, x, 0.0)
+    f = finite.astype(float)
+    sums = [np.concatenate(([0.0], np.cumsum(v))) for v in (f, f * t, f * t * t, xv, xv * t)]
+    i = np.arange(n)
+    lo = np.maximum(i - half_width, bounds[0])
+    hi = np.maximum(np.minimum(i + half_width, bounds[1]) + 1, lo)
+    s0, s1, s2, sx, stx = (c[hi] - c[lo] for c in sums)
+    # re-centre the window's sums on the row itself: sum (t - t_i)^k ...
+    ti = t
+    c1 = s1 - ti * s0
+    c2 = s2 - 2 * ti * s1 + ti * ti * s0
+    cx = stx - ti * sx
+    det = s0 * c2 - c1 * c1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = np.where(det > 1e-9 * np.maximum(s0, 1) ** 3, (c2 * sx - c1 * cx) / det,
+                         np.where(s0 > 0, sx / np.maximum(s0, 1), np.nan))
+    return level
 
-    Differencing removes a shared linear trend. A run's curves are not lines, though: the gradient
-    norm decays and the temperature approaches equilibrium roughly exponentially, so their
-    *differences* still drift (a falling heating rate). Two such drifts correlate at every lag, and on
-    a two-minute demo run they made the lagged test beat all 1,000 surrogates (p = 0.001) for a grad
-    norm and a temperature that had nothing to do with each other; detrended, p = 0.56.
+
+def rows_for(seconds: float, step_s: float) -> int:
+    return max(2, int(round(seconds / step_s)))
+
+
+def stationary(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
+    """What every coupling test runs on: first differences, high-passed, volatility-standardised.
+
+    Differencing removes a shared linear trend. A run's curves are not lines, though: the gradient norm
+    decays and the temperature approaches equilibrium roughly exponentially, so their *differences* still
+    drift, and two drifts correlate at every lag (on a two-minute demo run they made the lagged test beat
+    all 1,000 surrogates for series that had nothing to do with each other). Subtracting the differences'
+    running mean over HIGHPASS_S removes any drift slower than that. Early training and settling clocks
+    make every series noisier at once; dividing by the local noise scale (the running mean absolute
+    difference over VOLATILITY_S, floored at a quarter of its median so a flat stretch is not blown up)
+    keeps such a shared volatile stretch from dominating every sum. A spike stays a spike: one value
+    barely moves a minute's mean. Windows never reach across a gap of LONG_GAP_S or more.
     """
-    return detrend_linear(first_difference(x))
+    d = first_difference(np.asarray(x, dtype=float))
+    finite = np.isfinite(d)
+    if finite.sum() < 3:
+        return d
+    bounds = segment_bounds(finite, rows_for(LONG_GAP_S, step_s))
+    d = d - rolling_linear_trend(d, rows_for(HIGHPASS_S / 2, step_s), bounds)
+    scale = rolling_mean(np.abs(d), rows_for(VOLATILITY_S / 2, step_s), bounds)
+    typical = np.nanmedian(scale[finite]) if finite.any() else 0.0
+    if not typical > 0:
+        typical = float(np.nanmean(np.abs(d))) or 1.0
+    return d / np.maximum(np.nan_to_num(scale, nan=typical), 0.25 * typical)
 
 
 def is_constant(x: np.ndarray) -> bool:
@@ -51,8 +116,8 @@ def standardise_fill(x: np.ndarray) -> np.ndarray:
     finite = np.isfinite(x)
     out = np.zeros(x.shape)
     vals = x[finite]
-    sd = vals.std()
-    if vals.size and sd > 0:
+    sd = vals.std() if vals.size else 0.0
+    if sd > 0:
         out[finite] = (vals - vals.mean()) / sd
     return out
 
@@ -76,8 +141,10 @@ def onsets(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(m & ~prev)
 
 
-def strength_band(abs_r: float) -> str:
-    for threshold, name in BANDS:
-        if abs_r > threshold:
-            return name
-    return "weak"
+def state_onsets(state: np.ndarray) -> np.ndarray:
+    """Rows where a 0/1 state (NaN = unknown) is seen to turn on: on now, *known* off one row before.
+    A state that reappears on after a gap, or is on at the first row, was not seen to start."""
+    s = np.asarray(state, dtype=float)
+    on = np.where(np.isfinite(s), s > 0.5, False)
+    known_off = np.where(np.isfinite(s), s <= 0.5, False)
+    return np.flatnonzero(on[1:] & known_off[:-1]) + 1

@@ -1,0 +1,289 @@
+"""A zoo of realistic recordings (pure numpy): independent (null) runs of many shapes, and planted couplings.
+
+Each scenario returns what the offline files would hold, the trainer's step records and the hardware
+sampler's rows with their own timestamps, so a calibration run goes through the same alignment
+(`offline.files_to_table`) and the same `pipeline.analyse` as a user's files. The null kinds are the
+shapes real runs have and Gaussian AR(1) does not: trends of different shapes, rare large spikes,
+shared volatility regimes, gaps, jittered and slow samplers, scrape-phase offsets, a restart.
+
+In a null run nothing on the training side (gradient norm, loss, learning-rate bursts) drives anything
+on the hardware side; they may share *timing* (a volatile start, a restart) but not their innovations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import lfilter
+
+from analysis.load_files import Samples
+
+NULL_KINDS = ("ar1", "trends", "spikes", "volatility", "gaps", "jitter", "slow_2s", "slow_15s",
+              "phase_offset", "restart")
+PLANTED_KINDS = ("gaussian", "spiky")
+START_UNIX_S = 1_767_225_600.0  # 2026-01-01: any epoch works; a realistic one exercises float precision
+RATED_W = 250.0
+
+
+@dataclass
+class Recording:
+    train: Samples      # grad_norm, loss, learning_rate, perturbation at each optimizer step
+    hardware: Samples   # rle, temperature, power, a_load, collapsed at each sampler row
+    kind: str
+    duration_s: float
+    planted: dict | None = None  # {"x", "y", "lag_s", "r"} for a planted coupling
+
+
+def ar1_unit(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:
+    """Stationary AR(1) with unit variance (started from its stationary distribution)."""
+    e = rng.standard_normal(n)
+    e[0] /= np.sqrt(1.0 - phi * phi)
+    return lfilter([np.sqrt(1.0 - phi * phi)], [1.0, -phi], e)
+
+
+@dataclass
+class _Plan:
+    """How one null run is shaped (drawn per run from its kind)."""
+
+    trends: bool = True
+    spikes: bool = False
+    volatile: bool = False
+    hw_interval_s: float = 1.0
+    hw_phase_s: float = 0.0
+    hw_jitter_s: float = 0.01
+    step_interval_s: float = 1.0
+    step_jitter_s: float = 0.01
+    hw_gaps: bool = False
+    train_gap_s: float = 0.0
+    restart: bool = False
+    step_noise: float = 0.1  # per-step gradient-norm noise on top of the per-second process
+
+
+def _plan(kind: str, duration_s: float, rng: np.random.Generator) -> _Plan:
+    p = _Plan(step_interval_s=float(rng.choice([0.5, 1.0])), hw_phase_s=float(rng.uniform(0, 0.2)))
+    if kind == "ar1":
+        p.trends = False
+    elif kind == "spikes":
+        p.spikes = True
+    elif kind == "volatility":
+        p.volatile = True
+    elif kind == "gaps":
+        p.hw_gaps = True
+        p.spikes = bool(rng.random() < 0.5)
+        p.train_gap_s = 200.0 if duration_s >= 600 else 0.2 * duration_s
+    elif kind == "jitter":
+        p.hw_jitter_s, p.step_jitter_s = 0.05, 0.1 * p.step_interval_s
+        p.spikes = bool(rng.random() < 0.5)
+    elif kind == "slow_2s":
+        p.hw_interval_s, p.hw_phase_s = 2.0, float(rng.uniform(0, 2))
+    elif kind == "slow_15s":
+        p.hw_interval_s, p.hw_phase_s = 15.0, float(rng.uniform(0, 15))
+    elif kind == "phase_offset":
+        p.step_interval_s, p.step_jitter_s = 1.0, 0.0
+        p.hw_phase_s, p.hw_jitter_s = float(rng.uniform(0.2, 0.8)), 0.0
+    elif kind == "restart":
+        p.restart = True
+    elif kind not in NULL_KINDS:
+        raise ValueError(f"unknown null kind {kind!r} (known: {', '.join(NULL_KINDS)})")
+    return p
+
+
+def _volatility(n: int, plan: _Plan, rng: np.random.Generator) -> np.ndarray:
+    """Noise scale per second, shared by every series: early training and settling clocks are ~4x noisier."""
+    vol = np.ones(n)
+    if plan.volatile:
+        vol[: max(1, int(0.15 * n))] = 4.0
+        if rng.random() < 0.5:  # and a second, later volatile stretch (a data-loader hiccup, a neighbour job)
+            a = int(rng.uniform(0.4, 0.8) * n)
+            vol[a: a + max(1, int(rng.uniform(0.03, 0.1) * n))] = 3.0
+    return vol
+
+
+def _spikes(n: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of rare events (at least one in a short run)."""
+    k = max(1, rng.poisson(rate_per_s * n))
+    return np.sort(rng.choice(n, size=min(k, max(1, n // 10)), replace=False))
+
+
+def _episodes(n: int, mean_gap_s: float, len_lo: float, len_hi: float, rng: np.random.Generator) -> np.ndarray:
+    """A 0/1 state with episodes at random times (a renewal process)."""
+    state = np.zeros(n)
+    t = rng.exponential(mean_gap_s)
+    while t < n:
+        length = rng.uniform(len_lo, len_hi)
+        state[int(t): int(t + length)] = 1.0
+        t += length + rng.exponential(mean_gap_s)
+    return state
+
+
+def _shape(t: np.ndarray, duration_s: float, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A smooth trend of one of the shapes real runs have, 0 at t = 0."""
+    tau = duration_s * rng.uniform(0.05, 0.6)
+    if kind == "decay":
+        return np.exp(-t / tau) - 1.0
+    if kind == "warmup":
+        return 1.0 - np.exp(-t / tau)
+    if kind == "ramp":
+        return np.minimum(t / tau, 1.0)
+    return 1.0 / (1.0 + np.exp(-(t - duration_s * rng.uniform(0.2, 0.8)) / (tau / 4)))  # sigmoid
+
+
+def _latent(n: int, plan: _Plan, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-second values of every series; training and hardware noise are independent."""
+    t = np.arange(n, dtype=float)
+    vol = _volatility(n, plan, rng)
+    on = 1.0 if plan.trends else 0.0
+    since = t.copy()
+    if plan.restart:  # the job restarts once: training starts over; the device idles, cools, re-warms
+        r0 = int(rng.uniform(0.35, 0.6) * n)
+        plan.train_gap_s = float(rng.uniform(20, 120))
+        r1 = min(n, r0 + int(plan.train_gap_s))
+        since = np.where(t >= r1, t - r1, t)
+        plan_restart = (r0, r1)
+    grad = (2.0 + on * rng.uniform(2, 8) * (1 + _shape(since, n, "decay", rng))
+            + 0.4 * vol * ar1_unit(n, rng.uniform(0.3, 0.8), rng))
+    loss = 1.0 + on * 4.0 * (1 + _shape(since, n, "decay", rng)) + 0.05 * vol * ar1_unit(n, 0.3, rng)
+    temp = (60.0 + on * rng.uniform(5, 25) * _shape(since, n, str(rng.choice(["warmup", "ramp"])), rng)
+            + 0.8 * vol * ar1_unit(n, rng.uniform(0.8, 0.98), rng))
+    power = (150.0 + on * rng.uniform(-30, 30) * _shape(t, n, str(rng.choice(["ramp", "sigmoid", "warmup"])), rng)
+             + 6.0 * vol * ar1_unit(n, rng.uniform(0.6, 0.95), rng))
+    collapsed = _episodes(n, rng.uniform(200, 600), 5, 40, rng)
+    rle = (0.6 + on * 0.2 * _shape(t, n, "decay", rng) + 0.05 * vol * ar1_unit(n, rng.uniform(0.7, 0.95), rng)
+           - 0.2 * collapsed)
+    lr_every = float(rng.uniform(20, 120))
+    perturbation = ((t % lr_every) < 5) & (t >= lr_every)
+    grad = grad + 2.0 * perturbation
+    if plan.spikes:  # loss spikes (6-15x the noise) and, unrelated, 2-second input-pipeline power dips
+        s = _spikes(n, 1 / 60, rng)
+        grad[s] += rng.uniform(6, 15, s.size) * 0.4 * np.maximum(vol[s], 1) * 4
+        loss[s] += rng.uniform(0.5, 2, s.size)
+        for d in _spikes(n, 1 / 60, rng):
+            power[d: d + 2] *= 0.4
+    if plan.restart:
+        r0, r1 = plan_restart
+        idle = np.arange(r0, r1)
+        power[idle] = 60.0 + 2.0 * rng.standard_normal(idle.size)
+        cooled = temp[r0] - 40.0
+        temp[idle] = 40.0 + cooled * np.exp(-(idle - r0) / 60.0)
+        after = np.arange(r1, n)
+        temp[after] += (temp[r1 - 1] - temp[r1]) * np.exp(-(after - r1) / 90.0) if r1 < n else 0.0
+    return {"grad_norm": grad, "loss": loss, "perturbation": perturbation.astype(float), "temperature": temp,
+            "power": power, "collapsed": collapsed, "rle": rle, "_restart": plan_restart if plan.restart else None}
+
+
+def _times(duration_s: float, interval_s: float, phase_s: float, jitter_s: float,
+           rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(phase_s, duration_s, interval_s)
+    if jitter_s > 0:
+        t = np.sort(t + rng.normal(0, jitter_s, t.size))
+    return t[(t >= 0) & (t <= duration_s - 1)]
+
+
+def _gap_mask(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bursts of missing rows (scrape failures): short ones often, a 30 s one now and then."""
+    keep = np.ones(t.size, dtype=bool)
+    start = rng.exponential(120.0)
+    while start < t[-1]:
+        length = rng.exponential(5.0) + 1 if rng.random() < 0.9 else 30.0
+        keep &= ~((t >= start) & (t < start + length))
+        start += length + rng.exponential(120.0)
+    return keep
+
+
+def _sample(latent: dict[str, np.ndarray], t: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    grid = np.arange(latent[names[0]].size, dtype=float)
+    out = {}
+    for name in names:
+        values = np.interp(t, grid, latent[name])
+        if name in ("collapsed", "perturbation"):  # states are read, not interpolated
+            values = latent[name][np.clip(np.floor(t).astype(int), 0, grid.size - 1)]
+        out[name] = values
+    return out
+
+
+def _recording(latent: dict, plan: _Plan, duration_s: float, kind: str, rng: np.random.Generator,
+               quantise_temperature: bool) -> Recording:
+    t_train = _times(duration_s, plan.step_interval_s, 0.0, plan.step_jitter_s, rng)
+    if plan.train_gap_s > 0:
+        if latent.get("_restart"):
+            g0, g1 = latent["_restart"]
+        else:
+            g0 = rng.uniform(0.3, 0.6) * duration_s
+            g1 = g0 + plan.train_gap_s
+        t_train = t_train[(t_train < g0) | (t_train >= g1)]
+    train = _sample(latent, t_train, ("grad_norm", "loss", "perturbation"))
+    train["grad_norm"] = train["grad_norm"] + plan.step_noise * rng.standard_normal(t_train.size)  # per-step noise
+    train["learning_rate"] = np.full(t_train.size, 3e-4)
+    t_hw = _times(duration_s, plan.hw_interval_s, plan.hw_phase_s, plan.hw_jitter_s, rng)
+    if plan.hw_gaps:
+        t_hw = t_hw[_gap_mask(t_hw, rng)]
+    hw = _sample(latent, t_hw, ("rle", "temperature", "power", "collapsed"))
+    if quantise_temperature:  # NVML reports whole degrees: the differences are mostly 0, now and then +/-1
+        hw["temperature"] = np.round(hw["temperature"])
+    hw["a_load"] = hw["power"] / RATED_W
+    return Recording(Samples(START_UNIX_S + t_train, train), Samples(START_UNIX_S + t_hw, hw), kind, duration_s)
+
+
+def null_run(kind: str, duration_s: float, seed: int) -> Recording:
+    """One independent run of `kind`, `duration_s` long."""
+    rng = np.random.default_rng(seed)
+    plan = _plan(kind, duration_s, rng)
+    n = int(duration_s) + 1
+    latent = _latent(n, plan, rng)
+    return _recording(latent, plan, duration_s, kind, rng, quantise_temperature=bool(rng.random() < 0.5))
+
+
+def planted_run(kind: str, duration_s: float, lag_s: int, r: float, seed: int) -> Recording:
+    """Power follows the gradient norm `lag_s` later with correlation ~r on the differences.
+
+    `gaussian`: Gaussian innovations; `spiky`: Student-t(3) innovations plus rare large spikes, so much
+    of the coupling travels in the spikes. Everything else (temperature, RLE, loss) is independent.
+    """
+    if kind not in PLANTED_KINDS:
+        raise ValueError(f"unknown planted kind {kind!r} (known: {', '.join(PLANTED_KINDS)})")
+    rng = np.random.default_rng(seed)
+    n = int(duration_s) + 1
+    plan = _Plan(step_interval_s=1.0, hw_phase_s=float(rng.uniform(0, 0.3)), step_noise=0.0)
+    latent = _latent(n, plan, rng)
+    if kind == "gaussian":
+        dg = rng.standard_normal(n + lag_s)
+    else:
+        dg = rng.standard_t(3, n + lag_s) / np.sqrt(3.0)
+        hits = rng.choice(n + lag_s, size=max(2, n // 100), replace=False)
+        dg[hits] += rng.choice([-1, 1], hits.size) * rng.uniform(6, 15, hits.size)
+    dg /= dg.std()
+    noise = rng.standard_normal(n) if kind == "gaussian" else rng.standard_t(4, n) / np.sqrt(2.0)
+    noise /= noise.std()
+    dp = r * dg[: n] + np.sqrt(1 - r * r) * noise           # dp[t] ~ dg[t - lag] after the slice below
+    dg = dg[lag_s:]
+    latent["grad_norm"] = 5.0 + 0.3 * np.cumsum(dg)
+    latent["power"] = 150.0 + 4.0 * np.cumsum(dp)
+    latent["perturbation"] = np.zeros(n)
+    rec = _recording(latent, plan, duration_s, kind, rng, quantise_temperature=False)
+    rec.planted = {"x": "grad_norm", "y": "power", "lag_s": lag_s, "r": r}
+    return rec
+
+
+def write_files(rec: Recording, directory: Path) -> tuple[Path, Path]:
+    """The recording as a user's files: the trainer's JSON Lines step log and an RLE-lab style CSV."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log, csv_path = directory / "steps.jsonl", directory / "rle.csv"
+    tr, hw = rec.train, rec.hardware
+    with log.open("w") as f:
+        for i, t in enumerate(tr.t_s):
+            f.write(json.dumps({"step": i + 1, "time_unix": round(float(t), 6),
+                                "loss": float(tr.columns["loss"][i]), "grad_norm": float(tr.columns["grad_norm"][i]),
+                                "learning_rate": float(tr.columns["learning_rate"][i]),
+                                "perturbation": bool(tr.columns["perturbation"][i] > 0.5)}) + "\n")
+    with csv_path.open("w") as f:
+        f.write("timestamp,device,rle_smoothed,temp_c,power_w,a_load,collapse\n")
+        for i, t in enumerate(hw.t_s):
+            stamp = datetime.fromtimestamp(float(t), UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+            c = hw.columns
+            f.write(f"{stamp},gpu,{c['rle'][i]:.6f},{c['temperature'][i]:.2f},{c['power'][i]:.3f},"
+                    f"{c['a_load'][i]:.5f},{int(c['collapsed'][i] > 0.5)}\n")
+    return log, csv_path

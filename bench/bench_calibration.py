@@ -1,0 +1,182 @@
+"""Benchmark: calibration and power of the whole analysis on a zoo of realistic runs.
+
+For every null kind in analysis/scenarios.py (independent training and hardware series shaped like real
+runs), `--runs` runs of lengths cycling through `--lengths` go through the offline alignment and the
+whole `analyse()`; the false-positive rate of every test (raw p < alpha where the test ran) and of the
+verdict (`coupled` true) is reported with a Wilson 95 % interval. Goal (issue 8): every test's FPR within
+0.02-0.07 and the verdict's <= 0.07, for every kind. Power: planted coupling r ~ 0.3 on the differences,
+lags 0-5 s, Gaussian and spiky innovations, 600 s runs; goal >= 80 % detected with the right sign and
+the lag within +/-1 step.
+
+Prints one JSON object on stdout (progress on stderr). `--quick` is a smaller run for a smoke check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.offline import files_to_table  # noqa: E402
+from analysis.pipeline import Settings, analyse  # noqa: E402
+from analysis.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
+from analysis.verdict import overall  # noqa: E402
+
+LENGTHS_S = (90, 180, 300, 600, 900, 1800, 3600, 4 * 3600, 86400)
+ALPHA = 0.05
+FPR_GOAL = (0.02, 0.07)
+VERDICT_GOAL = 0.07
+POWER_GOAL = 0.8
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    if n == 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(centre - half), 4), round(float(centre + half), 4)]
+
+
+def test_pvalues(result: dict) -> dict[str, list[float]]:
+    """Raw p-value of every test that ran, grouped by test (pairs pooled)."""
+    out: dict[str, list[float]] = {}
+
+    def add(name: str, test: dict | None) -> None:
+        if test and test.get("p") is not None:
+            out.setdefault(name, []).append(float(test["p"]))
+
+    for pair in result["pairs"]:
+        add("lag0", pair["primary"])
+        add("lagged", pair["lag"])
+    for g in result["granger"]:
+        add("granger", g.get("x_to_y"))
+        add("granger", g.get("y_to_x"))
+    ev = result.get("events") or {}
+    if ev.get("status") == "ok":
+        add("event_trigger", ev["trigger"])
+        add("event_precursor", ev["precursor"])
+    add("point_biserial", ev.get("point_biserial"))
+    for res in ((result.get("perturbation") or {}).get("metrics") or {}).values():
+        add("perturbation", res)
+    return out
+
+
+def _analyse(rec, cfg: Settings) -> tuple[dict, dict]:
+    table = files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"])
+    result = analyse(table, cfg)
+    return result, overall(result["pairs"], table.step_s)
+
+
+def null_job(args: tuple[str, int, int, int]) -> dict:
+    kind, length, seed, n_surr = args
+    result, verdict = _analyse(null_run(kind, length, seed), Settings(n_surrogates=n_surr, seed=seed))
+    return {"kind": kind, "length_s": length, "p": test_pvalues(result), "coupled": bool(verdict["coupled"]),
+            "strength": verdict["strength"]}
+
+
+def power_job(args: tuple[str, int, int, int, int]) -> dict:
+    kind, lag, length, seed, n_surr = args
+    rec = planted_run(kind, length, lag, 0.3, seed)
+    result, verdict = _analyse(rec, Settings(n_surrogates=n_surr, seed=seed))
+    pair = next(p for p in result["pairs"] if (p["x"], p["y"]) == ("grad_norm", "power"))
+    lag_found = pair["lag"].get("peak_lag_s")
+    r_found = pair["lag"].get("peak_r")
+    right = (pair["coupled"] and lag_found is not None and abs(lag_found - lag) <= 1.0 and r_found is not None
+             and r_found > 0)
+    return {"kind": kind, "lag_s": lag, "detected": bool(pair["coupled"]), "right_sign_and_lag": bool(right)}
+
+
+def summarise_null(rows: list[dict]) -> dict:
+    out: dict = {}
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        mine = [r for r in rows if r["kind"] == kind]
+        tests: dict[str, list[float]] = {}
+        for r in mine:
+            for name, ps in r["p"].items():
+                tests.setdefault(name, []).extend(ps)
+        fpr = {}
+        for name, ps in sorted(tests.items()):
+            k, n = int(np.sum(np.asarray(ps) < ALPHA)), len(ps)
+            fpr[name] = {"fpr": round(k / n, 4), "n_tests": n, "ci95": wilson(k, n),
+                         "within_goal": FPR_GOAL[0] <= k / n <= FPR_GOAL[1]}
+        k = sum(r["coupled"] for r in mine)
+        strengths: dict[str, int] = {}
+        for r in mine:
+            strengths[r["strength"]] = strengths.get(r["strength"], 0) + 1
+        out[kind] = {"runs": len(mine), "lengths_s": sorted({r["length_s"] for r in mine}),
+                     "verdict_fpr": round(k / len(mine), 4), "verdict_ci95": wilson(k, len(mine)),
+                     "verdict_within_goal": k / len(mine) <= VERDICT_GOAL, "tests": fpr, "verdicts": strengths}
+    return out
+
+
+def summarise_power(rows: list[dict]) -> dict:
+    out: dict = {}
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        out[kind] = {}
+        for lag in sorted({r["lag_s"] for r in rows if r["kind"] == kind}):
+            mine = [r for r in rows if r["kind"] == kind and r["lag_s"] == lag]
+            det = sum(r["detected"] for r in mine) / len(mine)
+            right = sum(r["right_sign_and_lag"] for r in mine) / len(mine)
+            out[kind][f"lag_{lag}s"] = {"runs": len(mine), "detected": round(det, 3),
+                                        "right_sign_and_lag": round(right, 3),
+                                        "within_goal": right >= POWER_GOAL}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=200, help="null runs per kind (default 200)")
+    p.add_argument("--power-runs", type=int, default=50, help="planted runs per kind and lag (default 50)")
+    p.add_argument("--kinds", default=",".join(NULL_KINDS), help="comma-separated null kinds")
+    p.add_argument("--lengths", default=",".join(str(v) for v in LENGTHS_S), help="run lengths in seconds")
+    p.add_argument("--surrogates", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--quick", action="store_true", help="40 runs per kind, lengths up to 1 h, 20 power runs")
+    args = p.parse_args(argv)
+    lengths = [int(v) for v in args.lengths.split(",")]
+    runs, power_runs = args.runs, args.power_runs
+    if args.quick:
+        runs, power_runs, lengths = 40, 20, [v for v in lengths if v <= 3600]
+    kinds = [k for k in args.kinds.split(",") if k]
+    jobs = [(kind, lengths[i % len(lengths)], 1000 * j + i, args.surrogates)
+            for j, kind in enumerate(kinds) for i in range(runs)]
+    pjobs = [(kind, lag, 600, 500_000 + 1000 * lag + 100 * j + i, args.surrogates)
+             for j, kind in enumerate(PLANTED_KINDS) for lag in range(6) for i in range(power_runs)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        # the longest runs first, so the pool does not finish on one straggler
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
+        null_rows = [None] * len(jobs)
+        for done, (i, row) in enumerate(zip(order, pool.map(null_job, [jobs[i] for i in order], chunksize=4),
+                                            strict=True), start=1):
+            null_rows[i] = row
+            if done % 100 == 0:
+                print(f"bench_calibration: {done}/{len(jobs)} null runs", file=sys.stderr, flush=True)
+        power_rows = list(pool.map(power_job, pjobs, chunksize=4))
+    null = summarise_null(null_rows)
+    power = summarise_power(power_rows)
+    out = {
+        "alpha": ALPHA, "goal": {"test_fpr": FPR_GOAL, "verdict_fpr_max": VERDICT_GOAL,
+                                 "power_right_sign_and_lag_min": POWER_GOAL},
+        "runs_per_kind": runs, "lengths_s": lengths, "surrogates": args.surrogates,
+        "null": null, "power": power,
+        "all_within_goal": (all(k["verdict_within_goal"] and all(t["within_goal"] for t in k["tests"].values())
+                                for k in null.values())
+                            and all(v["within_goal"] for lags in power.values() for v in lags.values())),
+        "wall_s": round(time.perf_counter() - t0, 1), "workers": args.workers,
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

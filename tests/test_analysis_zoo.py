@@ -1,0 +1,146 @@
+"""The verdict on series shaped like real runs: spikes, shared volatility, gaps, jitter, slow samplers,
+restarts, huge n; and the verdict's answers (coupled / negligible / none / inconclusive)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from analysis.offline import files_to_table
+from analysis.pipeline import Settings, analyse
+from analysis.scenarios import NULL_KINDS, null_run, planted_run, write_files
+from analysis.stats import events, granger
+from analysis.stats.series import state_onsets
+from analysis.verdict import overall
+
+STRENGTHS = {"strong", "moderate", "weak", "negligible", "none", "inconclusive", "insufficient data"}
+
+
+def verdict_of(rec, **settings) -> tuple[dict, dict]:
+    table = files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"])
+    result = analyse(table, Settings(**settings))
+    return result, overall(result["pairs"], table.step_s)
+
+
+@pytest.mark.parametrize(("kind", "duration_s", "runs", "max_coupled"), [
+    ("volatility", 900, 10, 1),  # issue 8: 10 of 10 were called coupled
+    ("spikes", 180, 10, 1),      # 4 of 10
+    ("gaps", 240, 10, 1),        # 4 of 10 (bursts of missing rows, spikes in half of them)
+    ("jitter", 240, 10, 1),
+    ("gaps", 900, 12, 1),        # one 200 s gap in the training log: 11 of 12
+    ("restart", 1200, 10, 1),
+])
+def test_the_issues_independent_runs_are_not_called_coupled(kind, duration_s, runs, max_coupled):
+    coupled = sum(verdict_of(null_run(kind, duration_s, 100 + seed), seed=seed)[1]["coupled"] for seed in range(runs))
+    assert coupled <= max_coupled, f"{kind} {duration_s} s: {coupled} of {runs} independent runs called coupled"
+
+
+@pytest.mark.slow
+def test_every_null_kind_keeps_the_verdict_near_alpha():
+    """A small version of bench/bench_calibration.py: 30 runs of every kind, 5 to 30 minutes long."""
+    for kind in NULL_KINDS:
+        coupled = sum(verdict_of(null_run(kind, (300, 900, 1800)[seed % 3], 300 + seed), seed=seed)[1]["coupled"]
+                      for seed in range(30))
+        assert coupled <= 4, f"{kind}: {coupled} of 30"  # P(>= 5 of 30 | 5 %) is about 2 %
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "spiky"])
+def test_planted_coupling_is_found_with_its_sign_and_lag(kind):
+    found = 0
+    for seed in range(10):
+        result, verdict = verdict_of(planted_run(kind, 600, 3, 0.3, 900 + seed), seed=seed)
+        pair = next(p for p in result["pairs"] if p["y"] == "power")
+        found += (verdict["coupled"] and pair["coupled"] and abs(pair["lag"]["peak_lag_s"] - 3) <= 1
+                  and pair["lag"]["peak_r"] > 0)
+    assert found >= 7, found
+
+
+def test_a_day_with_a_real_but_negligible_effect_is_negligible_not_coupled():
+    result, verdict = verdict_of(planted_run("gaussian", 86400, 0, 0.015, 5))
+    pair = next(p for p in result["pairs"] if p["y"] == "power")
+    assert pair["strength"] == "negligible" and pair["coupled"] is False
+    assert abs(pair["effect"]["r"]) < 0.1 and pair["primary"]["p_adjusted"] < 0.05
+    assert verdict["coupled"] is False and verdict["strength"] == "negligible"
+
+
+def test_independence_is_claimed_only_with_an_equivalence_bound():
+    long_run, long_verdict = verdict_of(null_run("ar1", 3600, 7))
+    assert long_verdict["strength"] == "none"
+    for pair in long_run["pairs"]:
+        eq = pair["equivalence"]
+        assert eq["equivalent"] and eq["max_abs_r_upper"] < 0.3 and eq["p"] < 0.05
+    short_run, short_verdict = verdict_of(null_run("ar1", 120, 7))
+    assert short_verdict["strength"] == "inconclusive" and short_verdict["coupled"] is False
+    inconclusive = [p for p in short_run["pairs"] if p["strength"] == "inconclusive"]
+    assert inconclusive
+    for pair in inconclusive:
+        assert 0 < pair["minimal_detectable_r"] < 1
+        assert pair["run_length_to_settle_s"] > 120
+        assert not pair["equivalence"]["equivalent"]
+    assert "would settle it" in short_verdict["summary"]
+
+
+def test_verdict_and_secondary_tests_are_separate_holm_families():
+    result, _ = verdict_of(null_run("ar1", 900, 3))
+    assert result["families"]["verdict"] == 10  # lag 0 and lagged, five pairs
+    assert result["families"]["secondary"] > 10
+    assert any("two families" in note for note in result["notes"])
+
+
+def test_a_jittered_sampler_fills_every_row_and_a_slow_one_sets_the_step():
+    jittered = null_run("jitter", 600, 1)
+    table = files_to_table(jittered.train, jittered.hardware)
+    assert table.step_s == 1.0
+    assert np.isfinite(table.columns["power"]).mean() > 0.99  # 50 ms jitter: no row left empty
+    slow = null_run("slow_2s", 600, 1)
+    table = files_to_table(slow.train, slow.hardware)
+    assert table.step_s == 2.0 and np.isfinite(table.columns["power"]).mean() > 0.99
+    result, _ = verdict_of(slow)
+    assert all(p["primary"]["status"] == "ok" for p in result["pairs"])
+
+
+def test_a_nan_inside_a_state_is_never_an_onset():
+    state = np.array([0, 0, 1, 1, np.nan, 1, 1, 0, np.nan, 1, 0, 1], dtype=float)
+    assert state_onsets(state).tolist() == [2, 11]  # after the NaNs nothing was seen to start
+
+
+def test_granger_leaves_out_rows_whose_lags_cross_a_gap():
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((400, 2))
+    gram_full = granger._gram(data, 3)
+    holed = data.copy()
+    holed[200] = np.nan
+    gram_holed = granger._gram(holed, 3)
+    assert gram_full[3] - gram_holed[3] == 4  # row 200 and the three rows whose lags reach back to it
+
+
+def test_event_null_keeps_the_spikes_clustering():
+    valid = np.arange(1000)
+    spikes = np.array([100, 101, 103, 500, 502])
+    shifted = np.sort(events.shifted_events(spikes, valid, 5, 50, np.random.default_rng(0)), axis=1)
+
+    def circular_gaps(p: np.ndarray) -> np.ndarray:  # spacing around the circle: what a shift keeps
+        return np.sort(np.concatenate((np.diff(p, axis=-1), (p[..., :1] + valid.size - p[..., -1:])), axis=-1))
+
+    assert shifted.shape == (50, spikes.size)
+    assert (circular_gaps(shifted) == circular_gaps(spikes)).all()
+    assert len({tuple(row) for row in shifted}) == 50  # fifty different placements
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_on_files_of_a_spiky_independent_run(tmp_path):
+    log, csv = write_files(null_run("spikes", 300, 11), tmp_path / "in")
+    proc = run_cli("--grad-log", str(log), "--rle-csv", str(csv), "--out", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"]["coupled"] is False and report["verdict"]["strength"] in STRENGTHS
+    for pair in report["pairs"]:
+        assert pair["strength"] in STRENGTHS and isinstance(pair["coupled"], bool)
+    assert report["step"]["seconds"] == 1.0
