@@ -96,7 +96,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1, help=f"sim: number of simulated GPUs (1-{MAX_SIM_DEVICES})")
     p.add_argument("--seed", type=int, default=0, help="sim: random seed")
     p.add_argument("--sim-load", default="host",
-                   help="sim: 'host' (host CPU utilization), a constant load 0-1, or steps 't:load,t:load'")
+                   help="sim: 'host' (host CPU utilization), 'pid:FILE' (CPU use of the process whose id FILE "
+                   "holds, relative to its usual busy rate), a constant load 0-1, or steps 't:load,t:load'")
     p.add_argument("--sim-profile", choices=["default", "demo"], default="default",
                    help="sim: the simulated card's physics; 'demo' (40 C ambient, half the heat capacity) heats "
                    "through the 83 C limit and throttles within a demo-length run (default: default)")

@@ -116,6 +116,34 @@ def test_parse_load():
             parse_load(bad)
 
 
+def test_pid_load_follows_one_process_busy_then_idle(tmp_path):
+    """pid:FILE: ~1 while the process computes, ~0 while it idles (a trainer's pause) or is not there yet."""
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "trainer.pid"
+    load = parse_load(f"pid:{pidfile}")
+    assert load(0.0) == 0.0  # no file yet: idle
+    busy_then_idle = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass\ntime.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", busy_then_idle])
+    try:
+        pidfile.write_text(str(proc.pid))
+        readings, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < 3.2:
+            readings.append((time.monotonic() - t0, load(time.monotonic())))
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    busy = [v for t, v in readings if 0.6 < t < 1.3]
+    idle = [v for t, v in readings if t > 2.2]
+    assert busy and max(busy) > 0.5 and sum(busy) / len(busy) > 0.3, readings
+    assert idle and max(idle) < 0.1, readings
+    with pytest.raises(ValueError, match="pid:FILE"):
+        parse_load("pid:")
+
+
 def test_backend_devices_and_scripted_load():
     backend = SimBackend(count=3, seed=1, load=parse_load("0:0,10:1"))
     assert [(d.device, d.uuid, d.kind, d.backend) for d in backend.devices()] == [

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from exporter.backends.base import DeviceInfo, Reading
 
@@ -98,12 +101,62 @@ SIM_PROFILES: dict[str, SimParams] = {
 }
 
 
+class ProcessLoad:
+    """`pid:FILE`: the load is the CPU use of the process whose id FILE holds, relative to its usual busy
+    rate (the 90th percentile of its last 5 min of readings, so one lucky second on a shared machine does
+    not set the scale): ~1 while it computes, ~0 while it idles (a pause) or before FILE exists. Unlike
+    `host`, other work on a shared machine does not heat the card; only the process it stands in for does."""
+
+    def __init__(self, path: Path) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.path = path
+        self._pid: int | None = None
+        self._last: tuple[float, float] | None = None  # (wall s, CPU s) at the previous reading
+        self._rates: deque[float] = deque(maxlen=300)
+        self._value = 0.0
+        self._at: float | None = None
+
+    def _cpu_s(self) -> float | None:
+        try:
+            pid = int(self.path.read_text().strip())
+            if pid != self._pid:  # a new process: start over
+                self._pid, self._last = pid, None
+                self._rates.clear()
+            times = self._psutil.Process(pid).cpu_times()
+            return times.user + times.system
+        except (OSError, ValueError, self._psutil.Error):
+            self._pid, self._last = None, None
+            return None
+
+    def __call__(self, elapsed_s: float) -> float:
+        if self._at == elapsed_s:  # one reading per sampling round, shared by all devices
+            return self._value
+        self._at = elapsed_s
+        cpu_s, now_s = self._cpu_s(), time.monotonic()
+        if cpu_s is None:
+            self._value = 0.0
+            return 0.0
+        if self._last is not None and now_s > self._last[0]:
+            rate = max(cpu_s - self._last[1], 0.0) / (now_s - self._last[0])
+            self._rates.append(rate)
+            busy = sorted(self._rates)[int(0.9 * (len(self._rates) - 1))]
+            self._value = min(rate / busy, 1.0) if busy > 0 else 0.0
+        self._last = (now_s, cpu_s)
+        return self._value
+
+
 def parse_load(spec: str) -> Callable[[float], float] | None:
-    """'host' -> None (use the host's CPU utilization); '0.8' -> constant; '0:0.1,60:1,300:0.2' -> steps
-    (from t seconds after start, load L). Raises ValueError with a one-line reason."""
+    """'host' -> None (use the host's CPU utilization); 'pid:FILE' -> ProcessLoad; '0.8' -> constant;
+    '0:0.1,60:1,300:0.2' -> steps (from t seconds after start, load L). Raises ValueError with a one-line reason."""
     spec = spec.strip()
     if spec == "host":
         return None
+    if spec.startswith("pid:"):
+        if not spec[4:]:
+            raise ValueError("--sim-load pid:FILE needs a file that holds a process id")
+        return ProcessLoad(Path(spec[4:]))
     try:
         if ":" not in spec:
             value = float(spec)
@@ -111,7 +164,8 @@ def parse_load(spec: str) -> Callable[[float], float] | None:
         else:
             steps = sorted((float(t), float(v)) for t, v in (part.split(":") for part in spec.split(",")))
     except ValueError:
-        raise ValueError(f"--sim-load must be 'host', a load in [0, 1] or 't:load,t:load,...', got {spec!r}") from None
+        raise ValueError(f"--sim-load must be 'host', 'pid:FILE', a load in [0, 1] or 't:load,t:load,...', "
+                         f"got {spec!r}") from None
     if any(not 0.0 <= v <= 1.0 for _, v in steps):
         raise ValueError(f"--sim-load loads must lie in [0, 1], got {spec!r}")
 
