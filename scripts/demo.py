@@ -3,9 +3,10 @@
 
 Starts Alertmanager and Prometheus from the system binaries (fresh TSDB), the exporter with
 `--backend auto` (NVML when a GPU is visible, otherwise a simulated GPU heated by this machine's own
-load), and the reference trainer (tiny model, ~2 minutes, learning-rate perturbation bursts); waits
-for the run; runs the analysis against Prometheus; prints where report.json and the figures are and
-the verdict. `--keep` leaves Prometheus (and the exporter) running to explore until Ctrl-C.
+load, with the `demo` profile: a small, warm card that heats through its limit and throttles within the
+run), and the reference trainer (tiny model, ~2 minutes, learning-rate and pause bursts); prints every
+collapse onset and every alert Alertmanager delivers to the demo's own webhook receiver; runs the
+analysis against Prometheus; prints where report.json and the figures are and the verdict. `--keep` leaves Prometheus (and the exporter) running to explore until Ctrl-C.
 
 Ctrl-C stops every child and frees every port. A busy port is replaced by a free one (printed); a
 child that dies stops the demo, naming it and showing the end of its log.
@@ -31,6 +32,11 @@ import stacklib as sl  # noqa: E402
 
 DEFAULT_PORTS = {"prometheus": 9090, "alertmanager": 9093, "exporter": 9842, "trainer": 9843}
 PERTURB = "every=20s,duration=4s,lr_mult=10,jitter=0.3"
+# The positive control: the loop idles, the host's CPU load (which heats the simulated GPU) drops with it,
+# and each resume of a hot card is another collapse onset.
+PAUSE = "kind=pause,every=15s,duration=4s,jitter=0.3"
+COLLAPSE_ALERTS = ("RLEDeviceCollapsed", "RLECollapseRateHigh")
+ALERT_WAIT_S = 30  # after the run: Prometheus evaluates every 5 s, Alertmanager's demo group_wait is 1 s
 STARTUP_TIMEOUT_S = 300
 
 
@@ -86,6 +92,11 @@ class Demo:
     binaries: dict[str, str]
     supervisor: sl.Supervisor
     webhook: sl.WebhookReceiver
+    printed: int = 0  # webhook alerts printed so far
+
+    @property
+    def trainer_pidfile(self) -> Path:
+        return self.out / "trainer.pid"
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -110,7 +121,8 @@ class Demo:
     def start_exporter(self, prom: sl.PrometheusAPI) -> str | None:
         """Start the exporter; return the uuid to attribute the run to when it fell back to a simulated GPU."""
         self.supervisor.start("exporter", sl.python_module_argv(
-            "exporter", "--backend", "auto", "--port", str(self.ports["exporter"])), self.out / "logs" / "exporter.log")
+            "exporter", "--backend", "auto", "--sim-profile", "demo", "--sim-load", f"pid:{self.trainer_pidfile}",
+            "--port", str(self.ports["exporter"])), self.out / "logs" / "exporter.log")
         metrics_url = f"{self.url('exporter')}/metrics"
         sl.wait_http_ok(metrics_url, 60, supervisor=self.supervisor)
         devices = sl.device_info(sl.http_get(metrics_url)[1].decode())
@@ -124,20 +136,25 @@ class Demo:
         gpu = next((d["uuid"] for d in devices if d["kind"] == "gpu"), None)
         if gpu:
             say(f"no NVIDIA GPU: the run is attributed to the simulated GPU {gpu} (--gpu-uuid), "
-                "which this machine's CPU load heats")
+                "which the trainer's own CPU use heats (--sim-load pid:, so other work on this machine does not; "
+                "sim profile 'demo': 40 °C ambient, half the heat capacity)")
+            say("note: the simulated clocks cannot slow a CPU trainer, so on this machine the hardware -> "
+                "training direction has no physical path; only training -> hardware (pauses) is real here")
         return gpu
 
     def run_trainer(self, run_id: str, gpu_uuid: str | None, prom: sl.PrometheusAPI) -> None:
         # A small batch keeps a step about a second on a laptop CPU: enough steps in two minutes to compare.
         argv = ["--model", "tiny", "--steps", str(self.args.steps), "--batch-size", "4", "--seq-len", "64",
-                "--device", "auto", "--perturb", PERTURB,
+                "--device", "auto", "--perturb", PERTURB, "--perturb", PAUSE,
                 "--port", str(self.ports["trainer"]), "--log-dir", str(self.out / "trainer"), "--linger", "3",
                 "--run-id", run_id, "--quiet"]
         if gpu_uuid:
             argv += ["--gpu-uuid", gpu_uuid]
         trainer = self.supervisor.start("trainer", sl.python_module_argv("trainer", *argv),
                                         self.out / "logs" / "trainer.log")
-        say(f"trainer run {run_id}: tiny GPT-2, {self.args.duration:.0f} s with perturbation bursts ({PERTURB})")
+        self.trainer_pidfile.write_text(str(trainer.pid))  # the simulated GPU's load from now on
+        say(f"trainer run {run_id}: tiny GPT-2, {self.args.duration:.0f} s with LR bursts ({PERTURB}) "
+            f"and pause bursts ({PAUSE})")
         # The clock starts at the first scraped step, so a slow start (loading torch on a busy laptop)
         # does not eat into the training time the analysis needs.
         launched, start = time.monotonic(), None
@@ -156,6 +173,7 @@ class Demo:
             elif now >= next_report:
                 next_report += 10
                 self.progress(prom, run_id, now - start)
+            self.print_deliveries()
             time.sleep(0.5)
         if trainer.poll() is None:
             trainer.signal(signal.SIGINT)  # finish the step, flush the logs, linger, exit 0
@@ -193,7 +211,73 @@ class Demo:
         say(f"verdict: {'coupled' if verdict['coupled'] else 'not coupled'}{strength} — {verdict['summary']}")
         return 0
 
+    def print_deliveries(self) -> None:
+        """Print each alert the webhook receiver got that was not printed yet, as it arrives."""
+        alerts = self.webhook.alerts()
+        for alert in alerts[self.printed:]:
+            labels = alert["labels"]
+            where = f" device {labels['device']} ({labels.get('uuid', '')})" if "device" in labels else ""
+            say(f"webhook received: {labels.get('alertname', '?')} {alert['status']}{where}: "
+                f"{alert.get('annotations', {}).get('summary', '')}")
+        self.printed = len(alerts)
+
+    def report_collapses(self, prom: sl.PrometheusAPI, uuid: str | None) -> int:
+        """Print every collapse onset of the run's device (from Prometheus) and the pauses' effect on it."""
+        sel = f'{{uuid="{uuid}"}}' if uuid else ""
+        end = time.time()
+        start = end - self.args.duration - STARTUP_TIMEOUT_S
+        collapsed = prom.query_range(f"rle_collapsed{sel}", start, end, 1)
+        temps = {float(t): float(v) for r in prom.query_range(f"rle_temperature_celsius{sel}", start, end, 1)
+                 for t, v in r["values"]}
+        onsets = []
+        for series in collapsed:
+            previous = 0.0
+            for t, v in series["values"]:
+                if float(v) == 1 and previous == 0:
+                    onsets.append((float(t), series["metric"].get("device", "?")))
+                previous = float(v)
+        t0 = min((float(r["values"][0][0]) for r in collapsed if r["values"]), default=end)
+        for t, device in sorted(onsets):
+            temp = temps.get(t)
+            say(f"collapse onset: device {device} at t+{t - t0:.0f} s (exporter clock)"
+                + (f", {temp:.1f} °C" if temp is not None else ""))
+        say(f"collapse onsets in this run: {len(onsets)}")
+        throttled = prom.scalar(f'max(max_over_time(rle_throttle_active{{reason=~"sw_thermal|hw_thermal|hw_slowdown|'
+                                f'sw_power_cap|hw_power_brake"{"," + sel[1:-1] if sel else ""}}}[10m]))')
+        clock = prom.scalar(f"min(min_over_time(rle_sm_clock_hertz{sel}[10m])) / max(max_over_time(rle_sm_clock_hertz{sel}[10m]))")
+        if throttled is not None and clock is not None:
+            say(f"thermal/power throttling: {'seen' if throttled == 1 else 'not seen'}; lowest SM clock "
+                f"{100 * clock:.0f} % of the highest")
+        self.report_pauses(prom, sel, start, end)
+        return len(onsets)
+
+    def report_pauses(self, prom: sl.PrometheusAPI, sel: str, start: float, end: float) -> None:
+        """Does the simulated GPU see the trainer's pauses? Mean utilisation and power during vs outside them."""
+        pause = {float(t): float(v) for r in prom.query_range('max(train_perturbation_active{kind="pause"})',
+                                                               start, end, 1) for t, v in r["values"]}
+        for name, expr, scale, unit in (("utilisation", f"max(rle_utilization_ratio{sel})", 100, "%"),
+                                        ("power", f"max(rle_power_watts{sel})", 1, "W")):
+            values = {float(t): float(v) for r in prom.query_range(expr, start, end, 1) for t, v in r["values"]}
+            during = [v for t, v in values.items() if pause.get(t) == 1]
+            outside = [v for t, v in values.items() if pause.get(t) == 0]
+            if during and outside:
+                say(f"pause bursts: mean {name} {scale * sum(during) / len(during):.0f} {unit} during pauses, "
+                    f"{scale * sum(outside) / len(outside):.0f} {unit} outside")
+
+    def wait_for_collapse_alert(self) -> None:
+        deadline = time.monotonic() + ALERT_WAIT_S
+        trainer = [c for c in self.supervisor.children if c.name == "trainer"]  # it has ended
+        while time.monotonic() < deadline and not self.delivered(COLLAPSE_ALERTS):
+            self.supervisor.check(except_for=trainer)
+            time.sleep(0.5)
+        self.print_deliveries()
+
+    def delivered(self, names: tuple[str, ...]) -> list[str]:
+        return sorted({a["labels"].get("alertname", "?") for a in self.webhook.alerts()
+                       if a["status"] == "firing" and a["labels"].get("alertname") in names})
+
     def report_alerts(self) -> None:
+        self.print_deliveries()
         names = sorted({a["labels"].get("alertname", "?") for a in self.webhook.alerts() if a["status"] == "firing"})
         say(f"alerts delivered to the webhook: {', '.join(names) if names else 'none'}")
 
@@ -234,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             prom = demo.start_monitoring()
             gpu_uuid = demo.start_exporter(prom)
             demo.run_trainer(run_id, gpu_uuid, prom)
+            if demo.report_collapses(prom, gpu_uuid):
+                demo.wait_for_collapse_alert()
             code = demo.analyse(run_id)
             demo.report_alerts()
             if args.keep and code == 0:

@@ -76,8 +76,10 @@ def test_demo_end_to_end_with_a_busy_port(tmp_path: Path):
     with socket.socket() as squatter:  # someone else already listens on the preferred Prometheus port
         squatter.bind(("127.0.0.1", ports["prometheus"]))
         squatter.listen()
-        result = subprocess.run(demo_argv(out, ports, "--duration", "20"), capture_output=True, text=True,
-                                timeout=300, cwd=ROOT)
+        # 110 s of training: the demo sim profile heats through its limit ~1 min in, and each resume after
+        # a pause burst of the hot card is another onset; 3 in 10 min fire RLECollapseRateHigh.
+        result = subprocess.run(demo_argv(out, ports, "--duration", "110"), capture_output=True, text=True,
+                                timeout=420, cwd=ROOT)
         stdout = result.stdout
         assert result.returncode == 0, stdout[-3000:] + result.stderr[-3000:]
         assert f"port {ports['prometheus']} is busy; prometheus uses 127.0.0.1:" in stdout
@@ -89,6 +91,18 @@ def test_demo_end_to_end_with_a_busy_port(tmp_path: Path):
     for figure in ("coupling.png", "crosscorr.png"):
         assert (run_dir / "analysis" / figure).stat().st_size > 10_000
     assert "backend sim" in stdout and "--gpu-uuid" in stdout  # no GPU here: the run is tied to sim-0
+    assert "hardware -> training direction has no physical path" in stdout  # said plainly, not faked
+    # The story: collapse onsets, throttling, the pauses seen by the simulated GPU, a collapse alert delivered.
+    onsets = [line for line in stdout.splitlines() if line.startswith("demo: collapse onset: device 0 at t+")]
+    assert onsets, stdout[-3000:]
+    assert "thermal/power throttling: seen" in stdout
+    util = stdout.split("pause bursts: mean utilisation ")[1].split()
+    assert float(util[0]) < float(util[4]), util  # lower during pauses than outside them
+    delivered = [line for line in stdout.splitlines() if line.startswith("demo: webhook received: RLEDeviceCollapsed "
+                                                                          "firing") or
+                 line.startswith("demo: webhook received: RLECollapseRateHigh firing")]
+    assert delivered, stdout[-3000:]
+    assert "alerts delivered to the webhook: " in stdout
     assert_nothing_left(out, {**ports, "prometheus": moved})
 
 
