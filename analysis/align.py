@@ -7,17 +7,21 @@ import numpy as np
 
 def place_on_grid(t_s: np.ndarray, values: np.ndarray, start_s: float, step_s: float, n: int) -> np.ndarray:
     """Values evaluated by Prometheus at start + k*step go to row k; rows never evaluated stay NaN."""
-    out = np.full(n, np.nan)
+    return place_into(np.full(n, np.nan), t_s, values, start_s, step_s)
+
+
+def place_into(out: np.ndarray, t_s: np.ndarray, values: np.ndarray, start_s: float, step_s: float) -> np.ndarray:
+    """place_on_grid into an existing column `out` (rows outside it ignored); returns `out`."""
     if t_s.size:
         idx = np.rint((t_s - start_s) / step_s).astype(np.int64)
-        keep = (idx >= 0) & (idx < n)
+        keep = (idx >= 0) & (idx < out.size)
         out[idx[keep]] = values[keep]
     return out
 
 
 def bin_to_grid(t_s: np.ndarray, values: np.ndarray, start_s: float, step_s: float, n: int,
                 how: str = "last") -> np.ndarray:
-    """Row k takes the samples in (t_k - step, t_k]: their last value or their mean; none -> NaN.
+    """Row k takes the samples in (t_k - step, t_k]: their last value, mean or sum; none -> NaN.
 
     The same convention as last_over_time(x[step]) in PromQL, so offline and online tables agree.
     """
@@ -39,5 +43,21 @@ def bin_to_grid(t_s: np.ndarray, values: np.ndarray, start_s: float, step_s: flo
     else:
         sums = np.bincount(idx, weights=values, minlength=n)
         counts = np.bincount(idx, minlength=n)
-        np.divide(sums, counts, out=out, where=counts > 0)
+        if how == "sum":
+            out[counts > 0] = sums[counts > 0]
+        else:
+            np.divide(sums, counts, out=out, where=counts > 0)
     return out
+
+
+def intervals_to_grid(intervals: list[tuple[float, float]], start_s: float, step_s: float, n: int,
+                      within: np.ndarray) -> np.ndarray:
+    """A 0/1 state per row: 1 where the row's span (t - step, t] overlaps an interval, 0 elsewhere inside
+    `within` (a row mask where the state is known), NaN outside it."""
+    state = np.where(within, 0.0, np.nan)
+    for lo, hi in intervals:
+        first = max(int(np.ceil((lo - start_s) / step_s - 1e-9)), 0)
+        last = min(int(np.ceil((hi - start_s) / step_s - 1e-9)), n - 1)
+        if last >= first:
+            state[first:last + 1] = 1.0
+    return state

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 from analysis import table as T
+from analysis.catalog import DIRECTIONS
 from analysis.errors import InputError
 from analysis.fetch import fetch_table, series_exprs
 from analysis.load_files import load_grad_log, load_rle_csv
+from analysis.multirun import run_all
 from analysis.offline import files_to_table
 from analysis.pipeline import Settings, analyse
 from analysis.plots import coupling_png, crosscorr_png
@@ -66,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--min-effect", type=float, default=0.1,
                        help="smallest |r| called coupling; a significant smaller one is 'negligible' (default 0.1)")
     stats.add_argument("--seed", type=int, default=0, help="random seed for surrogates (default 0)")
+    many = p.add_argument_group("many runs")
+    many.add_argument("--all-runs", action="store_true",
+                      help="every run in --lookback (or --start/--end) or in --runs-dir, a report each, and a "
+                           "random-effects meta-analysis of each pair across them")
+    many.add_argument("--runs-dir", type=Path, help="with --all-runs: one subfolder per run, each with one "
+                                                    "training log (*.jsonl/*.json) and one RLE CSV")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     return p
@@ -217,12 +225,14 @@ def run(args: argparse.Namespace) -> int:
         "notes": [*meta["notes"], *results.pop("notes"), LAG_NOTE],
         "settings": vars(cfg), "series": series_summary(table.columns), **results,
     }
-    report["verdict"] = overall(results["pairs"], table.step_s)
+    report["verdicts"] = {d: overall(results["pairs"], table.step_s, d) for d in DIRECTIONS}
+    report["verdict"] = report["verdicts"]["optimizer_to_hardware"]
     if results["perturbation"] is None:
         del report["perturbation"]
     t0 = time.perf_counter()
     verdict = report["verdict"]
-    title = f"run {meta['inputs'].get('run_id', args.grad_log)}: verdict {verdict['strength']}"
+    title = (f"run {meta['inputs'].get('run_id', args.grad_log)}: optimizer -> hardware {verdict['strength']}; "
+             f"hardware -> training {report['verdicts']['hardware_to_training']['strength']}")
     coupling_png(table, args.out / "coupling.png", title,
                  "Prometheus evaluation timestamps" if args.prometheus else f"a {table.step_s:g} s grid")
     crosscorr_png(results["pairs"], args.out / "crosscorr.png")
@@ -237,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return run_all(args, run) if args.all_runs or args.runs_dir else run(args)
     except InputError as exc:
         print(f"analysis: error: {exc}", file=sys.stderr)
         return 2

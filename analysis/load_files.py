@@ -21,6 +21,8 @@ class Samples:
 
     t_s: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    # Named lists of (start, end) Unix-second intervals, e.g. the trainer's pauses (no step happens inside).
+    intervals: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def range_s(self) -> tuple[float, float]:
@@ -29,7 +31,7 @@ class Samples:
 
 _ABSENT = object()
 GRAD_FIELDS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "learning_rate",
-               "perturbation": "perturbation"}
+               "perturbation": "perturbation", "tokens": "tokens", "pause_s": "pause_s"}
 
 
 def _number(value: object, where: str, name: str, required: bool) -> float:
@@ -126,6 +128,7 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
     times, cols = [], {k: [] for k in GRAD_FIELDS}
+    pauses: list[tuple[float, float]] = []
     for where, rec in _grad_records(path, text, notes):
         if not isinstance(rec, dict):
             raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
@@ -137,12 +140,34 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
             rec = {**rec, "perturbation": bool(pert.get("active", True))}
         for col, key in GRAD_FIELDS.items():
             cols[col].append(_number(rec.get(key, _ABSENT), where, key, key == "grad_norm"))
+        pause_s = cols["pause_s"][-1]
+        if pause_s > 0 and rec.get("pause_start_unix") not in (None, ""):
+            start = epoch_seconds(_number(rec["pause_start_unix"], where, "pause_start_unix", True), where,
+                                  "pause_start_unix", units_seen)
+            pauses.append((start, start + pause_s))
     if not times:
         raise InputError(f"{path}: no records with grad_norm")
     _note_units(units_seen, path, notes)
-    return Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()})
+    out = Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()}, {"pause": pauses})
+    out.columns["step_duration"] = step_durations(out.t_s, out.columns["pause_s"])
+    return out
 
 
+def step_durations(t_s: np.ndarray, pause_s: np.ndarray) -> np.ndarray:
+    """Seconds of each step: the time since the previous record, less the pause idled before it (the
+    trainer times a step from the pause's end, as train_step_duration_seconds does); NaN for the first."""
+    order = np.argsort(t_s, kind="stable")
+    out = np.full(t_s.size, np.nan)
+    dt = np.diff(t_s[order]) - np.nan_to_num(pause_s[order][1:], nan=0.0)
+    out[order[1:]] = np.where(dt > 0, dt, np.nan)
+    return out
+
+
+# Read when the CSV has them (the RLE lab's has util_pct; an exporter recording can add clocks and throttling):
+# column -> (CSV columns accepted, factor to the table's unit).
+OPTIONAL_RLE_COLUMNS = {"utilization": (("util_pct",), 0.01),
+                        "sm_clock": (("sm_clock_hz",), 1.0), "sm_clock_mhz": (("sm_clock_mhz", "gpu_clock_mhz"), 1e6),
+                        "throttled": (("throttled", "throttle_active"), 1.0)}
 RLE_COLUMNS = {"rle": "rle_smoothed", "temperature": "temp_c", "power": "power_w", "a_load": "a_load",
                "collapsed": "collapse"}
 
@@ -183,6 +208,10 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
     elif device not in devices:
         raise InputError(f"{path}: device {device!r} not in the file (devices: {', '.join(devices)})")
     times, cols = [], {k: [] for k in RLE_COLUMNS}
+    optional = {col: (next(c for c in names if c in header), factor)
+                for col, (names, factor) in OPTIONAL_RLE_COLUMNS.items() if any(c in header for c in names)}
+    for col in optional:
+        cols[col] = []
     for lineno, row in rows:
         if row["device"] != device:
             continue
@@ -197,7 +226,13 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
                 raise InputError(f"{where}: timestamp {row.get('timestamp')!r} is not ISO 8601") from None
         for col, key in RLE_COLUMNS.items():
             cols[col].append(_number(row.get(key), where, key, False))
+        for col, (key, factor) in optional.items():
+            cols[col].append(_number(row.get(key), where, key, False) * factor)
     if not times:
         raise InputError(f"{path}: no rows for device {device!r}")
     _note_units(units_seen, path, notes)
-    return Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()}), device
+    arrays = {k: np.asarray(v, dtype=float) for k, v in cols.items()}
+    mhz = arrays.pop("sm_clock_mhz", None)  # scaled to Hz on reading; a Hz column wins
+    if mhz is not None:
+        arrays.setdefault("sm_clock", mhz)
+    return Samples(np.asarray(times), arrays), device

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from analysis import table as T
-from analysis.align import bin_to_grid
+from analysis.align import bin_to_grid, intervals_to_grid
 from analysis.errors import InputError
 from analysis.load_files import Samples
 from analysis.timeparse import iso_utc
@@ -97,6 +97,20 @@ def files_to_table(grad: Samples, rle: Samples, step_s: float | None = None,
     cols[T.LOSS] = bin_to_grid(grad.t_s, grad.columns["loss"], start, step_s, n)
     if np.isfinite(grad.columns["perturbation"]).any():
         cols[T.PERTURBATION] = bin_to_grid(grad.t_s, grad.columns["perturbation"], start, step_s, n)
+    if "step_duration" in grad.columns:
+        cols[T.STEP_DURATION] = bin_to_grid(grad.t_s, grad.columns["step_duration"], start, step_s, n, how="mean")
+    if np.isfinite(grad.columns.get("tokens", np.array([]))).any():
+        cols[T.THROUGHPUT] = bin_to_grid(grad.t_s, grad.columns["tokens"], start, step_s, n, how="sum") / step_s
+    if grad.intervals.get("pause"):
+        t = start + step_s * np.arange(n)
+        training = (t >= grad.t_s.min()) & (t <= grad.t_s.max())
+        cols[T.PAUSE] = intervals_to_grid(grad.intervals["pause"], start, step_s, n, training)
+        # no step completes inside a pause: those rows carry no training speed (not zero tokens/s)
+        if T.THROUGHPUT in cols:
+            cols[T.THROUGHPUT] = np.where(cols[T.PAUSE] == 1, np.nan, cols[T.THROUGHPUT])
     for name in (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD, T.COLLAPSED):
         cols[name] = bin_to_grid(rle.t_s, rle.columns[name], start, step_s, n)
+    for name in (T.UTILIZATION, T.SM_CLOCK, T.THROTTLED):
+        if name in rle.columns:
+            cols[name] = bin_to_grid(rle.t_s, rle.columns[name], start, step_s, n)
     return table

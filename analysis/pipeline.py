@@ -8,13 +8,16 @@ import numpy as np
 from scipy import stats
 
 from analysis import table as T
+from analysis.catalog import DIRECTIONS, PAIRS
 from analysis.stats import correlation, events, granger, lagged, perturbation
 from analysis.stats.multiple import holm
 from analysis.stats.series import INSUFFICIENT, LONG_GAP_S, is_constant, segment_bounds, stationary
+from analysis.stats.throttle import throttle_cost
 
-PAIRS = ((T.GRAD_NORM, T.RLE), (T.GRAD_NORM, T.TEMPERATURE), (T.GRAD_NORM, T.POWER),
-         (T.GRAD_NORM, T.A_LOAD), (T.LOSS, T.RLE))
 HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
+# A pause idles the compute: a known effect on these, the positive control of every run that has pauses.
+POSITIVE_CONTROL_METRICS = (T.UTILIZATION, T.POWER, T.RLE)
+THROTTLE_BLOCK_S = 60.0
 POWER_FOR_MDE = 0.8
 Z_POWER = float(stats.norm.ppf(POWER_FOR_MDE))
 
@@ -175,10 +178,12 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
               "analysed_from_unix": table.start_s + first * step}
     cols = _masked(table, excluded)
     # The naive numbers are what a naive look at the whole run gives, start-up included.
-    pairs = [analyse_pair(cols.get(x, absent), cols.get(y, absent), (x, y), step, cfg, rng,
-                          naive_xy=(table.columns.get(x, absent), table.columns.get(y, absent)))
-             for x, y in PAIRS]
-    verdict_tests = [t for p in pairs for t in (p["primary"], p["lag"])]
+    pairs = []
+    for pair in PAIRS:
+        res = analyse_pair(cols.get(pair.x, absent), cols.get(pair.y, absent), (pair.x, pair.y), step, cfg, rng,
+                           naive_xy=(table.columns.get(pair.x, absent), table.columns.get(pair.y, absent)))
+        res["direction"] = pair.direction
+        pairs.append(res)
     secondary: list[dict] = []
 
     ev: dict = {"status": INSUFFICIENT, "reason": "no collapse series"}
@@ -192,10 +197,10 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         secondary.append(ev["point_biserial"])
 
     gr = []
-    for x, y in PAIRS:
-        res = granger.granger_both_ways(cols.get(x, absent), cols.get(y, absent),
+    for pair in PAIRS:
+        res = granger.granger_both_ways(cols.get(pair.x, absent), cols.get(pair.y, absent),
                                         min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)), step)
-        res.update(x=x, y=y)
+        res.update(x=pair.x, y=pair.y, direction=pair.direction)
         secondary += [res[k] for k in ("x_to_y", "y_to_x") if res.get(k)]
         gr.append(res)
 
@@ -205,21 +210,27 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
                   else perturbation.default_window(cols[T.PERTURBATION]))
         pert = {"window_s": window * step, "metrics": {}}
         for name in HARDWARE:
-            res = perturbation.triggered_average(cols.get(name, absent), cols[T.PERTURBATION], window,
-                                                 cfg.n_surrogates, rng)
+            res = perturbation.triggered_average(cols.get(name, absent), cols[T.PERTURBATION], window, step)
             pert["metrics"][name] = res
             secondary.append(res)
 
-    _correct(verdict_tests)
+    control = positive_control(cols, step, cfg)
     _correct(secondary)
-    family = sum(t.get("p") is not None for t in verdict_tests)
-    for pair in pairs:
-        _pair_verdict(pair, family, step, cfg)
-    notes = [f"Holm correction in two families: the verdict's {family} lag-0 and lagged tests, and "
-             f"{sum(t.get('p') is not None for t in secondary)} secondary tests (events, Granger, perturbations)."]
-    floor = family / (cfg.n_surrogates + 1)
-    if floor >= cfg.alpha:
-        notes.append(f"With {cfg.n_surrogates} surrogates no surrogate-based test can reach alpha={cfg.alpha} "
+    families = {}
+    for direction in DIRECTIONS:
+        mine = [p for p in pairs if p["direction"] == direction]
+        tests = [t for p in mine for t in (p["primary"], p["lag"])]
+        _correct(tests)
+        families[direction] = sum(t.get("p") is not None for t in tests)
+        for pair in mine:
+            _pair_verdict(pair, families[direction], step, cfg)
+    families["secondary"] = sum(t.get("p") is not None for t in secondary)
+    families["positive_control"] = len(control.get("tests", {}))
+    notes = [f"Holm correction in separate families: each direction's lag-0 and lagged tests "
+             f"({', '.join(f'{d}: {families[d]}' for d in DIRECTIONS)}), the {families['secondary']} secondary "
+             "tests (events, Granger, learning-rate bursts) and the positive control."]
+    if max(families[d] for d in DIRECTIONS) / (cfg.n_surrogates + 1) >= cfg.alpha:
+        notes.append(f"With {cfg.n_surrogates} bootstrap draws the lagged tests cannot reach alpha={cfg.alpha} "
                      "after correction: raise --surrogates.")
     if first:
         notes.append(f"The run's first {first * step:g} s (start-up: the device leaving idle as the loss and "
@@ -228,5 +239,29 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         notes.append(f"The training series resumes {resumes} time(s) after a gap of {LONG_GAP_S:g} s or more "
                      "(a restart, a checkpoint or an evaluation); the start of each resumed stretch is left out "
                      "of the tests like the run's own start, and no window or lag reaches across a gap.")
-    return {"pairs": pairs, "events": ev, "granger": gr, "perturbation": pert, "warmup": warmup, "notes": notes,
-            "families": {"verdict": family, "secondary": sum(t.get("p") is not None for t in secondary)}}
+    cost = throttle_cost(cols.get(T.THROUGHPUT, absent), cols.get(T.THROTTLED, absent), cols.get(T.COLLAPSED, absent),
+                         cols.get(T.PAUSE, absent), step, _steps(THROTTLE_BLOCK_S, step), cfg.n_surrogates, rng)
+    return {"pairs": pairs, "events": ev, "granger": gr, "perturbation": pert, "positive_control": control,
+            "throttle_cost": cost, "warmup": warmup, "notes": notes, "families": families}
+
+
+def positive_control(cols: dict[str, np.ndarray], step_s: float, cfg: Settings) -> dict:
+    """The pause bursts' effect on utilisation, power and RLE: an effect known to exist. A "not coupled"
+    is believable only where the same run shows the method finding it."""
+    pause = cols.get(T.PAUSE)
+    if pause is None or is_constant(pause):
+        return {"intervention": None, "detected": False,
+                "reason": "this run has no compute intervention (pause bursts), so no positive control"}
+    window = perturbation.default_window(pause)
+    tests = {name: perturbation.triggered_average(cols[name], pause, window, step_s)
+             for name in POSITIVE_CONTROL_METRICS if name in cols and np.isfinite(cols[name]).any()}
+    _correct(list(tests.values()))
+    ran = {k: v for k, v in tests.items() if v.get("p_adjusted") is not None}
+    if not ran:
+        return {"intervention": "pause", "detected": False, "tests": tests,
+                "reason": "too few pause onsets (or no utilisation, power or RLE series) to test"}
+    name, best = min(ran.items(), key=lambda kv: (kv[1]["p_adjusted"], -abs(kv[1]["effect_sd_units"] or 0)))
+    return {"intervention": "pause", "metric": name, "effect": best["effect"], "ci": best["ci"],
+            "p_adjusted": best["p_adjusted"],
+            "detected": bool(best["p_adjusted"] < cfg.alpha), "n_onsets": best["n_onsets"],
+            "window_s": window * step_s, "tests": tests}

@@ -268,22 +268,86 @@ def planted_run(kind: str, duration_s: float, lag_s: int, r: float, seed: int) -
     return rec
 
 
+def hot_run(duration_s: float, seed: int, pause_every_s: float = 20.0, pause_s: float = 4.0) -> Recording:
+    """A run whose device throttles when hot and whose trainer pauses: the hardware -> training direction.
+
+    Throttle episodes (the device past its limit) lower the SM clock by 30 %, and a step's compute time
+    scales with 1 / clock, so step time rises and tokens/s fall while throttled. Every `pause_every_s`
+    the trainer idles `pause_s` seconds: utilisation and power drop (the positive control). The gradient
+    norm is independent of all of it.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(duration_s) + 1
+    plan = _Plan(step_interval_s=1.0, step_noise=0.05)
+    latent = _latent(n, plan, rng)
+    t = np.arange(n, dtype=float)
+    throttled = _episodes(n, 90.0, 10, 30, rng)
+    clock = 1.8e9 * (1 - 0.3 * throttled) * (1 + 0.005 * rng.standard_normal(n))
+    paused = ((t % pause_every_s) < pause_s) & (t >= pause_every_s)
+    latent["power"] = np.where(paused, 70.0, latent["power"]) + 4 * rng.standard_normal(n)
+    latent["utilization"] = np.where(paused, 0.05, 0.97) + 0.01 * rng.standard_normal(n)
+    latent["sm_clock"], latent["throttled"] = clock, throttled
+    # steps: compute time 0.5 s at full clock, stretched by the clock deficit, plus jitter; none in a pause
+    times, pause_s_col, pause_start = [], [], []
+    now, pending = 0.0, None
+    while now < n - 2:
+        k = int(now)
+        if paused[k]:
+            start = now
+            while now < n - 2 and paused[int(now)]:
+                now += 0.1
+            pending = (start, now - start)
+            continue
+        now += 0.5 * 1.8e9 / clock[k] + abs(rng.normal(0, 0.01))
+        times.append(now)
+        pause_s_col.append(pending[1] if pending else 0.0)
+        pause_start.append(pending[0] if pending else np.nan)
+        pending = None
+    t_train = np.asarray(times)
+    train = _sample(latent, t_train, ("grad_norm", "loss"))
+    train.update(perturbation=np.zeros(t_train.size), learning_rate=np.full(t_train.size, 3e-4),
+                 tokens=np.full(t_train.size, 1024.0), pause_s=np.asarray(pause_s_col),
+                 pause_start_unix=START_UNIX_S + np.asarray(pause_start))
+    t_hw = _times(duration_s, 1.0, 0.1, 0.01, rng)
+    hw = _sample(latent, t_hw, ("rle", "temperature", "power", "collapsed", "utilization", "sm_clock"))
+    hw["throttled"] = throttled[np.clip(np.floor(t_hw).astype(int), 0, n - 1)]
+    hw["a_load"] = hw["power"] / RATED_W
+    rec = Recording(Samples(START_UNIX_S + t_train, train), Samples(START_UNIX_S + t_hw, hw), "hot", duration_s)
+    rec.planted = {"x": "sm_clock", "y": "step_duration", "lag_s": 0, "r": None}
+    return rec
+
+
 def write_files(rec: Recording, directory: Path) -> tuple[Path, Path]:
-    """The recording as a user's files: the trainer's JSON Lines step log and an RLE-lab style CSV."""
+    """The recording as a user's files: the trainer's JSON Lines step log and an RLE-lab style CSV
+    (with util_pct, sm_clock_mhz and throttled columns when the recording has them)."""
     directory.mkdir(parents=True, exist_ok=True)
     log, csv_path = directory / "steps.jsonl", directory / "rle.csv"
     tr, hw = rec.train, rec.hardware
     with log.open("w") as f:
         for i, t in enumerate(tr.t_s):
-            f.write(json.dumps({"step": i + 1, "time_unix": round(float(t), 6),
-                                "loss": float(tr.columns["loss"][i]), "grad_norm": float(tr.columns["grad_norm"][i]),
-                                "learning_rate": float(tr.columns["learning_rate"][i]),
-                                "perturbation": bool(tr.columns["perturbation"][i] > 0.5)}) + "\n")
+            rec_ = {"step": i + 1, "time_unix": round(float(t), 6), "loss": float(tr.columns["loss"][i]),
+                    "grad_norm": float(tr.columns["grad_norm"][i]),
+                    "learning_rate": float(tr.columns["learning_rate"][i]),
+                    "perturbation": bool(tr.columns["perturbation"][i] > 0.5)}
+            if "tokens" in tr.columns:
+                rec_["tokens"] = int(tr.columns["tokens"][i])
+            if "pause_s" in tr.columns:
+                start = tr.columns["pause_start_unix"][i]
+                rec_["pause_s"] = round(float(tr.columns["pause_s"][i]), 6)
+                rec_["pause_start_unix"] = None if not np.isfinite(start) else round(float(start), 6)
+            f.write(json.dumps(rec_) + "\n")
+    extra = [(name, col, fmt) for name, col, fmt in (("util_pct", "utilization", "{:.2f}"),
+                                                     ("sm_clock_mhz", "sm_clock", "{:.1f}"),
+                                                     ("throttled", "throttled", "{:.0f}")) if col in hw.columns]
+    scale = {"utilization": 100.0, "sm_clock": 1e-6, "throttled": 1.0}
     with csv_path.open("w") as f:
-        f.write("timestamp,device,rle_smoothed,temp_c,power_w,a_load,collapse\n")
+        f.write(",".join(["timestamp", "device", "rle_smoothed", "temp_c", "power_w", "a_load", "collapse",
+                          *(e[0] for e in extra)]) + "\n")
         for i, t in enumerate(hw.t_s):
             stamp = datetime.fromtimestamp(float(t), UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
             c = hw.columns
-            f.write(f"{stamp},gpu,{c['rle'][i]:.6f},{c['temperature'][i]:.2f},{c['power'][i]:.3f},"
-                    f"{c['a_load'][i]:.5f},{int(c['collapsed'][i] > 0.5)}\n")
+            cells = [stamp, "gpu", f"{c['rle'][i]:.6f}", f"{c['temperature'][i]:.2f}", f"{c['power'][i]:.3f}",
+                     f"{c['a_load'][i]:.5f}", str(int(c["collapsed"][i] > 0.5))]
+            cells += [fmt.format(c[col][i] * scale[col]) for _, col, fmt in extra]
+            f.write(",".join(cells) + "\n")
     return log, csv_path

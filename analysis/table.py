@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Column names the pipeline understands. Pair names in the report are the first six.
+# Column names the pipeline refers to by name (every column is listed in series.csv).
 GRAD_NORM = "grad_norm"
 LOSS = "loss"
 RLE = "rle"
@@ -16,6 +16,12 @@ A_LOAD = "a_load"
 GRAD_NORM_LAST = "grad_norm_last"
 COLLAPSED = "collapsed"
 PERTURBATION = "perturbation"
+PAUSE = "pause"
+STEP_DURATION = "step_duration"
+THROUGHPUT = "throughput"
+UTILIZATION = "utilization"
+SM_CLOCK = "sm_clock"
+THROTTLED = "throttled"
 
 
 @dataclass

@@ -28,9 +28,18 @@ def _duration(seconds: float | None) -> str:
     return f"about {seconds:.0f} s"
 
 
-def overall(pairs: list[dict], step_s: float) -> dict:
-    """One of the seed's answers for the run: coupled (with strength), negligible, none (independence
-    shown by an equivalence test), inconclusive, or insufficient data."""
+QUESTIONS = {"optimizer_to_hardware": "does what the optimizer does show up in the hardware?",
+             "hardware_to_training": "does the hardware's heat (clocks, temperature, power, throttling) slow training?"}
+
+
+def overall(pairs: list[dict], step_s: float, direction: str = "optimizer_to_hardware") -> dict:
+    """One of the seed's answers for one direction of the run: coupled (with strength), negligible, none
+    (independence shown by an equivalence test), inconclusive, or insufficient data."""
+    verdict = _answer([p for p in pairs if p.get("direction", direction) == direction], step_s)
+    return {"direction": direction, "question": QUESTIONS.get(direction, direction), **verdict}
+
+
+def _answer(pairs: list[dict], step_s: float) -> dict:
     coupled = [p for p in pairs if p["coupled"]]
     if coupled:
         best = max(coupled, key=lambda p: _ORDER.get(p["strength"], 0))
@@ -105,11 +114,44 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
     return lines
 
 
+def _control_line(pc: dict | None) -> str:
+    if not pc or pc.get("intervention") is None:
+        return "Positive control: none: " + ((pc or {}).get("reason") or "this run has no compute intervention") + "."
+    if pc.get("metric") is None:
+        return f"Positive control: {pc.get('reason')}."
+    found = "found" if pc["detected"] else "did NOT find"
+    return (f"Positive control: the method {found} the pauses' effect on {pc['metric']} ({pc['effect']:+.3g}, "
+            f"95% CI [{pc['ci'][0]:+.3g}, {pc['ci'][1]:+.3g}], Holm p = {_fmt_p(pc['p_adjusted'])}, "
+            f"{pc['n_onsets']} pauses)" + ("" if pc["detected"] else ": a 'not coupled' in this run means little"))
+
+
+def _cost_line(cost: dict | None) -> str:
+    if not cost or cost.get("status") != "ok":
+        return f"Throttle cost: not computed ({(cost or {}).get('reason', 'no training-speed series')})."
+    if not cost["impaired_s"]:
+        return "Throttle cost: none: the device was never throttled or collapsed while training."
+    ci = cost.get("ci_tokens_lost") or [None, None]
+    ci_text = "" if ci[0] is None else f" [95% CI {ci[0]:.3g}, {ci[1]:.3g}]"
+    return (f"Throttle cost: {cost['tokens_lost']:.3g} tokens{ci_text} ({cost['seconds_lost']:.3g} s of training) lost "
+            f"in {cost['impaired_s']:g} s throttled or collapsed: {cost['impaired_tokens_per_s']:.3g} vs "
+            f"{cost['unimpaired_tokens_per_s']:.3g} tokens/s unthrottled.")
+
+
 def summary_text(report: dict) -> str:
-    v = report["verdict"]
-    lines = [f"thermograd analysis: {v['summary']}", ""]
-    for pair in report["pairs"]:
-        lines += _pair_lines(pair, report["settings"]["alpha"])
+    verdicts = report.get("verdicts") or {"optimizer_to_hardware": report["verdict"]}
+    lines = []
+    for direction, v in verdicts.items():
+        lines.append(f"thermograd analysis, {direction.replace('_', ' ')} ({v.get('question', '')}): {v['summary']}")
+    lines.append(_control_line(report.get("positive_control")))
+    lines.append("")
+    for direction in verdicts:
+        mine = [p for p in report["pairs"] if p.get("direction", direction) == direction]
+        if mine and all(p["strength"] == INSUFFICIENT for p in mine):
+            lines.append(f"- {direction.replace('_', ' ')}: insufficient data for every pair "
+                         f"({mine[0].get('reason', 'too few samples')}).")
+            continue
+        for pair in mine:
+            lines += _pair_lines(pair, report["settings"]["alpha"])
     ev = report.get("events") or {}
     if ev.get("status") == "ok":
         lines.append(f"- spikes vs collapses: {ev['n_spikes']} spikes, {ev['n_collapses']} collapse onsets; "
@@ -124,6 +166,7 @@ def summary_text(report: dict) -> str:
             if res.get("status") == "ok":
                 lines.append(f"- perturbation bursts -> {name}: change {res['effect']:+.3g} "
                              f"({res['n_onsets']} onsets, Holm p = {_fmt_p(res['p_adjusted'])}).")
+    lines.append(_cost_line(report.get("throttle_cost")))
     lines += [f"Note: {note}" for note in report.get("notes", []) if "resolved to the step" not in note]
     lines.append(f"Lags are resolved to the {report['step']['seconds']:g} s step, never finer: Prometheus scrapes "
                  "each target at its own phase, so two targets' samples can be up to one interval apart.")

@@ -132,6 +132,24 @@ def summarise_power(rows: list[dict]) -> dict:
     return out
 
 
+TEST_COLUMNS = ("lag0", "lagged", "granger", "event_trigger", "event_precursor", "point_biserial", "perturbation")
+
+
+def markdown(result: dict) -> str:
+    """The README's calibration and power tables from one run's JSON."""
+    lines = ["| null kind | runs | verdict coupled | " + " | ".join(TEST_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(TEST_COLUMNS)]
+    for kind, v in result["null"].items():
+        cells = [f"{v['tests'][t]['fpr']:.3f}" if t in v["tests"] else "–" for t in TEST_COLUMNS]
+        lines.append(f"| {kind} | {v['runs']} | {v['verdict_fpr']:.3f} | " + " | ".join(cells) + " |")
+    lags = sorted({lag for k in result["power"].values() for lag in k}, key=lambda s: int(s[4:-1]))
+    lines += ["", "| planted | " + " | ".join(lag.replace("lag_", "lag ") for lag in lags) + " |",
+              "|---|" + "---|" * len(lags)]
+    for kind, v in result["power"].items():
+        lines.append(f"| {kind} | " + " | ".join(f"{v[lag]['right_sign_and_lag']:.2f}" for lag in lags) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=200, help="null runs per kind (default 200)")
@@ -141,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--surrogates", type=int, default=1000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--quick", action="store_true", help="40 runs per kind, lengths up to 1 h, 20 power runs")
+    p.add_argument("--markdown", type=Path, metavar="RESULT_JSON", help="print the README tables of a result and exit")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     lengths = [int(v) for v in args.lengths.split(",")]
     runs, power_runs = args.runs, args.power_runs
     if args.quick:

@@ -120,9 +120,10 @@ def test_a_runs_start_up_transient_is_not_taken_for_coupling():
         for warmup_s in verdicts:
             res = analyse(table, Settings(max_lag_s=10.0, n_surrogates=200, warmup_s=warmup_s))
             verdicts[warmup_s] += any(p["coupled"] for p in res["pairs"])
-    # Fooled in most runs without the warm-up (18+/20 before the tests winsorised at 3 sigma, which blunts
-    # a two-row transient a little but not enough to do without the warm-up) ...
-    assert verdicts[0.0] >= 12
+    # Without the warm-up this fooled the tests 18+ times in 20 before they clipped the stationary series at
+    # 1.5 sigma and widened the variance for shared volatility (which now blunt a two-row transient); the
+    # warm-up still takes it out of the tests altogether ...
+    assert verdicts[0.0] > verdicts[30.0]
     assert verdicts[30.0] <= 3  # ... and at about the nominal rate with it
 
 

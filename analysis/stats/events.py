@@ -6,15 +6,11 @@ import numpy as np
 
 from analysis.stats import lagged
 from analysis.stats.series import (
-    HIGHPASS_S,
     INSUFFICIENT,
-    LONG_GAP_S,
     first_difference,
+    highpass_level,
     onsets,
     robust_z,
-    rolling_mean,
-    rows_for,
-    segment_bounds,
     state_onsets,
 )
 
@@ -97,12 +93,6 @@ def coincidence(spikes: np.ndarray, collapses: np.ndarray, valid: np.ndarray, wi
         n_surrogates=int(surr.shape[0]),
     )
     return out
-
-
-def highpass_level(x: np.ndarray, step_s: float) -> np.ndarray:
-    """A level minus its running mean over HIGHPASS_S: what is left when slow trends are taken out."""
-    bounds = segment_bounds(np.isfinite(x), rows_for(LONG_GAP_S, step_s))
-    return x - rolling_mean(x, rows_for(HIGHPASS_S / 2, step_s), bounds)
 
 
 def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng: np.random.Generator,

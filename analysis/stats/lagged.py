@@ -2,11 +2,11 @@
 
 The series (high-passed, volatility-standardised differences: series.stationary) are standardised and
 clipped at +/-1.5 (one chance coincidence of two spikes must not read as coupling). At each lag the sum of
-products is divided by its standard error under independence: the larger of the one from both series'
+products is divided by its standard error under independence: the one from both series'
 autocorrelations with Bartlett weights (the HAC form of Bretherton's effective n; exact when either
-series is homoskedastic) and the one from the products themselves (DiCiccio & Romano's robust
-studentisation; right when both series are volatile at the same moments), one FFT for every lag at
-once. The lag-0 p comes from the t distribution; the max over the 2L + 1 lags is compared with a
+series is homoskedastic), widened where both series are volatile at the same moments by the ratio of
+the products' own variance to it (DiCiccio & Romano's robust studentisation) over the neighbouring
+lags, one FFT for every lag at once. The lag-0 p comes from the t distribution; the max over the 2L + 1 lags is compared with a
 dependent wild bootstrap of the same sums (up to 20,000 rows; Sidak beyond, where the lags' statistics
 are close to independent normals). A circular-shift null cannot do that job: with only n / (2L + 1)
 independent windows no permutation p-value for a max over lags could survive the correction in a
@@ -24,12 +24,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import stats
+from scipy.ndimage import median_filter
 
 from analysis.stats.series import INSUFFICIENT, is_constant, standardise_fill
 
 MIN_OVERLAP = 30  # overlapping pairs required at the largest lag
 MIN_SCALE_SHIFTS = 30  # circular shifts needed to check the statistic's scale
 SCALE_ALARM = 1.2  # a null spread above this means the variance model misses something: widen by it
+COVOLATILITY_LAGS = 5  # shared volatility is judged on the 11 lags around each lag
 WINSOR_Z = 1.5  # standardised values are clipped here before any sum (Huber's bounded influence)
 MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|
 Z_95 = 1.959963984540054
@@ -188,10 +190,15 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
     bw = bandwidth(n_both) if bw is None else max(1, min(bw, n_both // 5))
     c, var_null, var_products, count = circular_t(a, b, ma, mb, bw)
     taus = np.arange(-max_lag, max_lag + 1)
-    # The larger of the two variances: the autocorrelation form is exact when either series is
-    # homoskedastic, the products' form when both are volatile at the same moments (a training phase
-    # that agitates loss and clocks together); which one holds is not known in advance.
-    var = np.maximum(var_null, var_products)
+    # The autocorrelation form is exact when either series is homoskedastic. When both are volatile at
+    # the same moments (a training phase that agitates loss and clocks together), the products' own
+    # variance is larger, at the lags that line the episode up with itself: not only at one lag. A
+    # coupling at one lag inflates the products' variance at that lag alone. So the autocorrelation form
+    # is widened by the median ratio of the two over the neighbouring +/-COVOLATILITY_LAGS lags: shared
+    # volatility is allowed for, while the coupling's own signal is not counted as noise.
+    ratio = var_products / np.maximum(var_null, 1e-300)
+    covolatility = np.maximum(1.0, median_filter(ratio, size=2 * COVOLATILITY_LAGS + 1, mode="wrap"))
+    var = var_null * covolatility
     t_stat = np.where(count >= MIN_OVERLAP, c / np.sqrt(np.maximum(var, 1e-300)), 0.0)
     window = np.abs(t_stat[taus % n])
     observed0, observed_max = float(abs(t_stat[0])), float(window.max())
@@ -243,7 +250,8 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
     stat = "HAC-studentised correlation"
     n_surr = int(shifts.size)
     lag0.update(status="ok", r=float(r_lin[i0]), ci=ci0, n_eff=neff0, se_z=se0, p=p0, n_surrogates=n_surr,
-                t=float(t_stat[0]), surrogates=method, statistic=stat, bandwidth=bw, scale=scale)
+                t=float(t_stat[0]), surrogates=method, statistic=stat, bandwidth=bw, scale=scale,
+                covolatility=float(covolatility[0]))
     lagged.update(status="ok", peak_lag_steps=peak, peak_r=float(r_lin[ip]), ci=cip, se_z=sep, n_eff=neffp,
                   p=p_max, n_surrogates=n_surr, surrogates=method, statistic=f"max over lags of |{stat}|",
                   band_95=band_t * float(np.sqrt(var[0])) / max(float(count[0]), 1.0), ccf=[float(v) for v in r_lin])

@@ -106,6 +106,12 @@ def stationary(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
     return d / np.maximum(np.nan_to_num(scale, nan=typical), 0.25 * typical)
 
 
+def highpass_level(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
+    """A level minus its running mean over HIGHPASS_S: what is left when slow trends are taken out."""
+    bounds = segment_bounds(np.isfinite(x), rows_for(LONG_GAP_S, step_s))
+    return x - rolling_mean(x, rows_for(HIGHPASS_S / 2, step_s), bounds)
+
+
 def is_constant(x: np.ndarray) -> bool:
     finite = x[np.isfinite(x)]
     return finite.size < 2 or float(np.ptp(finite)) == 0.0
