@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import requests
 
+from analysis.align import place_into
 from analysis.errors import InputError
 
 
@@ -68,8 +70,9 @@ class PromClient:
             raise outcome["error"]  # type: ignore[misc]
         return outcome["response"]  # type: ignore[return-value]
 
-    def _get(self, path: str, params: dict | list | None = None) -> dict:
-        """GET with retries and exponential back-off on connection errors, timeouts and 5xx."""
+    def _get_response(self, path: str, params: dict | list | None = None) -> requests.Response:
+        """GET with retries and exponential back-off on connection errors, timeouts and 5xx; the body is
+        read in full but not decoded."""
         endpoint = f"{self.url}{path}"
         last_error = ""
         for attempt in range(self.retries + 1):
@@ -79,11 +82,15 @@ class PromClient:
                 last_error = f"{type(exc).__name__}: {_first_line(str(exc))}"
             else:
                 if resp.status_code < 500:
-                    return self._decode(resp, endpoint)
+                    return resp
                 last_error = f"HTTP {resp.status_code}: {_first_line(resp.text)}"
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
         raise BackendUnreachable(f"Prometheus at {self.url} unreachable ({path}): {last_error}")
+
+    def _get(self, path: str, params: dict | list | None = None) -> dict:
+        """The `data` of a successful API answer (retried as _get_response does)."""
+        return self._decode(self._get_response(path, params), f"{self.url}{path}")
 
     def _decode(self, resp: requests.Response, endpoint: str) -> dict:
         try:
@@ -187,32 +194,90 @@ class PromClient:
         return [(start_s + i * step_s, start_s + min(i + per, n_points) * step_s - step_s)
                 for i in range(0, n_points, per)]
 
-    def query_range(self, exprs: dict[str, str], start_s: float, end_s: float,
-                    step_s: float) -> dict[str, list[dict]]:
-        """Every expression over the same start/end/step, chunked, in parallel; results merged per name."""
+    def stream_range(self, exprs: dict[str, str], start_s: float, end_s: float, step_s: float,
+                     consume: Callable[[str, int, requests.Response], None]) -> None:
+        """Every expression over the same start/end/step, chunked, fetched in parallel; each answer is
+        handed to consume(name, first row of its chunk, response) in the worker as soon as it arrives,
+        so no more than `workers` answers are held at once."""
         chunks = self.range_chunks(start_s, end_s, step_s)
         for name, expr in exprs.items():
             self.queries.append({"purpose": name, "type": "range", "query": expr, "start": start_s,
                                  "end": end_s, "step": step_s, "chunks": len(chunks)})
-        jobs = [(name, expr, lo, hi) for name, expr in exprs.items() for lo, hi in chunks]
-        done = 0
+        jobs = [(name, expr, k * MAX_POINTS_PER_SERIES, lo, hi) for name, expr in exprs.items()
+                for k, (lo, hi) in enumerate(chunks)]
 
-        def fetch(job: tuple[str, str, float, float]) -> list[dict]:
-            _, expr, lo, hi = job
-            data = self._get("/api/v1/query_range",
-                             {"query": expr, "start": f"{lo:.3f}", "end": f"{hi:.3f}", "step": f"{step_s:g}"})
-            return self._result(data, "/api/v1/query_range")
+        def fetch(job: tuple[str, str, int, float, float]) -> None:
+            name, expr, row, lo, hi = job
+            consume(name, row, self._get_response(
+                RANGE_PATH, {"query": expr, "start": f"{lo:.3f}", "end": f"{hi:.3f}", "step": f"{step_s:g}"}))
 
-        merged: dict[str, list[dict]] = {name: [] for name in exprs}
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for job, result in zip(jobs, pool.map(fetch, jobs), strict=True):
-                merged[job[0]].extend(result)
-                done += 1
+            for done, _ in enumerate(pool.map(fetch, jobs), start=1):
                 if self.progress:
                     print(f"\rfetching: {done}/{len(jobs)} chunks", end="", file=sys.stderr, flush=True)
         if self.progress:
             print(file=sys.stderr)
-        return merged
+
+    def query_range(self, exprs: dict[str, str], start_s: float, end_s: float,
+                    step_s: float) -> dict[str, list[dict]]:
+        """Every expression's series (decoded JSON), chunks merged per name: for answers with many series."""
+        merged: dict[str, list[list[dict]]] = {name: [[]] * len(self.range_chunks(start_s, end_s, step_s))
+                                               for name in exprs}
+
+        def keep(name: str, row: int, resp: requests.Response) -> None:
+            merged[name][row // MAX_POINTS_PER_SERIES] = self._result(self._decode(resp, f"{self.url}{RANGE_PATH}"), RANGE_PATH)
+
+        self.stream_range(exprs, start_s, end_s, step_s, keep)
+        return {name: [series for chunk in parts for series in chunk] for name, parts in merged.items()}
+
+    def query_range_columns(self, exprs: dict[str, str], start_s: float, end_s: float,
+                            step_s: float) -> dict[str, np.ndarray]:
+        """One aggregated series per expression, on the grid start + k*step (NaN where not evaluated).
+
+        Each chunk's answer is parsed straight into its rows of a preallocated column and dropped, so
+        memory is the columns (8 bytes a row) and a few answers in flight, whatever the window's length."""
+        n = int(np.floor((end_s - start_s) / step_s + 1e-9)) + 1
+        columns = {name: np.full(n, np.nan) for name in exprs}
+
+        def place(name: str, row: int, resp: requests.Response) -> None:
+            t_s, values = self.matrix_arrays(resp)
+            place_into(columns[name], t_s, values, start_s, step_s)
+
+        self.stream_range(exprs, start_s, end_s, step_s, place)
+        return columns
+
+    def matrix_arrays(self, resp: requests.Response) -> tuple[np.ndarray, np.ndarray]:
+        """(t, value) of a range answer: the fast path for one series, else decoded and checked as JSON."""
+        fast = single_matrix_arrays(resp.content) if resp.status_code == 200 else None
+        if fast is not None:
+            return fast
+        return matrix_to_arrays(self._result(self._decode(resp, f"{self.url}{RANGE_PATH}"), RANGE_PATH))
+
+
+RANGE_PATH = "/api/v1/query_range"
+_VALUES_KEY = b'"values":['
+_TO_SPACES = bytes.maketrans(b'[],"', b"    ")
+
+
+def single_matrix_arrays(body: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(t, value) of a successful matrix answer holding exactly one series, parsed from the bytes without
+    building a Python object per sample (the answer's brackets, commas and quotes become spaces and numpy
+    parses the numbers, NaN and +/-Inf included). None for any other shape: the JSON path handles it."""
+    head = body[:200]
+    if b'"status":"success"' not in head or b'"resultType":"matrix"' not in head or body.count(_VALUES_KEY) != 1:
+        return None
+    i = body.index(_VALUES_KEY) + len(_VALUES_KEY) - 1
+    j = body.find(b"]]", i)
+    if j < 0 or b"histograms" in body[j:]:
+        return None
+    text = body[i:j + 2]
+    try:
+        flat = np.array(text.translate(_TO_SPACES).split(), dtype=float)
+    except ValueError:
+        return None
+    if flat.size != 2 * (text.count(b"[") - 1):  # one [t, "v"] per sample inside the outer [ ]
+        return None
+    return flat[0::2], flat[1::2]
 
 
 def _first_line(text: str) -> str:

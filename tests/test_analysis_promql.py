@@ -131,3 +131,36 @@ def test_range_windows_are_valid_promql_durations_for_any_step(tmp_path):
     path.write_text(rules)
     proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _matrix_body(series: list[list]) -> bytes:
+    return json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {"job": "a"}, "values": values} for values in series]}}, separators=(",", ":")).encode()
+
+
+def test_the_fast_parse_equals_the_json_path_and_refuses_other_shapes():
+    from analysis.promql import single_matrix_arrays
+
+    values = [[1767225600.5, "1.25"], [1767225601, "NaN"], [1767225602, "+Inf"], [1767225603, "-Inf"],
+              [1767225604, "-3e-7"]]
+    t_s, v = single_matrix_arrays(_matrix_body([values]))
+    ref_t, ref_v = matrix_to_arrays([{"values": values}])
+    assert np.array_equal(t_s, ref_t) and np.array_equal(v, ref_v, equal_nan=True)
+    assert single_matrix_arrays(_matrix_body([])) is None  # no series: the JSON path says so
+    assert single_matrix_arrays(_matrix_body([values, values])) is None  # two series
+    assert single_matrix_arrays(_matrix_body([[[1, "x"]]])) is None  # not a number
+    assert single_matrix_arrays(b'{"status":"error","errorType":"bad_data","error":"x"}') is None
+    assert single_matrix_arrays(_matrix_body([values])[:-20]) is None  # truncated
+
+
+def test_columns_stream_into_the_grid_like_the_merged_answer(stub_server):
+    from analysis.align import place_on_grid
+
+    client = PromClient(stub_server(Stub()), workers=3)
+    start, step, n = 1000.0, 0.5, 23_000
+    end = start + (n - 1) * step
+    columns = client.query_range_columns({"x": "up", "y": "up"}, start, end, step)
+    t_s, values = matrix_to_arrays(client.query_range({"x": "up"}, start, end, step)["x"])
+    assert set(columns) == {"x", "y"} and columns["x"].size == n
+    assert np.array_equal(columns["x"], place_on_grid(t_s, values, start, step, n))
+    assert np.allclose(columns["y"], (start + step * np.arange(n)) / 10)
