@@ -1,0 +1,54 @@
+"""Random-effects meta-analysis of correlations across runs (pure): Fisher z, DerSimonian-Laird.
+
+Each run contributes its lag-0 primary r and the Fisher-z 95 % CI the run's report gives for it (a CI
+from the effective sample size, so each run's autocorrelation is already in its standard error).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+Z_95 = float(stats.norm.ppf(0.975))  # 1.959964: the runs' CIs are 95 % Fisher-z intervals
+
+
+def z_and_se(r: float, ci: list[float], level_z: float = Z_95) -> tuple[float, float]:
+    """A run's Fisher z and its standard error, from r and its Fisher-z CI: se = (atanh hi - atanh lo) / 2z."""
+    lo, hi = ci
+    return float(np.arctanh(r)), float((np.arctanh(hi) - np.arctanh(lo)) / (2 * level_z))
+
+
+def dersimonian_laird(z: np.ndarray, se: np.ndarray, alpha: float = 0.05) -> dict:
+    """Pooled z under random effects (DerSimonian & Laird 1986) with Cochran's Q, tau^2, I^2, a (1 - alpha)
+    CI of the pooled r and, from three runs on, the prediction interval of a new run's r (Higgins et al.
+    2009, t with k - 2 df). I^2 is undefined (None) for one run."""
+    z, se = np.asarray(z, dtype=float), np.asarray(se, dtype=float)
+    k = int(z.size)
+    if k == 0 or z.shape != se.shape or not (np.all(np.isfinite(z)) and np.all(se > 0) and np.all(np.isfinite(se))):
+        raise ValueError("dersimonian_laird needs one finite z and one positive, finite se per run")
+    w = 1.0 / se**2
+    z_fixed = float(np.sum(w * z) / np.sum(w))
+    q = float(np.sum(w * (z - z_fixed) ** 2))
+    df = k - 1
+    c = float(np.sum(w) - np.sum(w**2) / np.sum(w))
+    tau2 = max(0.0, (q - df) / c) if df > 0 and c > 0 else 0.0
+    w_re = 1.0 / (se**2 + tau2)
+    z_re = float(np.sum(w_re * z) / np.sum(w_re))
+    se_re = float(math.sqrt(1.0 / np.sum(w_re)))
+    crit = float(stats.norm.ppf(1 - alpha / 2))
+    out = {
+        "k": k, "method": "DerSimonian-Laird random effects on Fisher z",
+        "r": float(np.tanh(z_re)), "ci": [float(np.tanh(z_re - crit * se_re)), float(np.tanh(z_re + crit * se_re))],
+        "z": z_re, "se_z": se_re, "p": float(2 * stats.norm.sf(abs(z_re) / se_re)),
+        "tau2": tau2, "tau": math.sqrt(tau2), "q": q, "q_df": df,
+        "q_p": float(stats.chi2.sf(q, df)) if df > 0 else None,
+        "i2": (max(0.0, (q - df) / q) if q > 0 else 0.0) if df > 0 else None,
+        "weights": (w_re / np.sum(w_re)).tolist(),
+        "prediction_interval": None,
+    }
+    if k >= 3:
+        half = float(stats.t.ppf(1 - alpha / 2, k - 2)) * math.sqrt(tau2 + se_re**2)
+        out["prediction_interval"] = [float(np.tanh(z_re - half)), float(np.tanh(z_re + half))]
+    return out
