@@ -153,13 +153,19 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
     return out
 
 
+GAP_STEPS = 10  # a silence this many typical steps long is lost log lines or a restart, not one slow step
+
+
 def step_durations(t_s: np.ndarray, pause_s: np.ndarray) -> np.ndarray:
     """Seconds of each step: the time since the previous record, less the pause idled before it (the
-    trainer times a step from the pause's end, as train_step_duration_seconds does); NaN for the first."""
+    trainer times a step from the pause's end, as train_step_duration_seconds does); NaN for the first
+    and after a gap of GAP_STEPS typical steps (lost lines or a restart are not one huge step)."""
     order = np.argsort(t_s, kind="stable")
     out = np.full(t_s.size, np.nan)
     dt = np.diff(t_s[order]) - np.nan_to_num(pause_s[order][1:], nan=0.0)
-    out[order[1:]] = np.where(dt > 0, dt, np.nan)
+    typical = float(np.median(dt[dt > 0])) if (dt > 0).any() else 0.0
+    ok = (dt > 0) & (dt <= GAP_STEPS * typical)
+    out[order[1:]] = np.where(ok, dt, np.nan)
     return out
 
 

@@ -50,6 +50,51 @@ def grid_phase_s(t_s: np.ndarray, step_s: float) -> float:
     return float(np.mod(mean / (2 * np.pi) * step_s + step_s / 2, step_s))
 
 
+def centred(t_s: np.ndarray, start_s: float, step_s: float, notes: list[str]) -> np.ndarray:
+    """The trainer's timestamps moved by less than half a step so that, when it logs about once per row,
+    its steps sit mid-row like the hardware samples (at a row edge, jitter would put two steps in one row
+    and none in the next). Lags are resolved to the step anyway: two targets' samples may be up to one
+    interval apart online too."""
+    interval = sample_interval_s(t_s)
+    if not interval or not 0.5 * step_s <= interval <= 2 * step_s:
+        return t_s
+    angle = 2 * np.pi * np.mod(t_s - start_s, step_s) / step_s
+    resultant = np.hypot(np.sin(angle).mean(), np.cos(angle).mean())
+    if resultant < 0.5:  # no common phase to correct
+        return t_s
+    phase = float(np.mod(np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi) * step_s, step_s))
+    shift = phase - step_s / 2  # rows take (t - step, t]: their middle sits half a step before t
+    if abs(shift) < 0.05 * step_s:
+        return t_s
+    notes.append(f"training log timestamps moved by {shift:+.3g} s (less than half a {step_s:g} s step) to sit "
+                 "mid-row: its steps come about once per row, and at a row edge jitter empties rows.")
+    return t_s - shift
+
+
+def throughput_on_grid(t_s: np.ndarray, tokens: np.ndarray, durations: np.ndarray, start_s: float,
+                       step_s: float, n: int) -> np.ndarray:
+    """Tokens per second in each row from the cumulative token count, each step's tokens spread over its
+    own compute time (from its end back by its duration: a pause before it adds none). A step longer
+    than a row still counts in the rows it spans; silences in the log (lost lines, a restart) are NaN,
+    not zero."""
+    order = np.argsort(t_s, kind="stable")
+    t, tok, dur = t_s[order], np.nan_to_num(tokens[order]), durations[order]
+    done = np.cumsum(tok)
+    typical = float(np.nanmedian(dur)) if np.isfinite(dur).any() else 0.0
+    began = t - np.where(np.isfinite(dur), dur, typical)
+    knots_t = np.concatenate((began, t))
+    knots_c = np.concatenate((done - tok, done))
+    by_time = np.argsort(knots_t, kind="stable")
+    edges = start_s - step_s + step_s * np.arange(n + 1)
+    cum = np.interp(edges, knots_t[by_time], knots_c[by_time], left=np.nan, right=np.nan)
+    rate = np.diff(cum) / step_s
+    silent = ~np.isfinite(dur)  # the step after a silence: its gap holds no data
+    silent[0] = False
+    for lo, hi in zip(t[:-1][silent[1:]], began[1:][silent[1:]], strict=True):
+        rate[(edges[1:] > lo) & (edges[:-1] < hi)] = np.nan  # a row partly silent is not a rate either
+    return rate
+
+
 def main_cluster(samples: Samples, what: str, notes: list[str]) -> Samples:
     """The samples without strays: a recording split at gaps over max(1 day, 1000 intervals) keeps its
     largest part (a clock reset or a record from another run must not stretch the grid over years)."""
@@ -92,18 +137,20 @@ def files_to_table(grad: Samples, rle: Samples, step_s: float | None = None,
                          "samples: a stray timestamp far from the rest? (check the first and last records)")
     table = T.Table(float(start), step_s, n)
     cols = table.columns
-    cols[T.GRAD_NORM] = bin_to_grid(grad.t_s, grad.columns["grad_norm"], start, step_s, n, how="mean")
-    cols[T.GRAD_NORM_LAST] = bin_to_grid(grad.t_s, grad.columns["grad_norm"], start, step_s, n)
-    cols[T.LOSS] = bin_to_grid(grad.t_s, grad.columns["loss"], start, step_s, n)
+    t_train = centred(grad.t_s, start, step_s, notes)
+    cols[T.GRAD_NORM] = bin_to_grid(t_train, grad.columns["grad_norm"], start, step_s, n, how="mean")
+    cols[T.GRAD_NORM_LAST] = bin_to_grid(t_train, grad.columns["grad_norm"], start, step_s, n)
+    cols[T.LOSS] = bin_to_grid(t_train, grad.columns["loss"], start, step_s, n)
     if np.isfinite(grad.columns["perturbation"]).any():
-        cols[T.PERTURBATION] = bin_to_grid(grad.t_s, grad.columns["perturbation"], start, step_s, n)
+        cols[T.PERTURBATION] = bin_to_grid(t_train, grad.columns["perturbation"], start, step_s, n)
     if "step_duration" in grad.columns:
-        cols[T.STEP_DURATION] = bin_to_grid(grad.t_s, grad.columns["step_duration"], start, step_s, n, how="mean")
-    if np.isfinite(grad.columns.get("tokens", np.array([]))).any():
-        cols[T.THROUGHPUT] = bin_to_grid(grad.t_s, grad.columns["tokens"], start, step_s, n, how="sum") / step_s
+        cols[T.STEP_DURATION] = bin_to_grid(t_train, grad.columns["step_duration"], start, step_s, n, how="mean")
+    if np.isfinite(grad.columns.get("tokens", np.array([]))).any() and "step_duration" in grad.columns:
+        cols[T.THROUGHPUT] = throughput_on_grid(grad.t_s, grad.columns["tokens"], grad.columns["step_duration"],
+                                                start, step_s, n)
     if grad.intervals.get("pause"):
         t = start + step_s * np.arange(n)
-        training = (t >= grad.t_s.min()) & (t <= grad.t_s.max())
+        training = (t >= t_train.min()) & (t <= t_train.max())
         cols[T.PAUSE] = intervals_to_grid(grad.intervals["pause"], start, step_s, n, training)
         # no step completes inside a pause: those rows carry no training speed (not zero tokens/s)
         if T.THROUGHPUT in cols:

@@ -18,6 +18,8 @@ HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
 # A pause idles the compute: a known effect on these, the positive control of every run that has pauses.
 POSITIVE_CONTROL_METRICS = (T.UTILIZATION, T.POWER, T.RLE)
 THROTTLE_BLOCK_S = 60.0
+PAUSE_SETTLE_S = 5.0
+WIND_DOWN_S = 5.0
 POWER_FOR_MDE = 0.8
 Z_POWER = float(stats.norm.ppf(POWER_FOR_MDE))
 
@@ -62,6 +64,9 @@ def startup_rows(train: np.ndarray, step_s: float, warmup_s: float) -> tuple[np.
     for s in starts:
         length = int(last[s] - s + 1)
         mask[s: s + min(_steps(warmup_s, step_s), length // 10)] = True
+    # and the wind-down before each long gap: the job stopping drops power and throughput together
+    for e in np.unique(last[present])[:-1]:
+        mask[max(0, e - _steps(WIND_DOWN_S, step_s) + 1): e + 1] = True
     mask[: int(np.flatnonzero(present)[0])] = True  # before the first step there is nothing to test
     return mask, int(starts.size - 1)
 
@@ -115,7 +120,7 @@ def _detectable(pair: dict, eq: dict, equiv: dict, family: int, step_s: float, c
     settle the question: detect the estimated r, or show it inside the equivalence band."""
     z_a = float(stats.norm.ppf(1 - cfg.alpha / (2 * max(family, 1))))
     z_eq = float(stats.norm.ppf(1 - cfg.alpha))
-    se0, n = eq["se0_z"], eq["n"]
+    se0, n = eq["se0_r"], eq["n"]  # at r = 0 the standard errors of r and of Fisher z agree
     pair["minimal_detectable_r"] = float(np.tanh((z_a + Z_POWER) * se0))
     r_hat = abs(pair["primary"]["r"] or 0.0)
     needs = []
@@ -177,6 +182,11 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     warmup = {"seconds": first * step, "rows_excluded": int(excluded.sum()), "resumes": resumes,
               "analysed_from_unix": table.start_s + first * step}
     cols = _masked(table, excluded)
+    # A pause is the trainer's own intervention: power, utilisation and throughput all drop at once. Its
+    # rows (and the settling after it) are the positive control's, not evidence for either direction of
+    # coupling: the pair, event, Granger and learning-rate tests leave them out.
+    paused = pause_rows(cols.get(T.PAUSE), n, _steps(PAUSE_SETTLE_S, step))
+    control_cols, cols = cols, _masked(table, excluded | paused)
     # The naive numbers are what a naive look at the whole run gives, start-up included.
     pairs = []
     for pair in PAIRS:
@@ -214,7 +224,7 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
             pert["metrics"][name] = res
             secondary.append(res)
 
-    control = positive_control(cols, step, cfg)
+    control = positive_control(control_cols, step, cfg)
     _correct(secondary)
     families = {}
     for direction in DIRECTIONS:
@@ -232,6 +242,10 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     if max(families[d] for d in DIRECTIONS) / (cfg.n_surrogates + 1) >= cfg.alpha:
         notes.append(f"With {cfg.n_surrogates} bootstrap draws the lagged tests cannot reach alpha={cfg.alpha} "
                      "after correction: raise --surrogates.")
+    if paused.any():
+        notes.append(f"{int(paused.sum())} rows inside the trainer's pause bursts (and {PAUSE_SETTLE_S:g} s after "
+                     "each) are the positive control's: the coupling, event, Granger and learning-rate tests leave "
+                     "them out.")
     if first:
         notes.append(f"The run's first {first * step:g} s (start-up: the device leaving idle as the loss and "
                      "gradient norm plunge) are shown in the figures but left out of every test (--warmup).")
@@ -239,15 +253,32 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         notes.append(f"The training series resumes {resumes} time(s) after a gap of {LONG_GAP_S:g} s or more "
                      "(a restart, a checkpoint or an evaluation); the start of each resumed stretch is left out "
                      "of the tests like the run's own start, and no window or lag reaches across a gap.")
-    cost = throttle_cost(cols.get(T.THROUGHPUT, absent), cols.get(T.THROTTLED, absent), cols.get(T.COLLAPSED, absent),
-                         cols.get(T.PAUSE, absent), step, _steps(THROTTLE_BLOCK_S, step), cfg.n_surrogates, rng)
+    cost = throttle_cost(control_cols.get(T.THROUGHPUT, absent), control_cols.get(T.THROTTLED, absent),
+                         control_cols.get(T.COLLAPSED, absent), paused.astype(float), step,
+                         _steps(THROTTLE_BLOCK_S, step))
     return {"pairs": pairs, "events": ev, "granger": gr, "perturbation": pert, "positive_control": control,
             "throttle_cost": cost, "warmup": warmup, "notes": notes, "families": families}
 
 
+def pause_rows(pause: np.ndarray | None, n: int, settle_rows: int) -> np.ndarray:
+    """Rows inside a pause burst, the row before it and the `settle_rows` after its end (the device
+    ramping back up)."""
+    if pause is None:
+        return np.zeros(n, dtype=bool)
+    on = np.nan_to_num(pause) > 0.5
+    after = np.concatenate(([False], on[:-1]))
+    ends = np.flatnonzero(after & ~on)
+    out = on.copy()
+    out[:-1] |= on[1:]  # and the row before: the device starts ramping down within the row the pause begins
+    for e in ends:
+        out[e: e + settle_rows] = True
+    return out
+
+
 def positive_control(cols: dict[str, np.ndarray], step_s: float, cfg: Settings) -> dict:
     """The pause bursts' effect on utilisation, power and RLE: an effect known to exist. A "not coupled"
-    is believable only where the same run shows the method finding it."""
+    is believable only where the same run shows the method finding it. Detected: significant after Holm
+    over the three, and for utilisation and power downwards (an idle loop cannot raise them)."""
     pause = cols.get(T.PAUSE)
     if pause is None or is_constant(pause):
         return {"intervention": None, "detected": False,
@@ -263,5 +294,6 @@ def positive_control(cols: dict[str, np.ndarray], step_s: float, cfg: Settings) 
     name, best = min(ran.items(), key=lambda kv: (kv[1]["p_adjusted"], -abs(kv[1]["effect_sd_units"] or 0)))
     return {"intervention": "pause", "metric": name, "effect": best["effect"], "ci": best["ci"],
             "p_adjusted": best["p_adjusted"],
-            "detected": bool(best["p_adjusted"] < cfg.alpha), "n_onsets": best["n_onsets"],
+            "detected": bool(best["p_adjusted"] < cfg.alpha and (best["effect"] < 0 or name == T.RLE)),
+            "n_onsets": best["n_onsets"],
             "window_s": window * step_s, "tests": tests}

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from analysis.load_files import Samples
+from analysis.load_files import Samples, step_durations
 
 NULL_KINDS = ("ar1", "trends", "spikes", "volatility", "gaps", "jitter", "slow_2s", "slow_15s",
-              "phase_offset", "restart")
+              "phase_offset", "restart", "paused")
 PLANTED_KINDS = ("gaussian", "spiky")
 START_UNIX_S = 1_767_225_600.0  # 2026-01-01: any epoch works; a realistic one exercises float precision
 RATED_W = 250.0
@@ -61,6 +61,7 @@ class _Plan:
     train_gap_s: float = 0.0
     restart: bool = False
     step_noise: float = 0.1  # per-step gradient-norm noise on top of the per-second process
+    pause_every_s: float = 0.0  # the trainer idles 4 s this often (0: never); power and utilisation drop
 
 
 def _plan(kind: str, duration_s: float, rng: np.random.Generator) -> _Plan:
@@ -87,6 +88,8 @@ def _plan(kind: str, duration_s: float, rng: np.random.Generator) -> _Plan:
         p.hw_phase_s, p.hw_jitter_s = float(rng.uniform(0.2, 0.8)), 0.0
     elif kind == "restart":
         p.restart = True
+    elif kind == "paused":
+        p.pause_every_s = float(rng.uniform(15, 40))
     elif kind not in NULL_KINDS:
         raise ValueError(f"unknown null kind {kind!r} (known: {', '.join(NULL_KINDS)})")
     return p
@@ -152,6 +155,9 @@ def _latent(n: int, plan: _Plan, rng: np.random.Generator) -> dict[str, np.ndarr
     power = (150.0 + on * rng.uniform(-30, 30) * _shape(t, n, str(rng.choice(["ramp", "sigmoid", "warmup"])), rng)
              + 6.0 * vol * ar1_unit(n, rng.uniform(0.6, 0.95), rng))
     collapsed = _episodes(n, rng.uniform(200, 600), 5, 40, rng)
+    throttled = _episodes(n, rng.uniform(100, 400), 5, 60, rng)  # hot spells, unrelated to the training
+    sm_clock = 1.8e9 * (1 - 0.25 * throttled) + 2e7 * vol * ar1_unit(n, rng.uniform(0.5, 0.95), rng)
+    utilization = np.clip(0.95 + 0.02 * vol * ar1_unit(n, 0.7, rng), 0, 1)
     rle = (0.6 + on * 0.2 * _shape(t, n, "decay", rng) + 0.05 * vol * ar1_unit(n, rng.uniform(0.7, 0.95), rng)
            - 0.2 * collapsed)
     lr_every = float(rng.uniform(20, 120))
@@ -172,7 +178,8 @@ def _latent(n: int, plan: _Plan, rng: np.random.Generator) -> dict[str, np.ndarr
         after = np.arange(r1, n)
         temp[after] += (temp[r1 - 1] - temp[r1]) * np.exp(-(after - r1) / 90.0) if r1 < n else 0.0
     return {"grad_norm": grad, "loss": loss, "perturbation": perturbation.astype(float), "temperature": temp,
-            "power": power, "collapsed": collapsed, "rle": rle, "_restart": plan_restart if plan.restart else None}
+            "power": power, "collapsed": collapsed, "rle": rle, "throttled": throttled, "sm_clock": sm_clock,
+            "utilization": utilization, "_restart": plan_restart if plan.restart else None}
 
 
 def _times(duration_s: float, interval_s: float, phase_s: float, jitter_s: float,
@@ -199,7 +206,7 @@ def _sample(latent: dict[str, np.ndarray], t: np.ndarray, names: tuple[str, ...]
     out = {}
     for name in names:
         values = np.interp(t, grid, latent[name])
-        if name in ("collapsed", "perturbation"):  # states are read, not interpolated
+        if name in ("collapsed", "perturbation", "throttled"):  # states are read, not interpolated
             values = latent[name][np.clip(np.floor(t).astype(int), 0, grid.size - 1)]
         out[name] = values
     return out
@@ -215,17 +222,44 @@ def _recording(latent: dict, plan: _Plan, duration_s: float, kind: str, rng: np.
             g0 = rng.uniform(0.3, 0.6) * duration_s
             g1 = g0 + plan.train_gap_s
         t_train = t_train[(t_train < g0) | (t_train >= g1)]
+    pause_start = np.full(t_train.size, np.nan)
+    pause_len = np.zeros(t_train.size)
+    if plan.pause_every_s > 0:  # like the trainer: idle 4 s from the first step boundary after each start
+        inside = np.zeros(t_train.size, dtype=bool)
+        idle = np.zeros(latent["power"].size, dtype=bool)
+        for due in np.arange(plan.pause_every_s, duration_s - 10, plan.pause_every_s):
+            boundary = np.flatnonzero(t_train >= due)
+            if boundary.size == 0:
+                break
+            p0 = t_train[boundary[0]]
+            inside |= (t_train > p0) & (t_train <= p0 + 4.0)
+            after = np.flatnonzero(t_train > p0 + 4.0)
+            if after.size:
+                pause_start[after[0]], pause_len[after[0]] = START_UNIX_S + p0, 4.0
+            idle[int(np.ceil(p0)): int(np.ceil(p0 + 4.0))] = True
+        keep = ~inside
+        t_train, pause_start, pause_len = t_train[keep], pause_start[keep], pause_len[keep]
+        latent["power"] = np.where(idle, 60.0 + 3 * rng.standard_normal(idle.size), latent["power"])
+        latent["utilization"] = np.where(idle, 0.05, latent["utilization"])
     train = _sample(latent, t_train, ("grad_norm", "loss", "perturbation"))
     train["grad_norm"] = train["grad_norm"] + plan.step_noise * rng.standard_normal(t_train.size)  # per-step noise
     train["learning_rate"] = np.full(t_train.size, 3e-4)
+    # every step does the same work: its tokens are fixed, its time is the sampler's own jitter
+    train["tokens"] = np.full(t_train.size, 2048.0)
+    train["pause_s"], train["pause_start_unix"] = pause_len, pause_start
+    train["step_duration"] = step_durations(t_train, pause_len)
     t_hw = _times(duration_s, plan.hw_interval_s, plan.hw_phase_s, plan.hw_jitter_s, rng)
     if plan.hw_gaps:
         t_hw = t_hw[_gap_mask(t_hw, rng)]
-    hw = _sample(latent, t_hw, ("rle", "temperature", "power", "collapsed"))
+    hw = _sample(latent, t_hw, ("rle", "temperature", "power", "collapsed", "utilization", "sm_clock",
+                                "throttled"))
     if quantise_temperature:  # NVML reports whole degrees: the differences are mostly 0, now and then +/-1
         hw["temperature"] = np.round(hw["temperature"])
     hw["a_load"] = hw["power"] / RATED_W
-    return Recording(Samples(START_UNIX_S + t_train, train), Samples(START_UNIX_S + t_hw, hw), kind, duration_s)
+    intervals = {"pause": [(float(a), float(a) + float(b)) for a, b in zip(pause_start, pause_len, strict=True)
+                           if b > 0]}
+    return Recording(Samples(START_UNIX_S + t_train, train, intervals), Samples(START_UNIX_S + t_hw, hw), kind,
+                     duration_s)
 
 
 def null_run(kind: str, duration_s: float, seed: int) -> Recording:
@@ -308,11 +342,15 @@ def hot_run(duration_s: float, seed: int, pause_every_s: float = 20.0, pause_s: 
     train.update(perturbation=np.zeros(t_train.size), learning_rate=np.full(t_train.size, 3e-4),
                  tokens=np.full(t_train.size, 1024.0), pause_s=np.asarray(pause_s_col),
                  pause_start_unix=START_UNIX_S + np.asarray(pause_start))
+    train["step_duration"] = step_durations(t_train, train["pause_s"])
     t_hw = _times(duration_s, 1.0, 0.1, 0.01, rng)
     hw = _sample(latent, t_hw, ("rle", "temperature", "power", "collapsed", "utilization", "sm_clock"))
     hw["throttled"] = throttled[np.clip(np.floor(t_hw).astype(int), 0, n - 1)]
     hw["a_load"] = hw["power"] / RATED_W
-    rec = Recording(Samples(START_UNIX_S + t_train, train), Samples(START_UNIX_S + t_hw, hw), "hot", duration_s)
+    pauses = [(float(a), float(a) + float(b)) for a, b in zip(train["pause_start_unix"], train["pause_s"], strict=True)
+              if b > 0]
+    rec = Recording(Samples(START_UNIX_S + t_train, train, {"pause": pauses}), Samples(START_UNIX_S + t_hw, hw),
+                    "hot", duration_s)
     rec.planted = {"x": "sm_clock", "y": "step_duration", "lag_s": 0, "r": None}
     return rec
 

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.catalog import DIRECTIONS  # noqa: E402
 from analysis.offline import files_to_table  # noqa: E402
 from analysis.pipeline import Settings, analyse  # noqa: E402
 from analysis.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
@@ -73,20 +74,22 @@ def test_pvalues(result: dict) -> dict[str, list[float]]:
 def _analyse(rec, cfg: Settings) -> tuple[dict, dict]:
     table = files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"])
     result = analyse(table, cfg)
-    return result, overall(result["pairs"], table.step_s)
+    return result, {d: overall(result["pairs"], table.step_s, d) for d in DIRECTIONS}
 
 
 def null_job(args: tuple[str, int, int, int]) -> dict:
     kind, length, seed, n_surr = args
-    result, verdict = _analyse(null_run(kind, length, seed), Settings(n_surrogates=n_surr, seed=seed))
-    return {"kind": kind, "length_s": length, "p": test_pvalues(result), "coupled": bool(verdict["coupled"]),
-            "strength": verdict["strength"]}
+    result, verdicts = _analyse(null_run(kind, length, seed), Settings(n_surrogates=n_surr, seed=seed))
+    v, hw = verdicts["optimizer_to_hardware"], verdicts["hardware_to_training"]
+    return {"kind": kind, "length_s": length, "p": test_pvalues(result), "coupled": bool(v["coupled"]),
+            "strength": v["strength"], "coupled_hw": bool(hw["coupled"]), "strength_hw": hw["strength"],
+            "control": result["positive_control"].get("detected")}
 
 
 def power_job(args: tuple[str, int, int, int, int]) -> dict:
     kind, lag, length, seed, n_surr = args
     rec = planted_run(kind, length, lag, 0.3, seed)
-    result, verdict = _analyse(rec, Settings(n_surrogates=n_surr, seed=seed))
+    result, _ = _analyse(rec, Settings(n_surrogates=n_surr, seed=seed))
     pair = next(p for p in result["pairs"] if (p["x"], p["y"]) == ("grad_norm", "power"))
     lag_found = pair["lag"].get("peak_lag_s")
     r_found = pair["lag"].get("peak_r")
@@ -112,9 +115,15 @@ def summarise_null(rows: list[dict]) -> dict:
         strengths: dict[str, int] = {}
         for r in mine:
             strengths[r["strength"]] = strengths.get(r["strength"], 0) + 1
+        k_hw = sum(r["coupled_hw"] for r in mine)
+        controls = [r["control"] for r in mine if r["control"] is not None and kind == "paused"]
         out[kind] = {"runs": len(mine), "lengths_s": sorted({r["length_s"] for r in mine}),
                      "verdict_fpr": round(k / len(mine), 4), "verdict_ci95": wilson(k, len(mine)),
-                     "verdict_within_goal": k / len(mine) <= VERDICT_GOAL, "tests": fpr, "verdicts": strengths}
+                     "verdict_hardware_to_training_fpr": round(k_hw / len(mine), 4),
+                     "verdict_within_goal": max(k, k_hw) / len(mine) <= VERDICT_GOAL, "tests": fpr,
+                     "verdicts": strengths}
+        if controls:
+            out[kind]["positive_control_detected"] = round(sum(controls) / len(controls), 3)
     return out
 
 
@@ -137,11 +146,12 @@ TEST_COLUMNS = ("lag0", "lagged", "granger", "event_trigger", "event_precursor",
 
 def markdown(result: dict) -> str:
     """The README's calibration and power tables from one run's JSON."""
-    lines = ["| null kind | runs | verdict coupled | " + " | ".join(TEST_COLUMNS) + " |",
+    lines = ["| null kind | runs | verdict coupled (opt→hw, hw→train) | " + " | ".join(TEST_COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(TEST_COLUMNS)]
     for kind, v in result["null"].items():
         cells = [f"{v['tests'][t]['fpr']:.3f}" if t in v["tests"] else "–" for t in TEST_COLUMNS]
-        lines.append(f"| {kind} | {v['runs']} | {v['verdict_fpr']:.3f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {kind} | {v['runs']} | {v['verdict_fpr']:.3f}, {v['verdict_hardware_to_training_fpr']:.3f} | "
+                     + " | ".join(cells) + " |")
     lags = sorted({lag for k in result["power"].values() for lag in k}, key=lambda s: int(s[4:-1]))
     lines += ["", "| planted | " + " | ".join(lag.replace("lag_", "lag ") for lag in lags) + " |",
               "|---|" + "---|" * len(lags)]

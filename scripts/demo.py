@@ -204,11 +204,17 @@ class Demo:
         if result.returncode != 0:
             say(f"the analysis failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
             return 1
-        verdict = json.loads((out / "report.json").read_text())["verdict"]
+        report = json.loads((out / "report.json").read_text())
         say(f"report:  {out / 'report.json'}")
         say(f"figures: {out / 'coupling.png'}  {out / 'crosscorr.png'}")
-        strength = f", {verdict['strength']}" if verdict["coupled"] and verdict.get("strength") else ""
-        say(f"verdict: {'coupled' if verdict['coupled'] else 'not coupled'}{strength} — {verdict['summary']}")
+        verdict = report["verdict"]  # optimizer -> hardware, then the other direction
+        say(f"verdict: {verdict['strength']} — {verdict['summary']}")
+        other = (report.get("verdicts") or {}).get("hardware_to_training")
+        if other:
+            say(f"verdict, hardware -> training: {other['strength']} — {other['summary']}")
+        control = report.get("positive_control") or {}
+        say("positive control: " + ("detected" if control.get("detected") else "NOT detected")
+            + (f" ({control['metric']} {control['effect']:+.3g})" if control.get("metric") else ""))
         return 0
 
     def print_deliveries(self) -> None:

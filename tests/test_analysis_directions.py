@@ -82,13 +82,19 @@ def test_throttle_cost_against_a_known_loss():
     rng = np.random.default_rng(1)
     n = 3600
     throttled = np.zeros(n)
-    throttled[600:900] = 1
-    throttled[2000:2300] = 1
+    for start in (300, 900, 1500, 2100, 2700, 3300):
+        throttled[start:start + 100] = 1
     throughput = 2000.0 * (1 - 0.25 * throttled) + 20 * rng.standard_normal(n)
     paused = np.zeros(n)
-    cost = throttle_cost(throughput, throttled, np.zeros(n), paused, 1.0, 60, 1000, rng)
+    cost = throttle_cost(throughput, throttled, np.zeros(n), paused, 1.0, 60)
     assert abs(cost["tokens_lost"] - 0.25 * 2000 * 600) < 0.02 * 0.25 * 2000 * 600
     assert cost["ci_tokens_lost"][0] < 0.25 * 2000 * 600 < cost["ci_tokens_lost"][1]
     assert abs(cost["seconds_lost"] - 150) < 5
-    never = throttle_cost(throughput, np.zeros(n), np.zeros(n), paused, 1.0, 60, 1000, rng)
+    never = throttle_cost(throughput, np.zeros(n), np.zeros(n), paused, 1.0, 60)
+    assert cost["impaired_episodes"] == 6
+    few = throttle_cost(throughput, (np.arange(n) < 200).astype(float), np.zeros(n), paused, 1.0, 60)
+    assert few["ci_tokens_lost"] is None and "too few" in few["ci_note"]
+    nothing = 2000.0 + 20 * rng.standard_normal(n)  # throttled, but nothing is lost
+    zero = throttle_cost(nothing, throttled, np.zeros(n), paused, 1.0, 60)
+    assert zero["ci_tokens_lost"][0] < 0 < zero["ci_tokens_lost"][1]
     assert never["tokens_lost"] == 0 and never["impaired_s"] == 0

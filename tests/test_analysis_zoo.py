@@ -86,9 +86,10 @@ def test_independence_is_claimed_only_with_an_equivalence_bound():
 
 def test_verdict_and_secondary_tests_are_separate_holm_families():
     result, _ = verdict_of(null_run("ar1", 900, 3))
-    assert result["families"]["verdict"] == 10  # lag 0 and lagged, five pairs
+    assert result["families"]["optimizer_to_hardware"] == 10  # lag 0 and lagged, five pairs
+    assert result["families"]["hardware_to_training"] == 16  # eight pairs: clocks, heat, power, throttling
     assert result["families"]["secondary"] > 10
-    assert any("two families" in note for note in result["notes"])
+    assert any("separate families" in note for note in result["notes"])
 
 
 def test_a_jittered_sampler_fills_every_row_and_a_slow_one_sets_the_step():

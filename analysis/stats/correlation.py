@@ -28,8 +28,9 @@ def naive(x: np.ndarray, y: np.ndarray) -> dict:
     return out
 
 
-PRIMARY_METHOD = ("pearson on high-passed, volatility-standardised first differences; p from circular shifts of "
-                  "the HAC-studentised r (t distribution for short runs); Fisher-z CI from the HAC variance")
+PRIMARY_METHOD = ("pearson on high-passed, volatility-standardised, clipped first differences; t test with a HAC "
+                  "standard error under independence (widened for shared volatility and by the circular-shift "
+                  "check); Fisher-z CI from the HAC variance of r's influence function")
 
 
 def primary(x: np.ndarray, y: np.ndarray, step_s: float = 1.0, n_surrogates: int = 1000,

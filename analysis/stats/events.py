@@ -108,8 +108,8 @@ def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng
     level = highpass_level(np.asarray(values, dtype=float), step_s)
     n = int(np.sum(np.isfinite(state) & np.isfinite(level)))
     out: dict = {"r": None, "p": None, "p_adjusted": None, "n": n, "n_surrogates": 0,
-                 "method": "point-biserial r (collapse state vs high-passed grad norm); p from circular shifts "
-                           "of the HAC-studentised r"}
+                 "method": "point-biserial r (collapse state vs high-passed grad norm); HAC t test over 200 lags, "
+                           "widened when circular shifts of the state show a larger null spread"}
     # Both are levels, not differences: their autocorrelations reach far, so the variance sums them over
     # up to 200 lags (Bretherton et al. truncate at n/5), not the few lags that suit differences.
     res = lagged.scan(level, np.asarray(state, dtype=float), 0, n_surrogates, rng,

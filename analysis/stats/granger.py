@@ -43,7 +43,8 @@ def _gram(data: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 def _rss(gram: np.ndarray, zy: np.ndarray, yy: float, cols: np.ndarray) -> float:
     """Residual sum of squares of one equation regressed on the given design columns."""
     g = gram[np.ix_(cols, cols)]
-    beta = np.linalg.solve(g, zy[cols])
+    # least squares, not solve: a 0/1 state's differences can leave a lag column all zero in a short run
+    beta = np.linalg.lstsq(g, zy[cols], rcond=None)[0]
     return float(yy - zy[cols] @ beta)
 
 
@@ -56,6 +57,9 @@ def f_test(data: np.ndarray, order: int, caused: int) -> dict:
     rss_u = _rss(gram, zy[:, caused], yy[caused, caused], full)
     rss_r = _rss(gram, zy[:, caused], yy[caused, caused], own)
     df_resid = t - full.size
+    if df_resid <= 0 or not rss_u > 1e-12 * max(float(yy[caused, caused]), 1e-300):
+        # a perfect fit: a degenerate design (a state that barely changes in a short run), not evidence
+        return {"F": None, "p": None, "p_adjusted": None, "df": [order, df_resid], "status": INSUFFICIENT}
     f = ((rss_r - rss_u) / order) / (rss_u / df_resid)
     return {"F": float(f), "p": float(stats.f.sf(f, order, df_resid)), "p_adjusted": None, "df": [order, df_resid]}
 

@@ -1,19 +1,19 @@
 """Lag-0 and lagged correlation of two stationary series: winsorised, HAC t, shift-checked.
 
 The series (high-passed, volatility-standardised differences: series.stationary) are standardised and
-clipped at +/-1.5 (one chance coincidence of two spikes must not read as coupling). At each lag the sum of
+clipped at +/-3 (one chance coincidence of two spikes must not read as coupling). At each lag the sum of
 products is divided by its standard error under independence: the one from both series'
 autocorrelations with Bartlett weights (the HAC form of Bretherton's effective n; exact when either
 series is homoskedastic), widened where both series are volatile at the same moments by the ratio of
 the products' own variance to it (DiCiccio & Romano's robust studentisation) over the neighbouring
 lags, one FFT for every lag at once. The lag-0 p comes from the t distribution; the max over the 2L + 1 lags is compared with a
-dependent wild bootstrap of the same sums (up to 20,000 rows; Sidak beyond, where the lags' statistics
+dependent wild bootstrap of the same sums (up to 5,000 rows; Sidak beyond, where the lags' statistics
 are close to independent normals). A circular-shift null cannot do that job: with only n / (2L + 1)
 independent windows no permutation p-value for a max over lags could survive the correction in a
 10-minute run, and overlapping windows would tie with the observed one. Circular shifts of y far
 from the scanned lags (both series' spikes, clustering and volatility intact) check the standard error:
 when their spread exceeds 1.2 the statistic is widened by it. The equivalence test's standard errors
-come from the same variance.
+take the larger of the two variance forms at every lag.
 
 Gaps stay on the grid as missing values (zero-filled after standardising, so they add nothing to any sum);
 every sum counts only the pairs present at that lag. Nothing is computed across a gap.
@@ -32,7 +32,7 @@ MIN_OVERLAP = 30  # overlapping pairs required at the largest lag
 MIN_SCALE_SHIFTS = 30  # circular shifts needed to check the statistic's scale
 SCALE_ALARM = 1.2  # a null spread above this means the variance model misses something: widen by it
 COVOLATILITY_LAGS = 5  # shared volatility is judged on the 11 lags around each lag
-WINSOR_Z = 1.5  # standardised values are clipped here before any sum (Huber's bounded influence)
+WINSOR_Z = 3.0  # standardised values are clipped here before any sum (bounded influence of one spike)
 MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|
 Z_95 = 1.959963984540054
 
@@ -57,7 +57,7 @@ def _circ_cc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-MULTIPLIER_MAX_ROWS = 20_000  # beyond this the lags' t are close to independent normals: Sidak is exact enough
+MULTIPLIER_MAX_ROWS = 5_000  # beyond this the lags' t are close to independent normals: Sidak is exact enough
 _BATCH_VALUES = 4_000_000
 
 
@@ -121,9 +121,8 @@ def winsorised(x: np.ndarray) -> np.ndarray:
     Two independent spike trains coincide by chance now and then (ten spikes each in 600 s: one time in
     six at lag 0, almost surely at some lag of a +/-30 s scan), and one coincidence of two 10-sigma
     spikes makes a raw correlation look like a 4-sigma coupling. Clipped, it counts as one strong pair
-    among hundreds, while a coupling carried by many spikes still shows. The clip at 1.5 (about Huber's
-    1.345) costs little against Gaussian noise and keeps the products' variance close to the
-    autocorrelation form, so taking the larger of the two (see `scan`) costs little power.
+    among hundreds (9 against a standard error of sqrt(n)), while a coupling carried by many spikes
+    still shows: twenty coincidences of clipped spikes in 30 minutes are a 4-sigma sum.
     """
     finite = np.isfinite(x)
     return np.where(finite, np.clip(standardise_fill(x), -WINSOR_Z, WINSOR_Z), np.nan)
@@ -184,8 +183,11 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
         return {"lag0": lag0, "lagged": lagged, "equivalence": None}
     lo = int(np.flatnonzero(fx | fy)[0])
     hi = int(np.flatnonzero(fx | fy)[-1]) + 1
-    ma, mb = fx[lo:hi].astype(float), fy[lo:hi].astype(float)
-    a, b = standardise_fill(winsorised(x[lo:hi])), standardise_fill(winsorised(y[lo:hi]))
+    # Zero-padded by the largest lag: a circular sum at a scanned lag then holds no pair that wraps the
+    # run's end round to its start (every sum counts only the pairs present at that lag).
+    pad = np.zeros(max_lag)
+    ma, mb = (np.concatenate((f[lo:hi].astype(float), pad)) for f in (fx, fy))
+    a, b = (np.concatenate((standardise_fill(winsorised(v[lo:hi])), pad)) for v in (x, y))
     n = a.size
     bw = bandwidth(n_both) if bw is None else max(1, min(bw, n_both // 5))
     c, var_null, var_products, count = circular_t(a, b, ma, mb, bw)
@@ -233,8 +235,9 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
                   f"check the scale)")
     df = max(n_both - 2, 1)
     p0 = float(2 * stats.t.sf(observed0 / scale, df))
-    if n <= MULTIPLIER_MAX_ROWS:
-        draws = multiplier_max(a, b, taus, scale * np.sqrt(np.maximum(var[taus % n], 1e-300)), bw + 1,
+    if n <= MULTIPLIER_MAX_ROWS and max_lag > 0:
+        # draws on the variance model's own scale, compared with the statistic widened by the shift check
+        draws = multiplier_max(a, b, taus, np.sqrt(np.maximum(var[taus % n], 1e-300)), bw + 1,
                                n_surrogates, rng)
         p_max = float((1 + np.sum(draws >= observed_max / scale)) / (1 + draws.size))
         band_t = scale * float(np.quantile(draws, 0.95))
@@ -256,8 +259,10 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
                   p=p_max, n_surrogates=n_surr, surrogates=method, statistic=f"max over lags of |{stat}|",
                   band_95=band_t * float(np.sqrt(var[0])) / max(float(count[0]), 1.0), ccf=[float(v) for v in r_lin])
     # For equivalence: Fisher z and its null-form HAC standard error at every lag of the scan.
-    se_lags = scale * np.sqrt(np.maximum(var[taus % n], 1e-300)) / n_lin
-    equivalence = {"z": np.arctanh(r_lin), "se_z": se_lags / (1 - r_lin ** 2), "se0_z": float(se_lags[i0]),
+    # Claiming |r| < bound must not lean on a variance model that could be too small there: the larger
+    # of the (widened) autocorrelation form and the products' own variance, at every lag.
+    se_lags = scale * np.sqrt(np.maximum(np.maximum(var[taus % n], var_products[taus % n]), 1e-300)) / n_lin
+    equivalence = {"z": np.arctanh(r_lin), "se_z": se_lags / (1 - r_lin ** 2), "se0_r": float(se_lags[i0]),
                    "n": n_both}
     return {"lag0": lag0, "lagged": lagged, "equivalence": equivalence}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import stats
 
@@ -65,7 +67,8 @@ def triggered_average(metric: np.ndarray, active: np.ndarray, window: int, step_
     raw_cnt = np.concatenate(([0], np.cumsum(np.isfinite(metric))))
     segs = metric[usable[:, None] + offsets[None, :]]
     baseline = _window_means(raw_cum, raw_cnt, usable - window, usable)[:, None]
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an offset with no finite value is a gap: NaN
         eta = np.nanmean(segs - baseline, axis=0)
     spread = float(np.nanstd(level))
     out.update(

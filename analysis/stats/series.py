@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-MIN_N_EFF = 30.0
 INSUFFICIENT = "insufficient data"
 
 
