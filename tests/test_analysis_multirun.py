@@ -162,6 +162,9 @@ def _per_second(rec: Recording) -> dict[str, np.ndarray]:
             col = bin_to_grid(samples.t_s, values, start, 1.0, n)
             filled = np.maximum.accumulate(np.where(np.isfinite(col), np.arange(n), 0))
             cols[name] = col[filled]
+    # a gradient norm is positive: a negative draw would make the histogram's _sum fall, which PromQL's
+    # rate() reads as a counter reset (a constant offset leaves every difference as it was)
+    cols["grad_norm"] = cols["grad_norm"] + max(0.0, 1.0 - float(cols["grad_norm"].min()))
     return cols
 
 
