@@ -51,18 +51,31 @@ def randomised_p(null: np.ndarray, observed: float, rng: np.random.Generator) ->
     return float((greater + rng.uniform(0.0, 1.0) * (ties + 1)) / (1 + null.size))
 
 
+SURROGATE_BLOCK = 64  # surrogate rows built and scored at a time: memory O(block x events), not O(surrogates x events)
+
+
+def surrogate_shifts(m: int, margin: int, n_surrogates: int, rng: np.random.Generator) -> np.ndarray:
+    """The circular shifts (in valid rows) of the surrogates: all when there are at most n_surrogates;
+    shifts within `margin` rows of zero are left out."""
+    shifts = np.arange(margin + 1, m - margin)
+    if shifts.size > n_surrogates:
+        shifts = rng.choice(shifts, size=n_surrogates, replace=False)
+    return shifts
+
+
+def shift_events(pos: np.ndarray, valid: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Events at valid-row positions `pos` moved by each shift (one sorted row per shift)."""
+    return np.sort(valid[(pos[None, :] + shifts[:, None]) % valid.size], axis=1)
+
+
 def shifted_events(events: np.ndarray, valid: np.ndarray, margin: int, n_surrogates: int,
                    rng: np.random.Generator) -> np.ndarray:
     """The events moved together by circular shifts along the valid rows (rows are sorted), one shift
     per surrogate row: their spacing and clustering are kept, only their timing against the other
     series changes. All shifts when there are at most n_surrogates; shifts within `margin` valid rows
     of zero are left out."""
-    m = valid.size
-    pos = np.searchsorted(valid, events)
-    shifts = np.arange(margin + 1, m - margin)
-    if shifts.size > n_surrogates:
-        shifts = rng.choice(shifts, size=n_surrogates, replace=False)
-    return np.sort(valid[(pos[None, :] + shifts[:, None]) % m], axis=1)
+    shifts = surrogate_shifts(valid.size, margin, n_surrogates, rng)
+    return shift_events(np.searchsorted(valid, events), valid, shifts)
 
 
 def coincidence(spikes: np.ndarray, collapses: np.ndarray, valid: np.ndarray, window: int,
@@ -80,9 +93,12 @@ def coincidence(spikes: np.ndarray, collapses: np.ndarray, valid: np.ndarray, wi
     b = np.sort(collapses)
     obs_prec = float(_precursor_rate(np.sort(spikes)[None, :], b, window)[0])
     obs_trig = float(_trigger_rate(spikes, b, window))
-    surr = shifted_events(spikes, valid, window, n_surrogates, rng)
-    null_prec = _precursor_rate(surr, b, window)
-    null_trig = _trigger_rate(surr, b, window)
+    pos, shifts = np.searchsorted(valid, spikes), surrogate_shifts(valid.size, window, n_surrogates, rng)
+    null_prec, null_trig = np.empty(shifts.size), np.empty(shifts.size)
+    for lo in range(0, shifts.size, SURROGATE_BLOCK):  # a month of 1 s data has ~30k spikes
+        surr = shift_events(pos, valid, shifts[lo:lo + SURROGATE_BLOCK])
+        null_prec[lo:lo + surr.shape[0]] = _precursor_rate(surr, b, window)
+        null_trig[lo:lo + surr.shape[0]] = _trigger_rate(surr, b, window)
     out.update(
         status="ok",
         precursor_rate=obs_prec,
@@ -90,7 +106,7 @@ def coincidence(spikes: np.ndarray, collapses: np.ndarray, valid: np.ndarray, wi
         trigger_rate=obs_trig,
         trigger_p=randomised_p(null_trig, obs_trig, rng),
         null_trigger_rate_mean=float(null_trig.mean()),
-        n_surrogates=int(surr.shape[0]),
+        n_surrogates=int(shifts.size),
     )
     return out
 
