@@ -18,7 +18,7 @@ HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
 # A pause idles the compute: a known effect on these, the positive control of every run that has pauses.
 POSITIVE_CONTROL_METRICS = (T.UTILIZATION, T.POWER, T.RLE)
 THROTTLE_BLOCK_S = 60.0
-PAUSE_SETTLE_S = 5.0
+PAUSE_SETTLE_S = 2.0
 WIND_DOWN_S = 5.0
 POWER_FOR_MDE = 0.8
 Z_POWER = float(stats.norm.ppf(POWER_FOR_MDE))

@@ -204,7 +204,11 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
     t_stat = np.where(count >= MIN_OVERLAP, c / np.sqrt(np.maximum(var, 1e-300)), 0.0)
     window = np.abs(t_stat[taus % n])
     observed0, observed_max = float(abs(t_stat[0])), float(window.max())
-    peak = int(taus[int(np.argmax(window))])
+    # The peak lag: the shortest lag whose |t| is within one unit (noise) of the largest. A spike and its
+    # echo make several lags of a differenced series nearly tie (an up/down pair against a dip and its
+    # recovery gives four), and the largest of near-ties is chance.
+    near = np.flatnonzero(window >= window.max() - 1.0)
+    peak = int(taus[near[np.argmin(np.abs(taus[near]))]])
     # The reported r at each lag: the linear (no wrap-around) correlation over the pairs present there.
     r_lin = np.empty(taus.size)
     n_lin = np.empty(taus.size)
@@ -237,8 +241,9 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
     p0 = float(2 * stats.t.sf(observed0 / scale, df))
     if n <= MULTIPLIER_MAX_ROWS and max_lag > 0:
         # draws on the variance model's own scale, compared with the statistic widened by the shift check
-        draws = multiplier_max(a, b, taus, np.sqrt(np.maximum(var[taus % n], 1e-300)), bw + 1,
-                               n_surrogates, rng)
+        # a lag with too few pairs (a periodic mask can leave none) takes no part, as in the observed max
+        sd = np.where(count[taus % n] >= MIN_OVERLAP, np.sqrt(np.maximum(var[taus % n], 1e-300)), np.inf)
+        draws = multiplier_max(a, b, taus, sd, bw + 1, n_surrogates, rng)
         p_max = float((1 + np.sum(draws >= observed_max / scale)) / (1 + draws.size))
         band_t = scale * float(np.quantile(draws, 0.95))
         method += f"; max over lags against {draws.size} dependent wild bootstrap draws"
