@@ -1,7 +1,8 @@
 """Benchmark: calibration and power of the whole analysis on a zoo of realistic runs.
 
 For every null kind in analysis/scenarios.py (independent training and hardware series shaped like real
-runs), `--runs` runs of lengths cycling through `--lengths` go through the offline alignment and the
+runs), `--runs` runs of lengths cycling through `--lengths` (90 s to 1 h) and `--long-runs` more of 4 h
+and a day go through the offline alignment and the
 whole `analyse()`; the false-positive rate of every test (raw p < alpha where the test ran) and of the
 verdict (`coupled` true) is reported with a Wilson 95 % interval. Goal (issue 8): every test's FPR within
 0.02-0.07 and the verdict's <= 0.07, for every kind. Power: planted coupling r ~ 0.3 on the differences,
@@ -31,7 +32,8 @@ from analysis.pipeline import Settings, analyse  # noqa: E402
 from analysis.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
 from analysis.verdict import overall  # noqa: E402
 
-LENGTHS_S = (90, 180, 300, 600, 900, 1800, 3600, 4 * 3600, 86400)
+LENGTHS_S = (90, 180, 300, 600, 900, 1800, 3600)
+LONG_LENGTHS_S = (4 * 3600, 86400)  # a day of 1 s data costs seconds per run: fewer of these
 ALPHA = 0.05
 FPR_GOAL = (0.02, 0.07)
 VERDICT_GOAL = 0.07
@@ -166,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--power-runs", type=int, default=50, help="planted runs per kind and lag (default 50)")
     p.add_argument("--kinds", default=",".join(NULL_KINDS), help="comma-separated null kinds")
     p.add_argument("--lengths", default=",".join(str(v) for v in LENGTHS_S), help="run lengths in seconds")
+    p.add_argument("--long-runs", type=int, default=10, help="extra runs per kind of the long lengths (default 10)")
+    p.add_argument("--long-lengths", default=",".join(str(v) for v in LONG_LENGTHS_S),
+                   help="long run lengths in seconds (default 4 h and 1 day)")
     p.add_argument("--surrogates", type=int, default=1000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--quick", action="store_true", help="40 runs per kind, lengths up to 1 h, 20 power runs")
@@ -179,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         runs, power_runs, lengths = 40, 20, [v for v in lengths if v <= 3600]
     kinds = [k for k in args.kinds.split(",") if k]
+    long_lengths = [int(v) for v in args.long_lengths.split(",") if v] if not args.quick else []
     jobs = [(kind, lengths[i % len(lengths)], 1000 * j + i, args.surrogates)
             for j, kind in enumerate(kinds) for i in range(runs)]
+    jobs += [(kind, long_lengths[i % len(long_lengths)], 1000 * j + 900 + i, args.surrogates)
+             for j, kind in enumerate(kinds) for i in range(args.long_runs if long_lengths else 0)]
     pjobs = [(kind, lag, 600, 500_000 + 1000 * lag + 100 * j + i, args.surrogates)
              for j, kind in enumerate(PLANTED_KINDS) for lag in range(6) for i in range(power_runs)]
     t0 = time.perf_counter()
@@ -199,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "alpha": ALPHA, "goal": {"test_fpr": FPR_GOAL, "verdict_fpr_max": VERDICT_GOAL,
                                  "power_right_sign_and_lag_min": POWER_GOAL},
-        "runs_per_kind": runs, "lengths_s": lengths, "surrogates": args.surrogates,
+        "runs_per_kind": runs + (args.long_runs if long_lengths else 0), "lengths_s": lengths + long_lengths,
+        "surrogates": args.surrogates,
         "null": null, "power": power,
         "all_within_goal": (all(k["verdict_within_goal"] and all(t["within_goal"] for t in k["tests"].values())
                                 for k in null.values())
