@@ -14,8 +14,6 @@ from analysis.stats.series import (
     state_onsets,
 )
 
-LEVEL_BANDWIDTH = 200
-
 
 def spike_indices(grad_norm: np.ndarray, z_threshold: float) -> np.ndarray:
     """Onsets of upward spikes: robust z of the first differences above the threshold."""
@@ -124,12 +122,13 @@ def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng
     level = highpass_level(np.asarray(values, dtype=float), step_s)
     n = int(np.sum(np.isfinite(state) & np.isfinite(level)))
     out: dict = {"r": None, "p": None, "p_adjusted": None, "n": n, "n_surrogates": 0,
-                 "method": "point-biserial r (collapse state vs high-passed grad norm); HAC t test over 200 lags, "
-                           "widened when circular shifts of the state show a larger null spread"}
-    # Both are levels, not differences: their autocorrelations reach far, so the variance sums them over
-    # up to 200 lags (Bretherton et al. truncate at n/5), not the few lags that suit differences.
+                 "method": "point-biserial r (collapse state vs high-passed grad norm); HAC t test, widened "
+                           "when circular shifts of the state show a larger null spread"}
+    # Both are levels, not differences: their autocorrelations reach further than the HAC bandwidth, and
+    # the circular shifts of the state (which keep both autocorrelations) widen the standard error by the
+    # null spread they show. A long bandwidth instead (200 lags) over-estimated it: 0-4 % false positives.
     res = lagged.scan(level, np.asarray(state, dtype=float), 0, n_surrogates, rng,
-                      min_shift=max(1, n // 20), bw=LEVEL_BANDWIDTH)["lag0"]
+                      min_shift=max(1, n // 20))["lag0"]
     if res.get("status") != "ok":
         out.update(status=INSUFFICIENT, reason=res.get("reason", "a series is constant or too short"))
         return out
