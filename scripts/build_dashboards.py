@@ -4,8 +4,14 @@
     python scripts/build_dashboards.py           # rewrite the JSON files
     python scripts/build_dashboards.py --check   # exit 1 when the committed JSON is out of date
 
-Edit this file, not the JSON. Every panel queries the provisioned datasource by its fixed uid, and
-every metric name must be in docs/metrics.md (tests/test_metric_names.py checks it).
+Built with Grafana's own typed builders, grafana-foundation-sdk (`builders.dashboard`, `timeseries`,
+`statetimeline`, `table`, `prometheus`), which emit schema-conformant dashboard JSON. Edit this file, not
+the JSON. Every panel queries the provisioned datasource by its fixed uid, and every metric name must be
+in docs/metrics.md (tests/test_metric_names.py checks it).
+
+One thing the SDK cannot express: a Prometheus annotation's own options (`step`, `titleFormat`,
+`textFormat`, `useValueForTime`; its AnnotationQuery model knows only `expr`). `PrometheusAnnotation`
+below adds them to the SDK's model when it is serialised; nothing else is post-processed.
 """
 
 from __future__ import annotations
@@ -13,9 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import prometheus, statetimeline, table, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as prom_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -25,7 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = REPO_ROOT / "grafana" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "thermograd-prometheus"}
 GRID_WIDTH = 24
-SCHEMA_VERSION = 39
 
 # The run's GPU first (value 1, via train_run_info's gpu_uuid), then every other device (value 0):
 # sort_desc keeps that order, so the variable defaults to the GPU the selected run trains on.
@@ -38,136 +53,189 @@ RUN_GPU_FIRST = (
 RUNS_NEWEST_FIRST = "sort_desc(max by (run_id) (max_over_time(train_run_start_time_seconds[$__range])))"
 
 
-def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False, table: bool = False) -> dict:
-    out: dict[str, Any] = {"datasource": DATASOURCE, "refId": ref, "expr": expr, "legendFormat": legend,
-                           "range": not instant, "instant": instant}
-    if table:
-        out["format"] = "table"
-    return out
+def datasource() -> dm.DataSourceRef:
+    return dm.DataSourceRef(type_val=DATASOURCE["type"], uid=DATASOURCE["uid"])
 
 
-def targets(*pairs: tuple[str, str]) -> list[dict]:
-    """(expr, legend) pairs -> targets with refIds A, B, C, ..."""
-    return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
+# ------------------------------------------------------------------------------------------- queries
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+    instant: bool = False  # an instant query (tables): the latest value of each series
+    table: bool = False
+
+    def builder(self, ref: str) -> prometheus.Dataquery:
+        query = (prometheus.Dataquery().expr(self.expr).legend_format(self.legend).ref_id(ref)
+                 .datasource(datasource()))
+        query = query.instant() if self.instant else query.range()
+        return query.format(prom_models.PromQueryFormat.TABLE) if self.table else query
 
 
-def right_axis(series_regex: str, unit: str, *, bars: bool = False) -> dict:
-    """Field override: the matching series on a right-hand axis (optionally drawn as filled bars)."""
-    props: list[dict] = [{"id": "custom.axisPlacement", "value": "right"}, {"id": "unit", "value": unit}]
-    if bars:
-        props += [{"id": "custom.drawStyle", "value": "bars"}, {"id": "custom.fillOpacity", "value": 40},
-                  {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]
-    return {"matcher": {"id": "byRegexp", "options": series_regex}, "properties": props}
+def queries(*pairs: tuple[str, str]) -> list[Query]:
+    return [Query(expr, legend) for expr, legend in pairs]
 
 
-@dataclass
+# -------------------------------------------------------------------------------------------- panels
+@dataclass(frozen=True)
+class RightAxis:
+    """Field override: the series matching `series_regex` on a right-hand axis (optionally as red bars)."""
+    series_regex: str
+    unit: str
+    bars: bool = False
+
+    def properties(self) -> list[dm.DynamicConfigValue]:
+        props = [dm.DynamicConfigValue("custom.axisPlacement", "right"), dm.DynamicConfigValue("unit", self.unit)]
+        if self.bars:
+            props += [dm.DynamicConfigValue("custom.drawStyle", "bars"),
+                      dm.DynamicConfigValue("custom.fillOpacity", 40),
+                      dm.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"})]
+        return props
+
+
+@dataclass(frozen=True)
 class Panel:
+    """What differs between panels; `builder` turns it into the SDK's panel builder of its kind."""
     title: str
-    targets: list[dict]
+    targets: list[Query]
     width: int = 12
     height: int = 8
-    kind: str = "timeseries"
+    kind: str = "timeseries"  # or "state-timeline", "table"
     unit: str = "short"
     description: str = ""
-    overrides: list[dict] = field(default_factory=list)
-    options: dict = field(default_factory=dict)
-    custom: dict = field(default_factory=dict)
+    right_axes: Sequence[RightAxis] = field(default_factory=tuple)
 
-    def render(self, panel_id: int, x: int, y: int) -> dict:
-        defaults: dict[str, Any] = {"unit": self.unit}
-        if self.kind == "timeseries":
-            defaults["custom"] = {"lineWidth": 1, "fillOpacity": 0, "spanNulls": False,
-                                  "showPoints": "never", **self.custom}
-        elif self.custom:
-            defaults["custom"] = self.custom
-        return {
-            "id": panel_id, "type": self.kind, "title": self.title, "description": self.description,
-            "datasource": DATASOURCE, "gridPos": {"x": x, "y": y, "w": self.width, "h": self.height},
-            "targets": self.targets,
-            "fieldConfig": {"defaults": defaults, "overrides": self.overrides},
-            "options": self.options or {"legend": {"displayMode": "list", "placement": "bottom"},
-                                        "tooltip": {"mode": "multi", "sort": "none"}},
-        }
+    def builder(self, panel_id: int, grid: dm.GridPos) -> cogbuilder.Builder[dm.Panel]:
+        panel = {"timeseries": _timeseries, "state-timeline": _state_timeline, "table": _table}[self.kind]()
+        for i, query in enumerate(self.targets):
+            panel.with_target(query.builder(chr(ord("A") + i)))
+        for axis in self.right_axes:
+            panel.override_by_regexp(axis.series_regex, axis.properties())
+        return (panel.id(panel_id).title(self.title).description(self.description).datasource(datasource())
+                .unit(self.unit).grid_pos(grid))
 
 
-def layout(panels: list[Panel]) -> list[dict]:
-    """Flow layout: left to right, wrapping at the grid width; each row as tall as its tallest panel."""
-    rendered, x, y, row_height = [], 0, 0, 0
+def _legend() -> common_builders.VizLegendOptions:
+    return (common_builders.VizLegendOptions().show_legend(True).display_mode(cm.LegendDisplayMode.LIST)
+            .placement(cm.LegendPlacement.BOTTOM))
+
+
+def _timeseries() -> timeseries.Panel:
+    # Points never drawn and gaps never bridged: a scrape that is missing shows as a gap.
+    return (timeseries.Panel().line_width(1).fill_opacity(0).span_nulls(False)
+            .show_points(cm.VisibilityMode.NEVER).legend(_legend())
+            .tooltip(common_builders.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.NONE)))
+
+
+def _state_timeline() -> statetimeline.Panel:
+    return (statetimeline.Panel().show_value(cm.VisibilityMode.NEVER).merge_values(True).row_height(0.8)
+            .legend(_legend()))
+
+
+def _table() -> table.Panel:
+    return table.Panel().show_header(True).footer(common_builders.TableFooterOptions().show(False))
+
+
+def layout(panels: list[Panel]) -> list[cogbuilder.Builder[dm.Panel]]:
+    """Flow layout: left to right, wrapping before a panel that would overflow the grid; each row as tall
+    as its tallest panel. (The SDK's own auto-layout wraps only after a row has overflowed.)"""
+    built, x, y, row_height = [], 0, 0, 0
     for panel_id, panel in enumerate(panels, start=1):
         if x + panel.width > GRID_WIDTH:
             x, y, row_height = 0, y + row_height, 0
-        rendered.append(panel.render(panel_id, x, y))
+        built.append(panel.builder(panel_id, dm.GridPos(h=panel.height, w=panel.width, x=x, y=y)))
         x += panel.width
         row_height = max(row_height, panel.height)
-    return rendered
+    return built
 
 
-def query_variable(name: str, label: str, query: str, regex: str = "", *, multi: bool = False) -> dict:
-    return {
-        "name": name, "label": label, "type": "query", "datasource": DATASOURCE,
-        # The classic string form: Grafana runs label_values()/query_result() exactly as written.
-        "query": query, "definition": query, "regex": regex, "refresh": 2, "sort": 0,
-        "multi": multi, "includeAll": multi, "allValue": ".+" if multi else None,
-        "current": {}, "options": [], "hide": 0,
-    }
+# ------------------------------------------------------------------------------ variables, annotations
+def query_variable(name: str, label: str, query: str, regex: str = "", *, multi: bool = False) -> dash.QueryVariable:
+    # The classic string form: Grafana runs label_values()/query_result() exactly as written.
+    variable = (dash.QueryVariable(name).label(label).datasource(datasource()).query(query).regex(regex)
+                .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.DISABLED)
+                .hide(dm.VariableHide.DONT_HIDE).multi(multi).include_all(multi))
+    return variable.all_value(".+") if multi else variable
 
 
-def annotation(name: str, expr: str, color: str, title: str) -> dict:
-    return {"name": name, "datasource": DATASOURCE, "enable": True, "iconColor": color, "expr": expr,
-            "step": "1s", "titleFormat": title, "textFormat": "", "useValueForTime": False}
+class _PrometheusAnnotationQuery(dm.AnnotationQuery):
+    """The SDK's AnnotationQuery plus the Prometheus annotation options it has no field for."""
+
+    def __init__(self, base: dm.AnnotationQuery, options: dict[str, Any]):
+        super().__init__(**{k: getattr(base, k) for k in ("name", "datasource", "enable", "hide", "icon_color",
+                                                          "filter_val", "target", "type_val", "built_in", "expr")})
+        self.options = options
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), **self.options}
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[Panel], variables: list[dict],
-              annotations: list[dict], tags: list[str]) -> dict:
-    builtin = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-               "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}
-    return {
-        "uid": uid, "title": title, "description": description, "tags": tags,
-        "editable": False, "graphTooltip": 1, "timezone": "browser", "refresh": "5s",
-        "time": {"from": "now-15m", "to": "now"}, "schemaVersion": SCHEMA_VERSION, "version": 1,
-        "annotations": {"list": [builtin, *annotations]},
-        "templating": {"list": variables},
-        "panels": layout(panels),
-    }
+class PrometheusAnnotation(cogbuilder.Builder[dm.AnnotationQuery]):
+    """A Prometheus annotation: every sample of `expr` is an event; the SDK builds the query, this adds
+    step 1 s (Grafana's default 60 s step would miss a collapse shorter than a minute) and the title."""
+
+    def __init__(self, name: str, expr: str, color: str, title: str):
+        self._base = (dash.AnnotationQuery().name(name).datasource(datasource()).enable(True).hide(False)
+                      .icon_color(color).expr(expr))
+        self._options = {"step": "1s", "titleFormat": title, "textFormat": "", "useValueForTime": False}
+
+    def build(self) -> dm.AnnotationQuery:
+        return _PrometheusAnnotationQuery(self._base.build(), self._options)
+
+
+def builtin_annotation() -> dash.AnnotationQuery:
+    """Grafana's own "Annotations & Alerts" (what a dashboard made in the UI has), hidden."""
+    return (dash.AnnotationQuery().name("Annotations & Alerts").built_in(1).type("dashboard")
+            .datasource(dm.DataSourceRef(type_val="grafana", uid="-- Grafana --")).enable(True).hide(True)
+            .icon_color("rgba(0, 211, 255, 1)"))
+
+
+# ---------------------------------------------------------------------------------------- dashboards
+def dashboard(uid: str, title: str, description: str, panels: list[Panel], variables: list[dash.QueryVariable],
+              annotations: list[PrometheusAnnotation], tags: list[str]) -> dict:
+    builder = (dash.Dashboard(title).uid(uid).description(description).tags(tags).readonly()
+               .tooltip(dm.DashboardCursorSync.CROSSHAIR).timezone("browser").refresh("5s").time("now-15m", "now")
+               .version(1).annotations([builtin_annotation(), *annotations]).variables(variables))
+    for panel in layout(panels):
+        builder.with_panel(panel)
+    return json.loads(JSONEncoder().encode(builder.build()))
 
 
 def coupling_dashboard() -> dict:
     run, dev = 'run_id="$run"', 'uuid="$uuid"'
     panels = [
-        Panel("Training loss", targets((f"train_loss{{{run}}}", "loss, rank {{rank}}")),
+        Panel("Training loss", queries((f"train_loss{{{run}}}", "loss, rank {{rank}}")),
               description="Loss of the last optimizer step, per rank."),
-        Panel("Gradient norm (pre-clip)", targets(
+        Panel("Gradient norm (pre-clip)", queries(
             (f"train_grad_norm{{{run}}}", "last step, rank {{rank}}"),
             (f"rank:train_step_grad_norm:mean_interval{{{run}}}", "mean of the steps in each scrape interval, rank {{rank}}"),
             (f"rank:train_grad_norm:median10m{{{run}}}", "10-min median, rank {{rank}}")),
             description="Shaded regions: collapse of the selected device; perturbation bursts are annotated too."),
-        Panel("RLE with collapse markers", targets(
+        Panel("RLE with collapse markers", queries(
             (f"rle_efficiency_smoothed{{{dev}}}", "RLE (5 s mean)"),
             (f"rle_efficiency{{{dev}}}", "RLE raw"),
             (f"rle_rolling_peak{{{dev}}}", "rolling peak"),
             (f"rle_collapsed{{{dev}}}", "collapsed")),
-            overrides=[right_axis("collapsed", "bool_yes_no", bars=True)],
+            right_axes=[RightAxis("collapsed", "bool_yes_no", bars=True)],
             description="RLE = util x stability / (A_load x (1 + 1/T_sustain)); red bars mark collapse."),
-        Panel("Temperature", targets((f"rle_temperature_celsius{{{dev}}}", "temperature")), unit="celsius"),
-        Panel("Power and A_load", targets(
+        Panel("Temperature", queries((f"rle_temperature_celsius{{{dev}}}", "temperature")), unit="celsius"),
+        Panel("Power and A_load", queries(
             (f"rle_power_watts{{{dev}}}", "power"),
             (f"rle_power_limit_watts{{{dev}}}", "rated power"),
             (f"rle_load_ratio{{{dev}}}", "A_load")),
-            unit="watt", overrides=[right_axis("A_load", "percentunit")]),
-        Panel("T_sustain (s to the temperature limit)", targets((f"rle_sustain_seconds{{{dev}}}", "T_sustain")),
+            unit="watt", right_axes=[RightAxis("A_load", "percentunit")]),
+        Panel("T_sustain (s to the temperature limit)", queries((f"rle_sustain_seconds{{{dev}}}", "T_sustain")),
               unit="s", width=6),
-        Panel("Throttle reasons", targets((f"rle_throttle_active{{{dev}}}", "{{reason}}")),
-              kind="state-timeline", unit="bool_on_off", width=6,
-              options={"showValue": "never", "mergeValues": True, "rowHeight": 0.8,
-                       "legend": {"displayMode": "list", "placement": "bottom"}}),
-        Panel("Steps per second", targets((f"rank:train_steps:rate1m{{{run}}}", "rank {{rank}}")),
+        Panel("Throttle reasons", queries((f"rle_throttle_active{{{dev}}}", "{{reason}}")),
+              kind="state-timeline", unit="bool_on_off", width=6),
+        Panel("Steps per second", queries((f"rank:train_steps:rate1m{{{run}}}", "rank {{rank}}")),
               unit="short", width=8),
-        Panel("Training energy efficiency (tokens per joule)", targets(
+        Panel("Training energy efficiency (tokens per joule)", queries(
             (f"rank:train_tokens_per_joule:ratio_rate1m{{{run}}}", "rank {{rank}} on {{uuid}}")),
             unit="short", width=8,
             description="Tokens processed per joule the run's GPU drew (1-min rates; energy counter, so nothing "
                         "between samples is missed). Empty for a CPU run: it has no GPU energy to divide by."),
-        Panel("Throttle cost (tokens/s lost to throttling)", targets(
+        Panel("Throttle cost (tokens/s lost to throttling)", queries(
             (f"rank:train_tokens_lost_to_throttling:rate10s{{{run}}}", "lost, rank {{rank}} on {{uuid}}"),
             (f"rank:train_tokens:rate10s{{{run}}}", "tokens/s now, rank {{rank}}"),
             (f"avg_over_time(rank:train_tokens:rate10s_unthrottled{{{run}}}[10m])", "unthrottled tokens/s, rank {{rank}}")),
@@ -175,11 +243,10 @@ def coupling_dashboard() -> dict:
             description="The run's own unthrottled speed (10-s windows of the last 10 min with the GPU not throttled "
                         "by a thermal or power reason and no pause burst) minus its speed now, while its GPU is "
                         "throttled; 0 while it is not. Negative: not slower while throttled."),
-        Panel("SM clock", targets((f"rle_sm_clock_hertz{{{dev}}}", "SM clock")), unit="hertz", width=12,
+        Panel("SM clock", queries((f"rle_sm_clock_hertz{{{dev}}}", "SM clock")), unit="hertz", width=12,
               description="Thermal and power throttling show as clock drops (see Throttle reasons)."),
-        Panel("Firing alerts", [target('ALERTS{alertstate="firing"}', "", instant=True, table=True)],
-              kind="table", width=8,
-              options={"showHeader": True, "footer": {"show": False}}),
+        Panel("Firing alerts", [Query('ALERTS{alertstate="firing"}', instant=True, table=True)],
+              kind="table", width=8),
     ]
     variables = [
         query_variable("run", "Run", f"query_result({RUNS_NEWEST_FIRST})", '/run_id="([^"]+)"/'),
@@ -187,9 +254,9 @@ def coupling_dashboard() -> dict:
                        '/uuid="([^"]+)"/'),
     ]
     annotations = [
-        annotation("Collapse", f"rle_collapsed{{{dev}}} == 1", "red", "collapse on {{device}}"),
-        annotation("Perturbation burst", f"train_perturbation_active{{{run}}} == 1", "orange",
-                   "{{kind}} perturbation, rank {{rank}}"),
+        PrometheusAnnotation("Collapse", f"rle_collapsed{{{dev}}} == 1", "red", "collapse on {{device}}"),
+        PrometheusAnnotation("Perturbation burst", f"train_perturbation_active{{{run}}} == 1", "orange",
+                             "{{kind}} perturbation, rank {{rank}}"),
     ]
     return dashboard("thermograd-coupling", "Training ↔ thermal coupling",
                      "The seed's four panels on Prometheus's one clock, plus what explains them: power, A_load, "
@@ -201,29 +268,28 @@ def fleet_dashboard() -> dict:
     node = 'instance=~"$instance"'
     per_device = "{{instance}} {{device}}"
     panels = [
-        Panel("RLE per device (5 s mean)", targets((f"rle_efficiency_smoothed{{{node}}}", per_device))),
-        Panel("Temperature", targets((f"rle_temperature_celsius{{{node}}}", per_device)), unit="celsius"),
-        Panel("Power", targets((f"rle_power_watts{{{node}}}", per_device)), unit="watt"),
-        Panel("Collapse onsets in the last 10 min", targets(
+        Panel("RLE per device (5 s mean)", queries((f"rle_efficiency_smoothed{{{node}}}", per_device))),
+        Panel("Temperature", queries((f"rle_temperature_celsius{{{node}}}", per_device)), unit="celsius"),
+        Panel("Power", queries((f"rle_power_watts{{{node}}}", per_device)), unit="watt"),
+        Panel("Collapse onsets in the last 10 min", queries(
             (f"device:rle_collapse_events:increase10m{{{node}}}", per_device))),
-        Panel("Exporter up", targets((f'up{{job="exporter",{node}}}', "{{instance}}")),
-              kind="state-timeline", unit="bool_yes_no", width=8,
-              options={"showValue": "never", "mergeValues": True,
-                       "legend": {"displayMode": "list", "placement": "bottom"}}),
-        Panel("Exporter sampling rate and errors", targets(
+        Panel("Exporter up", queries((f'up{{job="exporter",{node}}}', "{{instance}}")),
+              kind="state-timeline", unit="bool_yes_no", width=8),
+        Panel("Exporter sampling rate and errors", queries(
             (f"instance:rle_exporter_samples:rate1m{{{node}}}", "samples/s {{instance}}"),
             (f"sum by (instance) (rate(rle_exporter_errors_total{{{node}}}[5m]))"
              f' or on (instance) 0 * up{{job="exporter",{node}}}', "errors/s {{instance}}")),
             unit="hertz", width=8),
-        Panel("Sampling round duration (p99)", targets(
+        Panel("Sampling round duration (p99)", queries(
             ("histogram_quantile(0.99, sum by (le, instance) "
              f"(rate(rle_exporter_sample_duration_seconds_bucket{{{node}}}[5m])))", "{{instance}}")),
             unit="s", width=8),
-        Panel("Devices", [target(f"rle_device_info{{{node}}}", "", instant=True, table=True)],
-              kind="table", width=24, height=6, options={"showHeader": True, "footer": {"show": False}}),
+        Panel("Devices", [Query(f"rle_device_info{{{node}}}", instant=True, table=True)],
+              kind="table", width=24, height=6),
     ]
     variables = [query_variable("instance", "Node", "label_values(rle_device_info, instance)", multi=True)]
-    annotations = [annotation("Collapse", f"rle_collapsed{{{node}}} == 1", "red", "collapse on {{instance}} {{device}}")]
+    annotations = [PrometheusAnnotation("Collapse", f"rle_collapsed{{{node}}} == 1", "red",
+                                        "collapse on {{instance}} {{device}}")]
     return dashboard("thermograd-fleet", "GPU fleet",
                      "Every device every exporter reports: efficiency, heat, power, collapses, exporter health.",
                      panels, variables, annotations, ["thermograd", "fleet"])
