@@ -8,7 +8,9 @@ name also covers its `_bucket`, `_sum` and `_count` series.
 Python sources are not PromQL, so only strings that clearly name a series are checked: a
 `rle_*`/`train_*` name followed by a label selector `{` or a range `[`, one alone in parentheses
 (`rate(x)`), one standing alone with a Prometheus unit/type suffix (`..._total`, `..._seconds`, ...),
-and any `level:metric:operation` name. This file itself is not scanned (it holds deliberate bad names).
+and any `level:metric:operation` name. The foreign exporters' names (`DCGM_FI_DEV_*`/`DCGM_FI_PROF_*` of
+dcgm-exporter, `nvidia_smi_*` of nvidia_gpu_exporter) are unambiguous: every occurrence counts. This file
+itself is not scanned (it holds deliberate bad names).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ SUFFIXES = ("_total", "_seconds", "_bytes", "_watts", "_celsius", "_joules", "_h
             "_bucket", "_sum", "_count")
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 PY_CANDIDATE = re.compile(r"(?<![\w:])((?:rle|train)_[A-Za-z0-9_]*[A-Za-z0-9]|[a-z_]+:[a-z][a-z0-9_]*:[a-z0-9_]+)(?![\w:])")
+# dcgm-exporter's field names (not its DCGM_FI_DRIVER_VERSION-style label counters) and nvidia_gpu_exporter's
+FOREIGN_CANDIDATE = re.compile(r"(?<![\w:])(DCGM_FI_(?:DEV|PROF)_[A-Z0-9_]*[A-Z0-9]|nvidia_smi_[a-z0-9_]*[a-z0-9])(?![\w:])")
 
 
 def documented_names(text: str) -> set[str]:
@@ -93,6 +97,7 @@ def python_metric_names(source: str) -> list[tuple[int, str]]:
             alone_with_suffix = text.strip() == token and token.endswith(SUFFIXES)
             if is_recording or in_selector or in_parens or alone_with_suffix:
                 found.append((node.lineno, token))
+        found += [(node.lineno, match.group(1)) for match in FOREIGN_CANDIDATE.finditer(text)]
     return found
 
 
@@ -180,3 +185,5 @@ def test_the_scanners_catch_an_undocumented_name():
         "train_run_info"}
     source = 'Q = "rate(train_stepz_total[1m])"\nCOL = "rle_smoothed"\nN = "train_lost_total"\nX = "rank:a_b:rate1m"\n'
     assert python_metric_names(source) == [(1, "train_stepz_total"), (3, "train_lost_total"), (4, "rank:a_b:rate1m")]
+    foreign = 'A = "DCGM_FI_DEV_GPU_TEMPZ"\nB = "DCGM_FI_DRIVER_VERSION"\nC = f"nvidia_smi_{x}"\nD = "x nvidia_smi_tempz y"\n'
+    assert python_metric_names(foreign) == [(1, "DCGM_FI_DEV_GPU_TEMPZ"), (4, "nvidia_smi_tempz")]
