@@ -42,15 +42,44 @@ DASHBOARD_DIR = REPO_ROOT / "grafana" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "thermograd-prometheus"}
 GRID_WIDTH = 24
 
-# The run's GPU first (value 1, via train_run_info's gpu_uuid), then every other device (value 0):
-# sort_desc keeps that order, so the variable defaults to the GPU the selected run trains on.
-# Over the dashboard's whole time range ($__range), so a finished run and its GPU stay selectable.
-RUN_GPU_FIRST = (
-    "sort_desc(max by (uuid) (label_replace(max_over_time(train_run_info{run_id=\"$run\"}[$__range]),"
-    ' "uuid", "$1", "gpu_uuid", "(.+)")) or on (uuid) 0 * max by (uuid) (max_over_time(rle_device_info[$__range])))'
+# Hardware panels read the normalised series of prometheus/rules/sources.yml: one set of names in base units
+# for thermograd's exporter, dcgm-exporter and nvidia_gpu_exporter, told apart by `source`, with NVML's uuid.
+SOURCES = ("thermograd", "dcgm", "nvidia-smi")
+# What makes a GPU known to a source: every exporter reports its temperature.
+GPU_SERIES = "device:gpu_temperature_celsius:max"
+# The RLE engine runs in thermograd's exporter only; for the other exporters the analysis computes it offline.
+THERMOGRAD_ONLY = ("thermograd's exporter only: RLE, collapse and T_sustain are computed by its engine at every "
+                   "sample. For dcgm-exporter or nvidia_gpu_exporter, python -m analysis --hardware-source "
+                   "dcgm|nvidia-smi computes them offline from temperature, power and utilisation.")
+
+
+def gpus_reported(matchers: str = "") -> str:
+    """Every GPU (uuid, source) the sources matching `matchers` reported in the dashboard's time range."""
+    selector = f"{GPU_SERIES}{{{matchers}}}" if matchers else GPU_SERIES
+    return f"group by (uuid, source) (present_over_time({selector}[$__range]))"
+
+
+# The selected run's GPU(s), by train_run_info's gpu_uuid (renamed uuid), over the whole time range
+# ($__range), so a finished run and its GPU stay selectable.
+RUN_GPU = ('group by (uuid) (label_replace(max_over_time(train_run_info{run_id="$run"}[$__range]),'
+           ' "uuid", "$1", "gpu_uuid", "(.+)"))')
+# Sources that report the run's GPU first (thermograd's exporter first among them: its series are the
+# ones the RLE panels share), then every other source: sort_desc keeps that order, so the variable
+# defaults to a source that has the run's GPU.
+_THERMOGRAD_GPUS, _ALL_GPUS, _SOURCE_GPUS = (gpus_reported('source="thermograd"'), gpus_reported(),
+                                             gpus_reported('source="$source"'))
+SOURCES_RUN_GPU_FIRST = (
+    f"sort_desc(2 * max by (source) ({_THERMOGRAD_GPUS} and on (uuid) {RUN_GPU})"
+    f" or max by (source) ({_ALL_GPUS} and on (uuid) {RUN_GPU})"
+    f" or 0 * max by (source) ({_ALL_GPUS}))"
 )
+# The run's GPU first (value 1) when the selected source reports it, then that source's other GPUs
+# (value 0): the device defaults to the GPU the selected run trains on.
+RUN_GPU_FIRST = f"sort_desc(({RUN_GPU} and on (uuid) {_SOURCE_GPUS}) or on (uuid) 0 * max by (uuid) ({_SOURCE_GPUS}))"
 # Most recent run first, so the dashboard opens on the run in progress (or the last one).
 RUNS_NEWEST_FIRST = "sort_desc(max by (run_id) (max_over_time(train_run_start_time_seconds[$__range])))"
+# The thermal and power reasons (GPUThrottlingActive's and power capping), by whichever exporter.
+THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal|hw_thermal|hw_power_brake|thermal_violation|power_violation"
 
 
 def datasource() -> dm.DataSourceRef:
@@ -202,7 +231,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel], varia
 
 
 def coupling_dashboard() -> dict:
-    run, dev = 'run_id="$run"', 'uuid="$uuid"'
+    run, dev, hw = 'run_id="$run"', 'uuid="$uuid"', 'source="$source",uuid="$uuid"'
     panels = [
         Panel("Training loss", queries((f"train_loss{{{run}}}", "loss, rank {{rank}}")),
               description="Loss of the last optimizer step, per rank."),
@@ -217,24 +246,33 @@ def coupling_dashboard() -> dict:
             (f"rle_rolling_peak{{{dev}}}", "rolling peak"),
             (f"rle_collapsed{{{dev}}}", "collapsed")),
             right_axes=[RightAxis("collapsed", "bool_yes_no", bars=True)],
-            description="RLE = util x stability / (A_load x (1 + 1/T_sustain)); red bars mark collapse."),
-        Panel("Temperature", queries((f"rle_temperature_celsius{{{dev}}}", "temperature")), unit="celsius"),
+            description="RLE = util x stability / (A_load x (1 + 1/T_sustain)); red bars mark collapse. "
+                        + THERMOGRAD_ONLY),
+        Panel("Temperature", queries((f"device:gpu_temperature_celsius:max{{{hw}}}", "temperature ({{source}})")),
+              unit="celsius"),
         Panel("Power and A_load", queries(
-            (f"rle_power_watts{{{dev}}}", "power"),
-            (f"rle_power_limit_watts{{{dev}}}", "rated power"),
-            (f"rle_load_ratio{{{dev}}}", "A_load")),
-            unit="watt", right_axes=[RightAxis("A_load", "percentunit")]),
+            (f"device:gpu_power_watts:max{{{hw}}}", "power"),
+            (f"device:gpu_power_limit_watts:max{{{hw}}}", "rated power (power limit)"),
+            (f"device:gpu_power_watts:max{{{hw}}} / device:gpu_power_limit_watts:max{{{hw}}}", "A_load")),
+            unit="watt", right_axes=[RightAxis("A_load", "percentunit")],
+            description="A_load = power / rated power. thermograd's rated power is its --rated-power or NVML's "
+                        "limit; dcgm-exporter reports a limit only with DCGM_FI_DEV_POWER_MGMT_LIMIT in its CSV."),
         Panel("T_sustain (s to the temperature limit)", queries((f"rle_sustain_seconds{{{dev}}}", "T_sustain")),
-              unit="s", width=6),
-        Panel("Throttle reasons", queries((f"rle_throttle_active{{{dev}}}", "{{reason}}")),
-              kind="state-timeline", unit="bool_on_off", width=6),
+              unit="s", width=6, description=THERMOGRAD_ONLY),
+        Panel("Throttle reasons", queries((f"device:gpu_throttle_active:max{{{hw}}}", "{{reason}}")),
+              kind="state-timeline", unit="bool_on_off", width=6,
+              description="Clock-event reasons in NVML's names; dcgm-exporter's violation counters show as "
+                          "thermal_violation / power_violation. dcgm-exporter's default counters have none."),
+        Panel("GPU utilisation", queries((f"device:gpu_utilization_ratio:max{{{hw}}}", "utilisation ({{source}})")),
+              unit="percentunit", width=8),
         Panel("Steps per second", queries((f"rank:train_steps:rate1m{{{run}}}", "rank {{rank}}")),
               unit="short", width=8),
         Panel("Training energy efficiency (tokens per joule)", queries(
-            (f"rank:train_tokens_per_joule:ratio_rate1m{{{run}}}", "rank {{rank}} on {{uuid}}")),
+            (f'rank:train_tokens_per_joule:ratio_rate1m{{{run},source="$source"}}', "rank {{rank}} on {{uuid}}")),
             unit="short", width=8,
-            description="Tokens processed per joule the run's GPU drew (1-min rates; energy counter, so nothing "
-                        "between samples is missed). Empty for a CPU run: it has no GPU energy to divide by."),
+            description="Tokens processed per joule the run's GPU drew, as the selected source measures it (1-min "
+                        "rates of its energy counter, so nothing between samples is missed; nvidia_gpu_exporter "
+                        "without its NVML backend: its sampled power). Empty for a CPU run: no GPU energy."),
         Panel("Throttle cost (tokens/s lost to throttling)", queries(
             (f"rank:train_tokens_lost_to_throttling:rate10s{{{run}}}", "lost, rank {{rank}} on {{uuid}}"),
             (f"rank:train_tokens:rate10s{{{run}}}", "tokens/s now, rank {{rank}}"),
@@ -242,14 +280,18 @@ def coupling_dashboard() -> dict:
             unit="short", width=12,
             description="The run's own unthrottled speed (10-s windows of the last 10 min with the GPU not throttled "
                         "by a thermal or power reason and no pause burst) minus its speed now, while its GPU is "
-                        "throttled; 0 while it is not. Negative: not slower while throttled."),
-        Panel("SM clock", queries((f"rle_sm_clock_hertz{{{dev}}}", "SM clock")), unit="hertz", width=12,
+                        "throttled; 0 while it is not. Negative: not slower while throttled. Throttling as "
+                        "thermograd's exporter reports it (rle_throttle_active, 1-s samples)."),
+        Panel("SM clock", queries((f"device:gpu_sm_clock_hertz:max{{{hw}}}", "SM clock ({{source}})")),
+              unit="hertz", width=12,
               description="Thermal and power throttling show as clock drops (see Throttle reasons)."),
         Panel("Firing alerts", [Query('ALERTS{alertstate="firing"}', instant=True, table=True)],
               kind="table", width=8),
     ]
     variables = [
         query_variable("run", "Run", f"query_result({RUNS_NEWEST_FIRST})", '/run_id="([^"]+)"/'),
+        query_variable("source", "Hardware source (default: one that reports the run's GPU)",
+                       f"query_result({SOURCES_RUN_GPU_FIRST})", '/source="([^"]+)"/'),
         query_variable("uuid", "Device (default: the run's GPU)", f"query_result({RUN_GPU_FIRST})",
                        '/uuid="([^"]+)"/'),
     ]
@@ -260,38 +302,55 @@ def coupling_dashboard() -> dict:
     ]
     return dashboard("thermograd-coupling", "Training ↔ thermal coupling",
                      "The seed's four panels on Prometheus's one clock, plus what explains them: power, A_load, "
-                     "T_sustain, throttling, throughput, energy efficiency and alerts.",
+                     "T_sustain, throttling, utilisation, throughput, energy efficiency and alerts. Hardware panels "
+                     "follow the source variable (thermograd's exporter, dcgm-exporter or nvidia_gpu_exporter).",
                      panels, variables, annotations, ["thermograd", "training"])
 
 
 def fleet_dashboard() -> dict:
-    node = 'instance=~"$instance"'
-    per_device = "{{instance}} {{device}}"
+    node, hw = 'instance=~"$instance"', 'source=~"$source",instance=~"$instance"'
+    per_device, per_gpu = "{{instance}} {{device}}", "{{source}} {{instance}} {{device}}"
     panels = [
-        Panel("RLE per device (5 s mean)", queries((f"rle_efficiency_smoothed{{{node}}}", per_device))),
-        Panel("Temperature", queries((f"rle_temperature_celsius{{{node}}}", per_device)), unit="celsius"),
-        Panel("Power", queries((f"rle_power_watts{{{node}}}", per_device)), unit="watt"),
+        Panel("RLE per device (5 s mean)", queries((f"rle_efficiency_smoothed{{{node}}}", per_device)),
+              description=THERMOGRAD_ONLY),
+        Panel("Temperature", queries((f"device:gpu_temperature_celsius:max{{{hw}}}", per_gpu)), unit="celsius"),
+        Panel("Power", queries((f"device:gpu_power_watts:max{{{hw}}}", per_gpu)), unit="watt"),
+        Panel("Utilisation", queries((f"device:gpu_utilization_ratio:max{{{hw}}}", per_gpu)), unit="percentunit"),
         Panel("Collapse onsets in the last 10 min", queries(
-            (f"device:rle_collapse_events:increase10m{{{node}}}", per_device))),
-        Panel("Exporter up", queries((f'up{{job="exporter",{node}}}', "{{instance}}")),
-              kind="state-timeline", unit="bool_yes_no", width=8),
+            (f"device:rle_collapse_events:increase10m{{{node}}}", per_device)), description=THERMOGRAD_ONLY),
+        Panel("Thermal or power throttling", queries(
+            (f'max by (source, instance, device) (device:gpu_throttle_active:max{{{hw},reason=~"{THROTTLE_REASONS}"}})',
+             per_gpu)),
+            kind="state-timeline", unit="bool_on_off",
+            description="Any thermal or power clock-event reason active (dcgm-exporter: with a throttle field in "
+                        "its counters CSV; its default counters have none)."),
+        Panel("GPU exporters up", queries(
+            (f'up{{job="exporter",{node}}} or on (job, instance) (up and on (job, instance) group by (job, instance) '
+             f'(present_over_time(instance:gpu_exporter:group{{{hw}}}[$__range])))', "{{job}} {{instance}}")),
+            kind="state-timeline", unit="bool_yes_no", width=8,
+            description="thermograd's exporter (job exporter) and every target that served GPU series of the "
+                        "selected sources in the time range."),
         Panel("Exporter sampling rate and errors", queries(
             (f"instance:rle_exporter_samples:rate1m{{{node}}}", "samples/s {{instance}}"),
             (f"sum by (instance) (rate(rle_exporter_errors_total{{{node}}}[5m]))"
              f' or on (instance) 0 * up{{job="exporter",{node}}}', "errors/s {{instance}}")),
-            unit="hertz", width=8),
+            unit="hertz", width=8, description="thermograd's exporter's own health."),
         Panel("Sampling round duration (p99)", queries(
             ("histogram_quantile(0.99, sum by (le, instance) "
              f"(rate(rle_exporter_sample_duration_seconds_bucket{{{node}}}[5m])))", "{{instance}}")),
-            unit="s", width=8),
+            unit="s", width=8, description="thermograd's exporter's own health."),
         Panel("Devices", [Query(f"rle_device_info{{{node}}}", instant=True, table=True)],
-              kind="table", width=24, height=6),
+              kind="table", width=24, height=6, description="thermograd's exporter's devices (model, backend)."),
     ]
-    variables = [query_variable("instance", "Node", "label_values(rle_device_info, instance)", multi=True)]
+    variables = [
+        query_variable("source", "Hardware source", f"label_values({GPU_SERIES}, source)", multi=True),
+        query_variable("instance", "Node", f'label_values({GPU_SERIES}{{source=~"$source"}}, instance)', multi=True),
+    ]
     annotations = [PrometheusAnnotation("Collapse", f"rle_collapsed{{{node}}} == 1", "red",
                                         "collapse on {{instance}} {{device}}")]
     return dashboard("thermograd-fleet", "GPU fleet",
-                     "Every device every exporter reports: efficiency, heat, power, collapses, exporter health.",
+                     "Every GPU of every hardware exporter (thermograd's, dcgm-exporter, nvidia_gpu_exporter): heat, "
+                     "power, utilisation, throttling, exporter health; efficiency and collapses from thermograd's.",
                      panels, variables, annotations, ["thermograd", "fleet"])
 
 
