@@ -109,3 +109,45 @@ def test_grad_norm_without_torch_get_total_norm(monkeypatch):
     model(torch.randn(8, 4)).pow(2).mean().backward()
     expected = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     assert float(callback._grad_norm) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("deepspeed_arg", "accelerate_env", "fsdp1", "unsupported"),
+    [
+        ("ds_config.json", None, False, "DeepSpeed is not supported for the gradient norm"),
+        (None, "true", False, "DeepSpeed is not supported for the gradient norm"),
+        (None, None, True, "FSDP1 (FullyShardedDataParallel) is not supported"),
+        (None, None, False, None),
+    ],
+)
+def test_sharded_gradients_it_cannot_read_are_said_unsupported_and_not_measured(
+    monkeypatch, deepspeed_arg, accelerate_env, fsdp1, unsupported
+):
+    """Under DeepSpeed (TrainingArguments(deepspeed=...) or `accelerate launch` with a DeepSpeed config)
+    p.grad is a ZeRO partition or empty; under FSDP1 it is this rank's slice of flat parameters (plain
+    tensors): no norm of it is published, and the callback says why."""
+    import types
+
+    from test_trainer_helpers import with_fsdp1_child
+
+    from trainer import PrometheusCallback
+
+    if accelerate_env is None:
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", accelerate_env)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    if fsdp1:
+        with_fsdp1_child(model)
+    banner = io.StringIO()
+    callback = PrometheusCallback(TrainingMetrics(port=0, run_id="sharded", start=False), stream=banner)
+    args = types.SimpleNamespace(max_grad_norm=1.0, device="cpu", local_process_index=0, process_index=0,
+                                 world_size=1, logging_steps=5, deepspeed=deepspeed_arg)
+    callback.on_train_begin(args, None, None, model=model, optimizer=None)
+    try:
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+    finally:
+        callback.on_train_end(args, None, None)
+    assert (callback._grad_norm is None) == (unsupported is not None)
+    assert "not supported" not in banner.getvalue() if unsupported is None else unsupported in banner.getvalue()

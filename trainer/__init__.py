@@ -1,9 +1,11 @@
 """thermograd trainer: loss and gradient norm on /metrics.
 
     from trainer import TrainingMetrics, clip_and_measure_grad_norm, PrometheusCallback
+    from trainer import PrometheusLightningCallback, host_floats, deepspeed_grad_norm
 
-`TrainingMetrics` needs only prometheus-client; `clip_and_measure_grad_norm` imports torch and
-`PrometheusCallback` transformers, each only when first used.
+`TrainingMetrics` needs only prometheus-client; `clip_and_measure_grad_norm`, `host_floats` and
+`deepspeed_grad_norm` import torch, `PrometheusCallback` transformers and `PrometheusLightningCallback`
+Lightning, each only when first used.
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ from trainer.metrics import TrainingMetrics
 
 if TYPE_CHECKING:
     from trainer.callback import PrometheusCallback
-    from trainer.gradnorm import GradNorm, clip_and_measure_grad_norm
+    from trainer.gradnorm import GradNorm, clip_and_measure_grad_norm, deepspeed_grad_norm, host_floats
+    from trainer.lightning import PrometheusLightningCallback
 
-__all__ = ["TrainingMetrics", "PrometheusCallback", "clip_and_measure_grad_norm", "GradNorm"]
+__all__ = [
+    "TrainingMetrics", "PrometheusCallback", "PrometheusLightningCallback", "clip_and_measure_grad_norm",
+    "GradNorm", "host_floats", "deepspeed_grad_norm",
+]
 
 _LAZY = {
     "PrometheusCallback": "trainer.callback",
+    "PrometheusLightningCallback": "trainer.lightning",
     "clip_and_measure_grad_norm": "trainer.gradnorm",
     "GradNorm": "trainer.gradnorm",
+    "host_floats": "trainer.gradnorm",
+    "deepspeed_grad_norm": "trainer.gradnorm",
 }
 
 

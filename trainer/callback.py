@@ -16,21 +16,26 @@ every step but hands them to callbacks only through `on_log`, i.e. every `loggin
   Trainer's logged value every `logging_steps`, and the callback says so at the first step.
 * learning rate: the optimizer's, read right after `optimizer.step()` (what Trainer logs).
 
-Both numbers reach the host in ONE copy per step, in `on_step_end`. Not supported: DeepSpeed and
-FSDP (sharded gradients; the norm would be this rank's shard) — use Trainer's own logs there.
+Both numbers reach the host in ONE copy per step, in `on_step_end`. Under DDP and FSDP2 the norm is
+the global one on every rank (`trainer.gradnorm.total_grad_norm` reduces FSDP2's DTensor norm);
+under FSDP1 (flat-parameter slices) no norm is published, and the callback says so.
+DeepSpeed is not supported for the norm: DeepSpeed computes it inside `engine.step()` and Trainer
+gives callbacks no handle on the engine, so the callback publishes loss and learning rate only and
+says so at start-up (Trainer's own logs carry the norm every `logging_steps`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from trainer.gradnorm import host_floats, total_grad_norm
-from trainer.metrics import TrainingMetrics
+from trainer.gradnorm import fsdp1_unsupported, host_floats_or_none, total_grad_norm
+from trainer.metrics import RankEndpoint, TrainingMetrics
 
 
 def _sync_gradients_flag() -> Any:
@@ -41,6 +46,11 @@ def _sync_gradients_flag() -> Any:
         return GradientState()
     except ImportError:  # pragma: no cover - Trainer itself requires accelerate
         return None
+
+
+def _uses_deepspeed(args: Any) -> bool:
+    # TrainingArguments(deepspeed=...) and `accelerate launch` with a DeepSpeed config both set this.
+    return bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
 class PrometheusCallback(TrainerCallback):
@@ -65,7 +75,7 @@ class PrometheusCallback(TrainerCallback):
     ) -> None:
         self.metrics = metrics
         self._owns_metrics = metrics is None
-        self._options = {"port": port, "bind": bind, "run_id": run_id, "log_dir": log_dir, "linger_s": linger_s}
+        self._endpoint = RankEndpoint(port=port, bind=bind, run_id=run_id, log_dir=log_dir, linger_s=linger_s)
         self._gpu_uuid = gpu_uuid
         self._stream = stream if stream is not None else sys.stderr
         self._handles: list[Any] = []
@@ -87,28 +97,36 @@ class PrometheusCallback(TrainerCallback):
         self._max_grad_norm = float(args.max_grad_norm or 0.0)
         device = str(args.device)
         if self.metrics is None:
-            opts = self._options
-            self.metrics = TrainingMetrics(
-                port=opts["port"] + (args.local_process_index if opts["port"] else 0), bind=opts["bind"],
-                run_id=opts["run_id"], rank=args.process_index, world_size=args.world_size,
-                log_dir=opts["log_dir"], linger_s=opts["linger_s"], max_grad_norm=self._max_grad_norm,
-            )
+            self.metrics = self._endpoint.open(local_rank=args.local_process_index, rank=args.process_index,
+                                               world_size=args.world_size, max_grad_norm=self._max_grad_norm)
         model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         self.metrics.set_run_info(model=model_name, device=device, gpu_uuid=self._gpu_uuid,
                                   world_size=args.world_size)
         self._scaler = getattr(optimizer, "scaler", None)
         self._grad_state = _sync_gradients_flag()
-        self._install_hooks(model)
+        deepspeed = _uses_deepspeed(args)
+        fsdp1 = fsdp1_unsupported(model, "use FSDP2: fsdp_config={'fsdp_version': 2}")
+        self._install_hooks(model, measure_grad_norm=not (deepspeed or fsdp1))
         print(
             f"PrometheusCallback: {self.metrics.url} run_id={self.metrics.run_id} rank={self.metrics.rank}: "
             "publishing EVERY optimizer step (step, loss, pre-clip grad_norm, learning_rate), "
             f"independent of logging_steps={args.logging_steps}",
             file=self._stream, flush=True,
         )
+        if deepspeed:
+            print(
+                "PrometheusCallback: DeepSpeed is not supported for the gradient norm (DeepSpeed computes it "
+                "inside engine.step(), which Trainer does not hand to callbacks): train_grad_norm is not "
+                "published; Trainer logs grad_norm every logging_steps",
+                file=self._stream, flush=True,
+            )
+        elif fsdp1:
+            print(f"PrometheusCallback: {fsdp1}", file=self._stream, flush=True)
 
-    def _install_hooks(self, model: torch.nn.Module) -> None:
-        self._params = [p for p in model.parameters() if p.requires_grad]
+    def _install_hooks(self, model: torch.nn.Module, measure_grad_norm: bool = True) -> None:
         self._handles.append(model.register_forward_hook(self._on_forward, with_kwargs=True))
+        # DeepSpeed (ZeRO: p.grad empty or a partition) or FSDP1 (flat slices): a norm of p.grad would be wrong.
+        self._params = [p for p in model.parameters() if p.requires_grad] if measure_grad_norm else []
         for param in self._params:
             self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad_ready))
 
@@ -176,12 +194,9 @@ class PrometheusCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.metrics is None:
             return
-        scalars = [t for t in (self._loss_sum, self._grad_norm) if t is not None]
-        values = iter(host_floats(*scalars)) if scalars else iter(())  # one host sync for both
-        loss = None
-        if self._loss_sum is not None:
-            loss = next(values) / (1 if self._loss_is_share else self._loss_count)
-        grad_norm = next(values) if self._grad_norm is not None else None
+        loss, grad_norm = host_floats_or_none(self._loss_sum, self._grad_norm)  # one host sync for both
+        if loss is not None:
+            loss /= 1 if self._loss_is_share else self._loss_count
         if loss is None and not self._loss_fallback_announced:
             self._loss_fallback_announced = True
             print(

@@ -335,6 +335,25 @@ class TrainingMetrics:
             return state, self._grad_hist.snapshot(), self._duration_hist.snapshot()
 
 
+@dataclass(frozen=True)
+class RankEndpoint:
+    """How a framework callback opens its own `TrainingMetrics` once the framework knows the process's
+    ranks: one endpoint per rank, on `port` + local rank so that the ranks of one host never collide
+    (`port=0`: each rank picks a free port)."""
+
+    port: int = 9843
+    bind: str = "127.0.0.1"
+    run_id: str | None = None
+    log_dir: str | os.PathLike[str] | None = None
+    linger_s: float = 0.0
+
+    def open(self, *, local_rank: int, rank: int, world_size: int, max_grad_norm: float | None) -> TrainingMetrics:
+        return TrainingMetrics(
+            port=self.port + local_rank if self.port else 0, bind=self.bind, run_id=self.run_id, rank=rank,
+            world_size=world_size, log_dir=self.log_dir, linger_s=self.linger_s, max_grad_norm=max_grad_norm,
+        )
+
+
 class _Collector:
     """Renders a TrainingMetrics snapshot as metric families (called on each scrape)."""
 
