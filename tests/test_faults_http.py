@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from faultlib import cpu_s, get, one_line_error, reset, rss_mb, run_module, sample, serving, threads
 
-from exporter.httpserve import IDLE_TIMEOUT_S, LISTEN_BACKLOG, MAX_CONNECTIONS, BoundedHTTPServer
+from exporter.httpserve import (
+    HEAD_DEADLINE_S,
+    IDLE_TIMEOUT_S,
+    LISTEN_BACKLOG,
+    MAX_CONNECTIONS,
+    BoundedHTTPServer,
+    serve_in_thread,
+)
 
 pytestmark = pytest.mark.integration
 KINDS = ["exporter", "trainer"]
@@ -39,9 +46,11 @@ def scrape_raw(port: int, timeout: float) -> bool:
         return False
 
 
-def test_200_concurrent_scrapes_of_an_8_device_exporter_all_answer(tmp_path: Path):
-    # Backlog 5 (socketserver's default): 23-53 of these timed out after 5 s.
-    with serving("exporter", tmp_path, "--devices", "8", "--sample-hz", "10") as served:
+@pytest.mark.parametrize("kind", KINDS)
+def test_200_concurrent_scrapes_all_answer(tmp_path: Path, kind: str):
+    # Backlog 5 (socketserver's default): 23-53 of these timed out after 5 s (8-device exporter).
+    args = ("--devices", "8", "--sample-hz", "10") if kind == "exporter" else ()
+    with serving(kind, tmp_path, *args) as served:
         barrier = threading.Barrier(200)
         results: list[bool] = []
 
@@ -106,6 +115,96 @@ def test_idle_connections_are_capped_and_wait_instead_of_spawning_threads(tmp_pa
             assert time.monotonic() < deadline, "the endpoint did not recover"
         assert errors(served, "busy") >= 1
         assert threads(served.proc.pid) <= base_threads + 1
+
+
+def _drip(port: int, stop: threading.Event, every_s: float) -> socket.socket:
+    """A client that sends a request line, then one header byte every `every_s`: each byte resets a
+    socket timeout, so only a deadline on the whole head ends it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+
+    def drip() -> None:
+        while not stop.wait(every_s):
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                return
+
+    threading.Thread(target=drip, daemon=True).start()
+    return sock
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("client", ["idle", "dripping"])
+def test_slots_held_by_idle_or_slow_clients_do_not_block_a_scrape(tmp_path: Path, kind: str, client: str):
+    # Before: 64 connections that sent nothing (each kept for 30 s, then reopened) or dripped their head
+    # a byte at a time (forever) held every slot; Prometheus's scrapes waited in the backlog and failed.
+    with serving(kind, tmp_path) as served:
+        stop = threading.Event()
+        if client == "idle":
+            held = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(MAX_CONNECTIONS)]
+        else:
+            held = [_drip(served.port, stop, 0.3) for _ in range(MAX_CONNECTIONS)]
+        try:
+            time.sleep(1.5)  # every slot taken; the drips are past the grace a head gets when a slot is needed
+            for _ in range(3):
+                started = time.monotonic()
+                assert scrape_raw(served.port, timeout=2), f"a scrape failed while {client} clients held the slots"
+                assert time.monotonic() - started < 2
+            assert errors(served, "evicted") >= 1  # room was made (a closed scrape frees its own slot after)
+        finally:
+            stop.set()
+            for sock in held:
+                sock.close()
+        assert "Traceback" not in served.stderr()
+
+
+def _in_process_server(timeout_s: float) -> BoundedHTTPServer:
+    server = BoundedHTTPServer(("127.0.0.1", 0), {"/metrics": lambda: (200, b"up 1\n", "text/plain")}, name="t",
+                               timeout_s=timeout_s)
+    serve_in_thread(server)
+    return server
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed the connection (EOF or reset), None if it stayed open."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - started
+
+
+def test_an_idle_connection_is_closed_after_the_timeout():
+    server = _in_process_server(timeout_s=1.0)
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+            waited = _closed_within(sock, 5)
+        assert waited is not None and 0.8 < waited < 3, waited
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_a_head_dripped_a_byte_at_a_time_is_cut_at_the_deadline():
+    server = _in_process_server(timeout_s=5.0)  # each byte comes well within the socket timeout
+    stop = threading.Event()
+    try:
+        sock = _drip(server.server_address[1], stop, 0.5)
+        waited = _closed_within(sock, HEAD_DEADLINE_S + 5)
+        sock.close()
+        assert waited is not None and HEAD_DEADLINE_S - 1 < waited < HEAD_DEADLINE_S + 3, waited
+        assert server.stats.snapshot()["evicted"] == 1
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
 
 
 def _low_fd_limit() -> None:
