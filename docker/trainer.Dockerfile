@@ -37,4 +37,4 @@ USER 10001:10001
 WORKDIR /home/thermograd
 EXPOSE 9843
 ENTRYPOINT ["python", "-m", "trainer"]
-CMD ["--model", "tiny", "--bind", "0.0.0.0", "--port", "9843", "--log-dir", "/data/logs"]
+CMD ["--model", "tiny", "--bind", "0.0.0.0", "--port", "9843", "--log-dir", "/data/logs/{run_id}"]

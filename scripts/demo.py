@@ -299,11 +299,32 @@ class Demo:
             time.sleep(1)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM; the exit status is 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all, SIGINT too: a demo started with SIGINT ignored (nohup, a CI runner, a background job)
+    # inherits SIG_IGN, and Python then never installs its KeyboardInterrupt handler; and installing the
+    # system packages can take minutes, during which Ctrl-C must work (without a traceback).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupt)
+    try:
+        return _main(argv)
+    except Interrupted as stop:  # before any child was started: nothing to clean up
+        say("interrupted")
+        return stop.exit_code
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     try:
         binaries = ensure_binaries(not args.no_install)
@@ -314,10 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve() / run_id
     out.mkdir(parents=True)  # a fresh folder, so a fresh TSDB
     ports = choose_ports({name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS})
-    # Installed explicitly, SIGINT too: a demo started with SIGINT ignored (nohup, a CI runner, a
-    # background job) inherits SIG_IGN, and Python then never installs its KeyboardInterrupt handler.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise_interrupt)
     say(f"output in {out}")
     supervisor = sl.Supervisor()
     keeping = False
@@ -335,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                 keeping = True
                 demo.keep()
             return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         say("stopping every child" if keeping else "interrupted: stopping every child")
-        return 0 if keeping else 130
+        return 0 if keeping else getattr(stop, "exit_code", 130)
     except sl.ChildDied as err:
         say(f"{err.child.name} died (exit code {err.returncode}); the last lines of {err.child.log_path}:")
         print(err.child.tail(), file=sys.stderr)
@@ -346,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         say(str(err))
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         supervisor.stop_all()
         say("all children stopped")
 

@@ -48,8 +48,11 @@ def test_the_trainer_stops_on_sigint_even_when_started_with_it_ignored(tmp_path:
 @pytest.mark.slow
 @pytest.mark.skipif(not all(sl.find_binary(kind) for kind in sl.BINARY_NAMES),
                     reason="prometheus and alertmanager binaries are not installed")
-def test_the_demo_stops_every_child_on_sigint_even_when_started_with_it_ignored(tmp_path: Path):
-    # Before: `nohup make test` left the demo deaf to SIGINT (test_ctrl_c_stops_every_child hung).
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_the_demo_stops_every_child_on_sigint_even_when_started_with_it_ignored(tmp_path: Path, signum: int,
+                                                                                exit_code: int):
+    # Before: `nohup make test` left the demo deaf to SIGINT (test_ctrl_c_stops_every_child hung); SIGTERM
+    # exited 130 like SIGINT, where a shell reports 128 + 15.
     ports, out = fresh_ports(), tmp_path / "out"
     demo = subprocess.Popen(demo_argv(out, ports, "--duration", "600"), stdout=subprocess.PIPE, text=True,
                             cwd=REPO_ROOT, preexec_fn=ignore_sigint)
@@ -57,12 +60,12 @@ def test_the_demo_stops_every_child_on_sigint_even_when_started_with_it_ignored(
         for line in demo.stdout:
             if line.startswith("demo: Prometheus http"):
                 break
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(signum)
         remaining = demo.communicate(timeout=60)[0]
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-    assert demo.returncode == 130
+    assert demo.returncode == exit_code
     assert "interrupted: stopping every child" in remaining and "all children stopped" in remaining
     assert_nothing_left(out, ports)

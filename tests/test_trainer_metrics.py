@@ -240,6 +240,26 @@ def test_step_log_writer_survives_an_unwritable_record(tmp_path, capsys):
     assert err.count("skipping a record") == 1, err
 
 
+def test_step_log_writer_survives_any_exception_and_close_returns(tmp_path, capsys):
+    """A record whose timestamp cannot be rendered (OverflowError, not a TypeError/ValueError) killed the
+    writer thread; the queue then filled and close() waited forever for room: the trainer never exited."""
+    import threading
+
+    from trainer.steplog import StepLog
+
+    log = StepLog(tmp_path, "overflow", 0, max_queued=4)
+    log.append((1, 1.0, 0.5, 1e-3, 0.1, 1e300, 8, False, False, False, 0.0, None))  # year 10^292
+    for step in range(2, 12):
+        log.append((step, 1.0, 0.5, 1e-3, 0.1, 1.7e9, 8, False, False, False, 0.0, None))
+    closer = threading.Thread(target=log.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "close() hangs"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert steps and steps[0] >= 2 and steps == sorted(steps)
+    assert "skipping a record" in capsys.readouterr().err
+
+
 def test_close_with_an_infinite_linger_waits_until_cancelled():
     import threading
 

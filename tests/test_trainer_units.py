@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -210,3 +211,18 @@ def test_total_grad_norm_without_get_total_norm(monkeypatch):
     monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
     assert float(total_grad_norm(params)) == pytest.approx(5.0)
     assert params[0].grad.tolist() == [3.0, 0.0, 0.0] and params[1].grad.tolist() == [0.0, 4.0]
+
+
+def test_a_long_run_keeps_a_bounded_burst_schedule():
+    """A month of bursts every second must not grow a list of 2.6 M starts in the training process; burst
+    indices stay counted from the run's first burst."""
+    fresh = PerturbSchedule(parse_perturb("kind=pause,every=1s,duration=0.5s,jitter=0.3"), 3)
+    reference = PerturbSchedule(parse_perturb("kind=pause,every=1s,duration=0.5s,jitter=0.3"), 3)
+    reference.KEEP_STARTS = 10**9  # this one keeps every start
+    full = list(reference.burst_starts_until(20_000))
+    for t in np.arange(0.0, 20_000.0, 0.37):
+        fresh.active(1, t)
+    assert len(fresh.burst_starts_until(20_000)) <= PerturbSchedule.KEEP_STARTS + 1
+    t = 19_999.0
+    assert fresh.latest_burst(t) == bisect.bisect_right(full, t) - 1
+    assert fresh.active(1, full[-2] + 0.1) and not fresh.active(1, full[-2] + 0.6)

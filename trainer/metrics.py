@@ -282,11 +282,11 @@ class TrainingMetrics:
         now_s = time.perf_counter()
         if duration_s is None and self._last_mark_s is not None:
             duration_s = now_s - self._last_mark_s
-        self._last_mark_s = now_s
         step = int(step)
         tokens = int(tokens)
         duration_s = None if duration_s is None else float(duration_s)
         _check_step_inputs(tokens, duration_s)
+        self._last_mark_s = now_s  # only once accepted: a rejected call records nothing, its time included
         epoch = None if epoch is None else float(epoch)
         loss = None if loss is None else float(loss)
         grad_norm = None if grad_norm is None else float(grad_norm)

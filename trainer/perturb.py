@@ -172,22 +172,32 @@ class PerturbSchedule:
         self.spec = spec
         # LR bursts keep the generator of earlier versions (same seed, same bursts); other kinds get their own.
         self._rng = random.Random(seed if spec.kind == "lr" else f"{spec.kind}:{seed}")
-        self._starts: list[float] = []
+        self._starts: list[float] = []  # the most recent burst starts (at most KEEP_STARTS)
+        self._forgotten = 0  # bursts before _starts[0]: indices stay global as old starts are dropped
+
+    KEEP_STARTS = 4096  # a month of bursts every second would otherwise be 2.6 M floats in a training process
 
     def _gap(self) -> float:
         return self.spec.every * (1 + self.spec.jitter * self._rng.uniform(-1.0, 1.0))
 
     def burst_starts_until(self, position: float) -> list[float]:
-        """Burst start positions (seconds or steps) generated so far, extended past `position`."""
+        """Burst start positions (seconds or steps) kept so far, extended past `position`. Positions only
+        move forward in a run, so the oldest half is dropped once KEEP_STARTS are kept."""
         if not self._starts:
             self._starts.append(self.spec.start if self.spec.start is not None else self._gap())
         while self._starts[-1] <= position:
             self._starts.append(self._starts[-1] + self._gap())
+            if len(self._starts) > self.KEEP_STARTS:
+                drop = self.KEEP_STARTS // 2
+                del self._starts[:drop]
+                self._forgotten += drop
         return self._starts
 
     def latest_burst(self, position: float) -> int:
-        """Index of the last burst that started at or before `position` (-1: none yet)."""
-        return bisect.bisect_right(self.burst_starts_until(position), position) - 1
+        """Index of the last burst that started at or before `position` (-1: none yet), counted from the
+        run's first burst."""
+        local = bisect.bisect_right(self.burst_starts_until(position), position) - 1
+        return -1 if local < 0 and self._forgotten == 0 else local + self._forgotten
 
     def active(self, step: int, elapsed_s: float) -> bool:
         spec = self.spec
@@ -195,5 +205,5 @@ class PerturbSchedule:
             return any(first <= step <= last for first, last in spec.step_ranges)
         # Step bursts count completed steps (step 1 is position 0), time bursts elapsed seconds.
         position = float(step - 1) if spec.unit == "steps" else elapsed_s
-        index = self.latest_burst(position)
+        index = self.latest_burst(position) - self._forgotten
         return index >= 0 and position < self._starts[index] + spec.duration

@@ -123,7 +123,9 @@ class StepLog:
             while (record := self._queue.get()) is not None:
                 try:
                     line = format_record(record, self._run_id, self._rank)
-                except (TypeError, ValueError) as exc:  # e.g. a value json cannot serialise: skip it, go on
+                except Exception as exc:  # noqa: BLE001 - a value json (or a clock) cannot render: skip it, go on.
+                    # Any exception must be caught here: a dead writer would leave the queue full and close()
+                    # waiting forever for room, so the trainer would never exit.
                     self._warn_once("record", f"skipping a record that cannot be written ({type(exc).__name__}: "
                                     f"{exc}); further such records are skipped silently")
                     continue
@@ -154,7 +156,14 @@ class StepLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)  # blocks only while the queue is full, which the writer is draining
+        # Blocks only while the queue is full and the writer drains it; a writer that died cannot drain it,
+        # and then nothing more can be written anyway.
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                continue
         self._thread.join()
         if self.dropped:
             print(f"trainer: warning: step log {self.jsonl_path}: {self.dropped} record(s) could not be written",
