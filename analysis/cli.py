@@ -9,20 +9,35 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from analysis import table as T
 from analysis.catalog import DIRECTIONS
+from analysis.derived import engine_columns
+from analysis.devices import Choice
 from analysis.errors import InputError
-from analysis.fetch import fetch_table, series_exprs
+from analysis.fetch import REQUIRED, fetch_table, series_exprs
 from analysis.load_files import load_grad_log, load_rle_csv
 from analysis.multirun import run_all
 from analysis.offline import files_to_table
 from analysis.pipeline import Settings, analyse
 from analysis.plots import coupling_png, crosscorr_png
 from analysis.promql import PromClient
+from analysis.repeats import collection_interval_s, grid_step_s
 from analysis.report import LAG_NOTE, series_summary, versions, window, write_report
-from analysis.selection import choose_device, choose_run, discover_runs, run_identity, run_sample_interval_s
+from analysis.selection import (
+    HARDWARE_SOURCES,
+    change_series,
+    choose_hardware,
+    choose_run,
+    discover_runs,
+    power_limit_w,
+    run_identity,
+    run_sample_interval_s,
+)
 from analysis.timeparse import get_tz, parse_duration_s, parse_instant_s
 from analysis.verdict import overall, summary_text
+from exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
 DEFAULT_STEP_S = 15.0  # Prometheus's own default scrape interval, used when the backend hides its config
 
@@ -39,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prometheus", metavar="URL", help="base URL of a Prometheus-compatible HTTP API")
     src.add_argument("--run", help="run_id (default: the most recent run by train_run_start_time_seconds)")
     src.add_argument("--rank", help="rank of the run to analyse (default: the lowest)")
-    src.add_argument("--device", help="device uuid or device label (default: the run's gpu_uuid, joined in PromQL)")
+    src.add_argument("--device", help="device uuid (any case, with or without GPU-) or device label (default: the "
+                                      "run's gpu_uuid, or its trainer's pod with dcgm-exporter's pod labels)")
+    src.add_argument("--hardware-source", choices=HARDWARE_SOURCES, default="auto",
+                     help="where the GPU's series come from: thermograd (this exporter's rle_*), dcgm "
+                          "(dcgm-exporter's DCGM_FI_*), nvidia-smi (nvidia_gpu_exporter's nvidia_smi_*) or auto "
+                          "(default: the first of these that holds the run's GPU)")
     src.add_argument("--start", help="window start (Unix s or RFC 3339; default: the run's first sample)")
     src.add_argument("--end", help="window end (default: the run's last sample)")
     src.add_argument("--lookback", default="30d", help="how far back to look for runs (default 30d)")
@@ -50,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="extra HTTP header, repeatable (e.g. 'X-Scope-OrgID: t1')")
     src.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (default 30)")
     src.add_argument("--retries", type=int, default=4, help="retries on connection errors and 5xx (default 4)")
+    rle = p.add_argument_group("RLE for dcgm/nvidia-smi sources (computed here by the exporter's engine)")
+    rle.add_argument("--rated-power", type=float, metavar="W",
+                     help="rated power for A_load (default: the source's power limit, e.g. "
+                          "nvidia_smi_enforced_power_limit_watts or DCGM_FI_DEV_POWER_MGMT_LIMIT)")
+    rle.add_argument("--temp-limit", type=float, metavar="C",
+                     help=f"temperature limit for T_sustain (default {DEFAULT_GPU_TEMP_LIMIT_C:g}, the exporter's)")
     files = p.add_argument_group("offline files")
     files.add_argument("--grad-log", type=Path, help="grad_norm_log.json (seed) or the trainer's JSON Lines log")
     files.add_argument("--rle-csv", type=Path, help="RLE-lab CSV")
@@ -102,6 +128,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     n_surrogates=args.surrogates, spike_z=args.spike_z,
                     event_window_s=_duration_flag("--event-window", args.event_window),
                     alpha=args.alpha, min_effect=args.min_effect, seed=args.seed)
+
+
+def check_hardware_flags(args: argparse.Namespace) -> None:
+    if args.rated_power is not None and not (math.isfinite(args.rated_power) and args.rated_power > 0):
+        raise InputError(f"--rated-power {args.rated_power:g}: must be a finite number of watts > 0")
+    if args.temp_limit is not None and not (math.isfinite(args.temp_limit) and -50 <= args.temp_limit <= 150):
+        raise InputError(f"--temp-limit {args.temp_limit:g}: must be a temperature in -50..150 C")
 
 
 def _headers(items: list[str]) -> dict[str, str]:
@@ -164,23 +197,90 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
         start_s = max(run.first_seen_s, run.start_time_s - step_s)
     if not args.end:
         end_s = min(end_s, run.last_seen_s)
+    span_s = end_s - start_s + step_s
+    ident = run_identity(client, run.run_id, args.rank, end_s, span_s)
+    choice = choose_hardware(client, ident, args.device, args.hardware_source, end_s, span_s)
+    notes += choice.notes
+    # A source that collects less often than it is scraped (dcgm-exporter: every 30 s by default) repeats each
+    # value for several scrapes. Those repeats are not observations: on a grid of scrapes they would count one
+    # reading many times (inflating n and the effective sample size), fake persistence at every lag and put a
+    # step at each collection. So the grid step becomes the source's real interval: each row holds one real
+    # reading, the trainer's series are aggregated over the same step (histogram means are exact over it), and
+    # the RLE engine runs at that interval. --step, when given, is kept as the user's choice, with a note.
+    interval_s = collection_interval_s(change_series(client, choice, start_s, end_s))
+    repeat_step_s = grid_step_s(interval_s, scrape_s)
+    hardware_lines: list[str] = []
+    if repeat_step_s is not None:
+        said = (f"hardware source {choice.source.name} repeats its values between scrapes: it collects every "
+                f"{interval_s:g} s (from when its raw values change), Prometheus scrapes every {scrape_s:g} s")
+        if args.step and step_s < repeat_step_s:
+            said += f"; --step {step_s:g} s is kept, so its values repeat within the grid"
+        elif repeat_step_s > step_s:
+            step_s, step_source = repeat_step_s, f"collection interval of hardware source {choice.source.name}"
+            said += f"; the analysis uses its real interval, a {step_s:g} s grid, one reading per row"
+        notes.append(said)
+        hardware_lines.append(said)
     start_s = math.floor(start_s / step_s) * step_s  # evaluation timestamps on whole steps
     span_s = end_s - start_s + step_s
-    rank, gpu_uuid = run_identity(client, run.run_id, args.rank, end_s, span_s)
-    uuid, device, dev_notes = choose_device(client, run.run_id, rank, args.device, end_s, span_s)
-    notes += dev_notes
-    exprs = series_exprs(run.run_id, rank, uuid, step_s, scrape_s)
-    table, fetch_notes = fetch_table(client, exprs, start_s, end_s, step_s)
+    exprs = series_exprs(run.run_id, ident.rank, choice.device.uuid, step_s, scrape_s, choice.source,
+                         choice.device.uuid_label)
+    required = tuple(c for c in REQUIRED if not (choice.source.engine and c == T.RLE))
+    table, fetch_notes = fetch_table(client, exprs, start_s, end_s, step_s, required)
     notes += fetch_notes
+    hardware = {"source": choice.source.name, "requested": args.hardware_source, "joined_by": choice.joined_by,
+                "uuid_label": choice.device.uuid_label, "collection_interval_s": interval_s,
+                "repeats_between_scrapes": repeat_step_s is not None}
+    if choice.source.engine:
+        hardware["rle"] = engine_rle(client, args, choice, table, exprs, end_s, span_s, notes)
+        hardware_lines.append(notes[-1])
+    else:
+        hardware["rle"] = {"computed_by": "exporter (its rle_* series)"}
+        if args.rated_power is not None or args.temp_limit is not None:
+            notes.append("--rated-power/--temp-limit ignored: thermograd's exporter computed the RLE itself")
     meta = {
-        "inputs": {"source": "prometheus", "url": client.url, "run_id": run.run_id, "rank": rank,
-                   "gpu_uuid": gpu_uuid, "device": {"uuid": uuid, "device": device},
-                   "runs_found": sorted(runs), "extra_headers": sorted(client.headers),
+        "inputs": {"source": "prometheus", "url": client.url, "run_id": run.run_id, "rank": ident.rank,
+                   "gpu_uuid": ident.gpu_uuid, "device": {"uuid": choice.device.uuid, "device": choice.device.device},
+                   "hardware": hardware, "runs_found": sorted(runs), "extra_headers": sorted(client.headers),
                    "auth": "bearer" if client.bearer_token else ("basic" if client.basic_auth else None)},
         "step": {"seconds": step_s, "source": step_source, "scrape_interval_s": scrape_s},
         "queries": client.queries, "notes": notes, "backend": {"backend": client.build_version()},
+        "hardware_lines": hardware_lines,
     }
     return table, meta
+
+
+def engine_rle(client: PromClient, args: argparse.Namespace, choice: Choice, table: T.Table, exprs: dict[str, str],
+               end_s: float, span_s: float, notes: list[str]) -> dict:
+    """RLE, A_load and collapses for a source that has none: the exporter's engine on the table's temperature,
+    power and utilisation (added to the table). Returns what was used, for the report; adds one note."""
+    source, uuid = choice.source.name, choice.device.uuid
+    if args.rated_power is not None:
+        rated_w, rated_from = args.rated_power, "--rated-power"
+    else:
+        rated_w, rated_from, limit_notes = power_limit_w(client, choice, end_s, span_s)
+        notes += limit_notes
+        if not math.isfinite(rated_w):
+            offered = " or ".join(choice.source.power_limits) or "no power-limit series in its metric set"
+            raise InputError(f"{source} reports no power limit for {uuid} in the window ({offered}): the RLE "
+                             "needs a rated power, pass --rated-power W")
+    temp_limit_c = DEFAULT_GPU_TEMP_LIMIT_C if args.temp_limit is None else args.temp_limit
+    for column in (T.UTILIZATION, T.POWER):
+        if not table.has(column):
+            raise InputError(f"{source} serves no {column} for {uuid} in the window, which the RLE needs "
+                             f"(PromQL: {exprs[column]})")
+    absent = np.full(table.n, np.nan)
+    done = engine_columns(table.t_unix_s, table.columns[T.UTILIZATION], table.columns[T.POWER],
+                          table.columns.get(T.TEMPERATURE, absent), rated_w, temp_limit_c, table.step_s)
+    table.columns.update(done.columns)
+    used = {"computed_by": "analysis (exporter.engine.RleEngine, the exporter's engine)", "rated_power_w": rated_w,
+            "rated_power_from": rated_from, "temp_limit_c": temp_limit_c,
+            "temp_limit_from": "--temp-limit" if args.temp_limit is not None else "the exporter's default",
+            "interval_s": table.step_s, "collapse_onsets": done.onsets, "segments": done.segments}
+    notes.append(f"RLE, A_load and collapses of {source} computed here with the exporter's engine from its "
+                 f"temperature, power and utilisation: rated power {rated_w:g} W ({rated_from}), temperature limit "
+                 f"{temp_limit_c:g} C ({used['temp_limit_from']}), one sample every {table.step_s:g} s; "
+                 f"{done.onsets} collapse onset(s)")
+    return used
 
 
 def from_files(args: argparse.Namespace) -> tuple[T.Table, dict]:
@@ -205,6 +305,7 @@ def from_files(args: argparse.Namespace) -> tuple[T.Table, dict]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = settings_from_args(args)  # bad flags fail before anything is created or fetched
+    check_hardware_flags(args)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -240,6 +341,8 @@ def run(args: argparse.Namespace) -> int:
     report["timing_s"] = {"fetch_align": t_fetch, "statistics": t_stats, "figures": time.perf_counter() - t0}
     write_report(report, args.out)
     if not args.quiet:
+        for line in meta.get("hardware_lines", []):
+            print(f"hardware: {line}")
         print(summary_text(report))
     return 0
 

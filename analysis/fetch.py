@@ -4,7 +4,7 @@ chunk's answer goes straight into its rows of a preallocated column)."""
 from __future__ import annotations
 
 from analysis import table as T
-from analysis.catalog import SERIES
+from analysis.catalog import SERIES, Source
 from analysis.errors import InputError
 from analysis.promql import PromClient
 from analysis.selection import quote_label
@@ -41,25 +41,48 @@ def grad_norm_mean_expr(train_sel: str, step_s: float, scrape_s: float) -> str:
     return histogram_mean_expr("train_step_grad_norm", train_sel, step_s, scrape_s)
 
 
-def series_exprs(run_id: str, rank: str, uuid: str, step_s: float, scrape_s: float) -> dict[str, str]:
+def series_exprs(run_id: str, rank: str, uuid: str, step_s: float, scrape_s: float, source: Source | None = None,
+                 uuid_label: str = "uuid") -> dict[str, str]:
     """One expression per column of catalog.SERIES; gauges via last_over_time over one step so a gap
-    stays a gap, counters as a per-second rate over the step, histograms as their exact mean."""
-    base = {"train": f"run_id={quote_label(run_id)},rank={quote_label(rank)}", "device": f"uuid={quote_label(uuid)}"}
+    stays a gap, counters as a per-second rate over the step, histograms as their exact mean.
+
+    The device columns come from thermograd's exporter (series.csv) or, for another `source`, from its rows
+    of sources.csv, selected by `uuid_label` as that source spells it and scaled into base units; columns the
+    source lacks (rle, a_load, collapsed: the analysis computes them, derived.py) have no expression."""
+    base = {"train": f"run_id={quote_label(run_id)},rank={quote_label(rank)}",
+            "device": f"{uuid_label}={quote_label(uuid)}"}
+    foreign = source is not None and source.name != "thermograd"
     out = {}
     for s in SERIES:
-        sel = "{" + ",".join(m for m in (base[s.source], s.matchers) if m) + "}"
-        if s.kind == "gauge":
-            out[s.column] = f"max(last_over_time({s.metric}{sel}{range_window(step_s)}))"
-        elif s.kind == "histogram_mean":
-            out[s.column] = histogram_mean_expr(s.metric, sel, step_s, scrape_s)
-        else:
-            fn, win = _rate_fn(step_s, scrape_s)
-            out[s.column] = f"max({fn}({s.metric}{sel}{win}))"
+        if not (foreign and s.source == "device"):
+            out[s.column] = _expr(s.kind, (s.metric,), ",".join(m for m in (base[s.source], s.matchers) if m),
+                                  step_s, scrape_s)
+    for row in source.rows if foreign else ():
+        out[row.column] = _expr(row.kind, row.metrics, base["device"], step_s, scrape_s, row.scale)
     return out
 
 
+def _expr(kind: str, metrics: tuple[str, ...], matchers: str, step_s: float, scrape_s: float,
+          scale: float = 1.0) -> str:
+    """One column's expression: `kind` as in series.csv; a *_max kind takes the largest of several metrics."""
+    sel = "{" + matchers + "}"
+    kind = kind.removesuffix("_max")
+    if kind == "histogram_mean":
+        return histogram_mean_expr(metrics[0], sel, step_s, scrape_s)
+    if kind == "gauge":
+        fn, win = "last_over_time", range_window(step_s)
+    else:
+        fn, win = _rate_fn(step_s, scrape_s)
+    if len(metrics) == 1:
+        inner = f"{fn}({metrics[0]}{sel}{win})"
+    else:  # rate() drops the metric name: a label keeps the metrics' results apart until max() takes the largest
+        inner = " or ".join(f'label_replace({fn}({m}{sel}{win}), "metric", "{m}", "", "")' for m in metrics)
+    expr = f"max({inner})"
+    return expr if scale == 1 else f"{expr} * {scale:g}"
+
+
 def fetch_table(client: PromClient, exprs: dict[str, str], start_s: float, end_s: float,
-                step_s: float) -> tuple[T.Table, list[str]]:
+                step_s: float, required: tuple[str, ...] = REQUIRED) -> tuple[T.Table, list[str]]:
     """Query every expression with the same start/end/step and place them on Prometheus's timestamps."""
     columns = client.query_range_columns(exprs, start_s, end_s, step_s)
     table = T.Table(start_s, step_s, next(iter(columns.values())).size, columns)
@@ -67,7 +90,7 @@ def fetch_table(client: PromClient, exprs: dict[str, str], start_s: float, end_s
     if not table.has(T.GRAD_NORM) and table.has(T.GRAD_NORM_LAST):
         table.columns[T.GRAD_NORM] = table.columns[T.GRAD_NORM_LAST]
         notes.append("train_step_grad_norm histogram absent: using the last value (train_grad_norm) per step")
-    for name in REQUIRED:
+    for name in required:
         if not table.has(name):
             raise InputError(f"series {name} missing in the window: no data for PromQL {exprs[name]}")
     return table, notes

@@ -165,15 +165,21 @@ class PromClient:
         The scrape interval as the data itself shows it, for backends that serve neither Prometheus's
         config nor its targets (VictoriaMetrics, Mimir: empty or absent /api/v1/status/config, /targets).
         """
+        medians = [round(float(np.median(np.diff(t_s))), 3) for selector in selectors
+                   for _, t_s, _ in self.raw_samples(selector, time_s, window_s, "sample interval") if t_s.size >= 2]
+        return max(medians) if medians and max(medians) > 0 else None
+
+    def raw_samples(self, selector: str, time_s: float, window_s: float,
+                    purpose: str) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        """(labels, times, values) of every series of `selector` over (time - window, time]: the raw samples as
+        scraped (a range-vector instant query), not evaluated on a grid."""
         from analysis.fetch import range_window
 
-        medians = []
-        for selector in selectors:
-            for series in self.instant(f"{selector}{range_window(window_s)}", time_s, "sample interval"):
-                t_s = np.array([float(t) for t, _ in series.get("values", [])])
-                if t_s.size >= 2:
-                    medians.append(round(float(np.median(np.diff(t_s))), 3))
-        return max(medians) if medians and max(medians) > 0 else None
+        out = []
+        for series in self.instant(f"{selector}{range_window(window_s)}", time_s, purpose):
+            t_s, values = matrix_to_arrays([series])
+            out.append((series["metric"], t_s, values))
+        return out
 
     def build_version(self) -> str | None:
         """The backend's version from /api/v1/status/buildinfo (None where it is not served)."""

@@ -1,4 +1,5 @@
-"""Which run, which window, which device: chosen from the backend's own series (PromQL only)."""
+"""Which run, which window, which device: the run and its window from the backend's own series (PromQL), the
+run <-> GPU join over each hardware source's label sets (matched in Python, devices.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.catalog import SOURCES, Source
+from analysis.devices import (
+    TRAINER_NAMESPACE_LABELS,
+    TRAINER_POD_LABELS,
+    Choice,
+    Device,
+    RunIdentity,
+    choose,
+    first_label,
+    matches,
+)
 from analysis.errors import InputError
 from analysis.promql import PromClient, matrix_to_arrays
 from analysis.timeparse import iso_utc
@@ -81,49 +93,81 @@ def choose_run(runs: dict[str, Run], wanted: str | None) -> Run:
     return runs[wanted]
 
 
-def run_identity(client: PromClient, run_id: str, rank: str | None, end_s: float,
-                 span_s: float) -> tuple[str, str]:
-    """(rank, gpu_uuid) of the run from train_run_info; the lowest rank unless --rank is given."""
+def run_identity(client: PromClient, run_id: str, rank: str | None, end_s: float, span_s: float) -> RunIdentity:
+    """The run's rank (the lowest unless --rank is given), its gpu_uuid and its trainer's pod/namespace target
+    labels, from train_run_info."""
     expr = f"last_over_time(train_run_info{{run_id={quote_label(run_id)}}}[{int(np.ceil(span_s))}s])"
     series = client.instant(expr, end_s, "run identity")
-    ranks = {s["metric"].get("rank", ""): s["metric"].get("gpu_uuid", "") for s in series}
+    ranks: dict[str, dict[str, str]] = {}
+    for labels in (s["metric"] for s in series):
+        # train_run_info's gpu_uuid is empty until the trainer has loaded its model: a non-empty one wins
+        seen = ranks.get(labels.get("rank", ""))
+        if seen is None or (labels.get("gpu_uuid") and not seen.get("gpu_uuid")):
+            ranks[labels.get("rank", "")] = labels
     if not ranks:
         raise InputError(f"run {run_id!r} has no train_run_info series (PromQL: {expr})")
     if rank is None:
         rank = min(ranks, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0, r))
     elif rank not in ranks:
         raise InputError(f"run {run_id!r} has no rank {rank!r}; ranks present: {', '.join(sorted(ranks))}")
-    return rank, ranks[rank]
+    labels = ranks[rank]
+    pod, namespace = (first_label(labels, names) for names in (TRAINER_POD_LABELS, TRAINER_NAMESPACE_LABELS))
+    return RunIdentity(run_id, rank, labels.get("gpu_uuid", ""), pod[1] if pod else "",
+                       namespace[1] if namespace else "")
 
 
-def choose_device(client: PromClient, run_id: str, rank: str, wanted: str | None, end_s: float,
-                  span_s: float) -> tuple[str, str, list[str]]:
-    """(uuid, device label, notes): --device, else the PromQL join on gpu_uuid, else the one GPU."""
+HARDWARE_SOURCES = ("auto", *SOURCES)  # --hardware-source; auto tries SOURCES in their order
+
+
+def choose_hardware(client: PromClient, run: RunIdentity, wanted: str | None, source_flag: str, end_s: float,
+                    span_s: float) -> Choice:
+    """The hardware source and device of the run: each candidate source's identity series over the window
+    (one instant query each, in order, stopping at the first that holds the run's GPU), matched in Python."""
+    names = list(SOURCES) if source_flag == "auto" else [source_flag]
+    candidates: list[tuple[Source, list[dict[str, str]]]] = []
+    for name in names:
+        source = SOURCES[name]
+        purpose = "device by gpu_uuid join" + ("" if name == "thermograd" else f" ({name})")
+        found = client.instant(f"last_over_time({source.identity}[{int(np.ceil(span_s))}s])", end_s, purpose)
+        candidates.append((source, [series["metric"] for series in found]))
+        if matches(source, candidates[-1][1], run, wanted)[0]:
+            break
+    return choose(candidates, run, wanted)
+
+
+def device_selector(device: Device) -> str:
+    return f"{device.uuid_label}={quote_label(device.uuid)}"
+
+
+def power_limit_w(client: PromClient, choice: Choice, end_s: float, span_s: float) -> tuple[float, str, list[str]]:
+    """The rated power the source reports for the device: its first power-limit metric with data over the
+    window (the highest value if it changed), that metric's name and notes; (nan, "", []) when it has none."""
     rng = f"[{int(np.ceil(span_s))}s]"
-    notes: list[str] = []
-    if wanted:
-        sel = f"last_over_time(rle_device_info{rng}) and on (uuid) (last_over_time(rle_device_info{{uuid={quote_label(wanted)}}}{rng}) or last_over_time(rle_device_info{{device={quote_label(wanted)}}}{rng}))"
-        found = client.instant(sel, end_s, "device from --device")
-        if not found:
-            raise InputError(f"device {wanted!r} not found as a uuid or device label of rle_device_info "
-                             f"(PromQL: {sel})")
-        notes.append(f"device chosen with --device {wanted}")
-    else:
-        join = (f"last_over_time(rle_device_info{rng}) * on (uuid) group_left () label_replace("
-                f"max by (gpu_uuid) (last_over_time(train_run_info{{run_id={quote_label(run_id)},rank={quote_label(rank)}}}{rng})),"
-                f' "uuid", "$1", "gpu_uuid", "(.+)")')
-        found = client.instant(join, end_s, "device by gpu_uuid join")
-        if not found:
-            gpus = client.instant(f'last_over_time(rle_device_info{{kind="gpu"}}{rng})', end_s, "single GPU fallback")
-            uuids = {s["metric"].get("uuid", "") for s in gpus}
-            if len(uuids) != 1:
-                raise InputError(f"cannot tell which device run {run_id!r} used: its gpu_uuid matches no "
-                                 f"rle_device_info series and there are {len(uuids)} GPUs; pass --device UUID")
-            found = gpus
-            notes.append("the run's gpu_uuid is empty or unmatched; using the only GPU device "
-                         f"({found[0]['metric'].get('uuid', '')})")
-    uuids = sorted({s["metric"].get("uuid", "") for s in found})
-    if len(uuids) != 1:
-        raise InputError(f"device selection is ambiguous: uuids {', '.join(uuids)}; pass --device UUID")
-    device = found[0]["metric"].get("device", "")
-    return uuids[0], device, notes
+    for metric in choice.source.power_limits:
+        sel = f"{metric}{{{device_selector(choice.device)}}}{rng}"
+        values = [float(s["value"][1]) for fn in ("min_over_time", "max_over_time")
+                  for s in client.instant(f"max({fn}({sel}))", end_s, f"rated power ({metric})")]
+        if values and all(np.isfinite(values)) and max(values) > 0:
+            notes = ([f"{metric} changed during the window ({min(values):g}-{max(values):g} W): the RLE engine "
+                      f"used the highest"] if min(values) != max(values) else [])
+            return max(values), metric, notes
+    return float("nan"), "", []
+
+
+INTERVAL_WINDOW_S = 600.0  # a source's collection interval is read from the window's first ten minutes
+
+
+def change_series(client: PromClient, choice: Choice, start_s: float, end_s: float) -> list[tuple[np.ndarray,
+                                                                                                  np.ndarray]]:
+    """Raw samples (time, value) of the device's power, energy, utilisation and temperature series over the
+    window's first ten minutes: where their values change shows how often the source really collects."""
+    at_s = min(end_s, start_s + INTERVAL_WINDOW_S)
+    out = []
+    for column in ("power", "energy_power", "utilization", "temperature"):
+        row = choice.source.row(column)
+        if row is None:
+            continue
+        selector = f"{row.metrics[0]}{{{device_selector(choice.device)}}}"
+        out += [(t_s, v) for _, t_s, v in client.raw_samples(selector, at_s, max(at_s - start_s, 1.0),
+                                                              f"collection interval ({row.metrics[0]})")]
+    return out

@@ -13,6 +13,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, fields
 
+DEFAULT_GPU_TEMP_LIMIT_C = 83.0  # the RLE lab's GPU limit: NVML GPUs' default, and the analysis's for other sources
+
 
 @dataclass(frozen=True)
 class RleConfig:

@@ -15,10 +15,10 @@ from typing import Any
 import pynvml
 
 from exporter.backends.base import THROTTLE_REASONS, BackendUnavailable, DeviceInfo, DeviceLost, Reading
+from exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GPU_TEMP_LIMIT_C = 83.0  # the RLE lab's GPU limit
 # Errors that mean the whole GPU is unreachable, not just one query.
 _LOST_CODES = {pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_GPU_NOT_FOUND,
                pynvml.NVML_ERROR_UNINITIALIZED, pynvml.NVML_ERROR_RESET_REQUIRED}
