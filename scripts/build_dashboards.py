@@ -276,12 +276,14 @@ def coupling_dashboard() -> dict:
         Panel("Throttle cost (tokens/s lost to throttling)", queries(
             (f"rank:train_tokens_lost_to_throttling:rate10s{{{run}}}", "lost, rank {{rank}} on {{uuid}}"),
             (f"rank:train_tokens:rate10s{{{run}}}", "tokens/s now, rank {{rank}}"),
-            (f"avg_over_time(rank:train_tokens:rate10s_unthrottled{{{run}}}[10m])", "unthrottled tokens/s, rank {{rank}}")),
+            (f"last_over_time(rank:train_tokens:rate10s_unthrottled_avg10m{{{run}}}[6h])",
+             "unthrottled tokens/s, rank {{rank}}")),
             unit="short", width=12,
             description="The run's own unthrottled speed (10-s windows of the last 10 min with the GPU not throttled "
-                        "by a thermal or power reason and no pause burst) minus its speed now, while its GPU is "
-                        "throttled; 0 while it is not. Negative: not slower while throttled. Throttling as "
-                        "thermograd's exporter reports it (rle_throttle_active, 1-s samples)."),
+                        "by a thermal or power reason and no pause burst; through a longer hot spell, the last such "
+                        "speed) minus its speed now, while its GPU is throttled; 0 while it is not. Negative: not "
+                        "slower while throttled. Throttling as any hardware source reports it (thermograd's, "
+                        "dcgm-exporter's or nvidia_gpu_exporter's clock-event reasons)."),
         Panel("SM clock", queries((f"device:gpu_sm_clock_hertz:max{{{hw}}}", "SM clock ({{source}})")),
               unit="hertz", width=12,
               description="Thermal and power throttling show as clock drops (see Throttle reasons)."),

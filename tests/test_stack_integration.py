@@ -155,7 +155,8 @@ def test_grad_norm_and_rle_come_back_on_identical_timestamps(stack: LiveStack):
 # a ~1 min live run on a quiet machine sometimes has none (1 of 2 fresh-clone runs). Their values are
 # checked by promtool (prometheus/tests/recording_test.yml, firing and silent cases); here (and in the live
 # dashboard test, tests/test_stack_dashboards.py) they may be absent.
-NEEDS_UNTHROTTLED_WINDOW = ("rank:train_tokens:rate10s_unthrottled", "rank:train_tokens_lost_to_throttling:rate10s")
+NEEDS_UNTHROTTLED_WINDOW = ("rank:train_tokens:rate10s_unthrottled", "rank:train_tokens:rate10s_unthrottled_avg10m",
+                           "rank:train_tokens_lost_to_throttling:rate10s")
 
 
 def test_every_recording_rule_evaluates(stack: LiveStack):
