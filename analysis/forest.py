@@ -25,6 +25,10 @@ def _panel(ax: plt.Axes, entry: dict, rows: list[dict], bound: float) -> None:
     pooled = entry["pooled"]
     if pooled is not None:
         lo, hi, r = pooled["ci"][0], pooled["ci"][1], pooled["r"]
+        if pooled.get("prediction_interval"):  # where a new run's r would fall: wider than the CI when runs differ
+            p_lo, p_hi = pooled["prediction_interval"]
+            ax.plot([p_lo, p_hi], [0, 0], color="tab:red", lw=0.8, ls=(0, (4, 2)),
+                    label=f"prediction [{p_lo:+.2f}, {p_hi:+.2f}]")
         ax.fill([lo, r, hi, r], [0, 0.3, 0, -0.3], color="tab:red",
                 label=f"pooled {r:+.2f} [{lo:+.2f}, {hi:+.2f}]")
         i2 = "n/a" if pooled["i2"] is None else f"{100 * pooled['i2']:.0f}%"

@@ -29,7 +29,7 @@ from analysis.stats.series import INSUFFICIENT
 
 LOG_PATTERNS = ("*.jsonl", "*.json")
 CSV_PATTERN = "*.csv"
-ROW_FIELDS = ("run", "x", "y", "start", "end", "n", "n_eff", "r", "ci_low", "ci_high", "p_adjusted",
+ROW_FIELDS = ("run", "direction", "x", "y", "start", "end", "n", "n_eff", "r", "ci_low", "ci_high", "p_adjusted",
               "peak_lag_s", "peak_r", "lag_p_adjusted", "coupled", "strength", "run_strength")
 
 
@@ -106,7 +106,8 @@ def pair_rows(run_id: str, report: dict) -> list[dict]:
     for pair in report["pairs"]:
         prim, lag = pair["primary"], pair["lag"]
         ci = prim.get("ci") or [None, None]
-        rows.append({"run": run_id, "x": pair["x"], "y": pair["y"], "start": report["window"]["start"],
+        rows.append({"run": run_id, "direction": pair.get("direction", ""), "x": pair["x"], "y": pair["y"],
+                     "start": report["window"]["start"],
                      "end": report["window"]["end"], "n": prim.get("n"), "n_eff": prim.get("n_eff"),
                      "r": prim.get("r"), "ci_low": ci[0], "ci_high": ci[1], "p_adjusted": prim.get("p_adjusted"),
                      "peak_lag_s": lag.get("peak_lag_s"), "peak_r": lag.get("peak_r"),
@@ -140,23 +141,25 @@ def pooled_verdict(pooled: dict, p_adjusted: float, cfg: Settings) -> dict:
 
 
 def meta_analyse(rows: list[dict], cfg: Settings) -> list[dict]:
-    """Per pair (in the reports' order): DerSimonian-Laird over the runs with a usable lag-0 r and CI,
-    Holm across the pairs, and the pooled verdict; a pair without any usable run is insufficient data."""
-    pairs = list(dict.fromkeys((row["x"], row["y"]) for row in rows))
+    """Per pair (in the reports' order): random effects over the runs with a usable lag-0 r and CI, Holm
+    across the pairs of each direction (one family per direction, as in a single run's verdict), and the
+    pooled verdict; a pair without any usable run is insufficient data."""
+    pairs = list(dict.fromkeys((row["direction"], row["x"], row["y"]) for row in rows))
     out = []
-    for x, y in pairs:
-        mine = [row for row in rows if (row["x"], row["y"]) == (x, y)]
+    for direction, x, y in pairs:
+        mine = [row for row in rows if (row["direction"], row["x"], row["y"]) == (direction, x, y)]
         used = [row for row in mine if _usable(row)]
-        entry: dict = {"x": x, "y": y, "runs": [row["run"] for row in used],
+        entry: dict = {"direction": direction, "x": x, "y": y, "runs": [row["run"] for row in used],
                        "runs_left_out": [row["run"] for row in mine if not _usable(row)]}
         if used:
             z, se = zip(*(z_and_se(row["r"], [row["ci_low"], row["ci_high"]]) for row in used), strict=True)
             entry["pooled"] = dersimonian_laird(np.array(z), np.array(se), cfg.alpha)
         out.append(entry)
-    tested = [e for e in out if "pooled" in e]
-    for entry, p_adj in zip(tested, holm([e["pooled"]["p"] for e in tested]), strict=True):
-        entry["pooled"]["p_adjusted"] = p_adj
-        entry.update(pooled_verdict(entry["pooled"], p_adj, cfg))
+    for direction in dict.fromkeys(e["direction"] for e in out):
+        tested = [e for e in out if "pooled" in e and e["direction"] == direction]
+        for entry, p_adj in zip(tested, holm([e["pooled"]["p"] for e in tested]), strict=True):
+            entry["pooled"]["p_adjusted"] = p_adj
+            entry.update(pooled_verdict(entry["pooled"], p_adj, cfg))
     for entry in out:
         if "pooled" not in entry:
             entry.update(pooled=None, coupled=False, strength=INSUFFICIENT)

@@ -39,12 +39,32 @@ def test_dersimonian_laird_matches_statsmodels(seed):
     ref = combine_effects(z, se**2, method_re="dl")
     frame = ref.summary_frame().loc["random effect"]
     assert ours["z"] == pytest.approx(ref.mean_effect_re, rel=1e-12)
-    assert ours["se_z"] == pytest.approx(ref.sd_eff_w_re, rel=1e-12)
+    assert ours["dl"]["se_z"] == pytest.approx(ref.sd_eff_w_re, rel=1e-12)
     assert ours["tau2"] == pytest.approx(ref.tau2, rel=1e-10, abs=1e-15)
     assert ours["i2"] == pytest.approx(ref.i2, rel=1e-10, abs=1e-15)
     assert ours["q"] == pytest.approx(ref.q, rel=1e-12)
-    assert np.arctanh(ours["ci"]) == pytest.approx([frame["ci_low"], frame["ci_upp"]], rel=1e-10)
+    assert np.arctanh(ours["dl"]["ci"]) == pytest.approx([frame["ci_low"], frame["ci_upp"]], rel=1e-10)
     assert ours["r"] == pytest.approx(np.tanh(ref.mean_effect_re), rel=1e-12)
+    # Hartung-Knapp-Sidik-Jonkman: statsmodels' "random effect wls" scale, floored at 1; t with k - 1 df
+    assert ours["hksj_scale"] == pytest.approx(ref.scale_hksj_re, rel=1e-10)
+    assert ours["se_z"] == pytest.approx(ref.sd_eff_w_re * np.sqrt(max(1.0, ref.scale_hksj_re)), rel=1e-10)
+    if ref.scale_hksj_re >= 1:
+        assert np.arctanh(ours["ci"]) == pytest.approx(ref.conf_int(use_t=True)[3], rel=1e-10)
+
+
+def test_pooled_test_keeps_its_error_rate_with_few_heterogeneous_runs():
+    """No pooled effect, 4 runs whose true r differ (sd 0.2 on the z scale): DerSimonian-Laird's normal
+    test rejects far more often than 5 %; the Hartung-Knapp-Sidik-Jonkman test the verdict uses does not."""
+    rng = np.random.default_rng(11)
+    rejections = {"dl": 0, "hksj": 0}
+    draws = 2000
+    for _ in range(draws):
+        se = rng.uniform(0.05, 0.2, 4)
+        pooled = dersimonian_laird(rng.normal(0.0, np.sqrt(se**2 + 0.2**2)), se)
+        rejections["dl"] += pooled["dl"]["p"] < 0.05
+        rejections["hksj"] += pooled["p"] < 0.05
+    assert rejections["dl"] / draws > 0.09
+    assert rejections["hksj"] / draws <= 0.06
 
 
 def test_one_run_and_identical_runs_have_no_heterogeneity():
@@ -83,12 +103,22 @@ def test_pooled_verdict_uses_a_single_runs_bands(r, se_z, p_adj, coupled, streng
 
 
 def test_runs_without_a_usable_ci_are_left_out_and_a_pair_without_any_is_insufficient():
-    rows = [{"run": "a", "x": "g", "y": "p", "r": 0.5, "ci_low": 0.4, "ci_high": 0.6},
-            {"run": "b", "x": "g", "y": "p", "r": None, "ci_low": None, "ci_high": None},
-            {"run": "a", "x": "g", "y": "t", "r": None, "ci_low": None, "ci_high": None}]
+    rows = [{"run": "a", "direction": "d", "x": "g", "y": "p", "r": 0.5, "ci_low": 0.4, "ci_high": 0.6},
+            {"run": "b", "direction": "d", "x": "g", "y": "p", "r": None, "ci_low": None, "ci_high": None},
+            {"run": "a", "direction": "d", "x": "g", "y": "t", "r": None, "ci_low": None, "ci_high": None}]
     power, temp = meta_analyse(rows, Settings())
     assert power["runs"] == ["a"] and power["runs_left_out"] == ["b"] and power["pooled"]["k"] == 1
     assert temp["pooled"] is None and temp["strength"] == "insufficient data"
+
+
+def test_holm_runs_within_each_direction_as_in_a_single_run():
+    rows = [{"run": run, "direction": direction, "x": x, "y": "s", "r": 0.2, "ci_low": 0.1, "ci_high": 0.3}
+            for run in ("a", "b", "c") for direction, x in (("one", "g"), ("one", "l"), ("two", "c"))]
+    one_g, one_l, two = meta_analyse(rows, Settings())
+    p = two["pooled"]["p"]
+    assert one_g["pooled"]["p"] == pytest.approx(p) and one_l["pooled"]["p"] == pytest.approx(p)
+    assert two["pooled"]["p_adjusted"] == pytest.approx(p)  # alone in its family
+    assert one_g["pooled"]["p_adjusted"] == pytest.approx(min(1.0, 2 * p))
 
 
 def analysis(*args: str) -> subprocess.CompletedProcess:
@@ -118,6 +148,8 @@ def test_offline_folder_of_runs(tmp_path):
     runs = tmp_path / "runs"
     for i in range(3):
         write_files(planted_run("gaussian", RUN_S, 0, 0.5, seed=i), runs / f"coupled-{i}")
+    for i, kind in enumerate(("ar1", "spikes")):  # and two runs in which nothing is coupled
+        write_files(null_run(kind, RUN_S, seed=40 + i), runs / f"null-{kind}")
     out = tmp_path / "out"
     proc = analysis("--all-runs", "--runs-dir", str(runs), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -125,13 +157,19 @@ def test_offline_folder_of_runs(tmp_path):
     with (out / "runs.csv").open() as f:
         csv_rows = list(csv.DictReader(f))
     n_pairs = len(strict_json(out / "runs" / "coupled-0" / "report.json")["pairs"])
-    assert len(rows) == len(csv_rows) == 3 * n_pairs
-    assert {r["run"] for r in rows} == {"coupled-0", "coupled-1", "coupled-2"}
+    assert len(rows) == len(csv_rows) == 5 * n_pairs
+    assert {r["run"] for r in rows} == {"coupled-0", "coupled-1", "coupled-2", "null-ar1", "null-spikes"}
+    by_run = {r["run"]: r for r in rows if (r["x"], r["y"]) == ("grad_norm", "power")}
+    assert all(by_run[f"coupled-{i}"]["coupled"] for i in range(3))
+    assert not by_run["null-ar1"]["coupled"] and not by_run["null-spikes"]["coupled"]
     pairs = _pairs(out)
     power = pairs["grad_norm~power"]["pooled"]
-    assert power["k"] == 3 and 0.4 < power["r"] < 0.6 and power["ci"][0] > 0.3
-    assert pairs["grad_norm~power"]["coupled"] and pairs["grad_norm~power"]["strength"] == "moderate"
-    assert pairs["grad_norm~temperature"]["strength"] == "none"
+    # three runs at r ~ 0.5 and two at ~0: the runs disagree, the prediction interval says so
+    assert power["k"] == 5 and 0.15 < power["r"] < 0.45 and power["i2"] > 0.8
+    assert power["prediction_interval"][0] < 0 < power["prediction_interval"][1]
+    assert pairs["grad_norm~power"]["direction"] == "optimizer_to_hardware"
+    assert pairs["grad_norm~temperature"]["strength"] in ("none", "inconclusive")
+    assert not pairs["grad_norm~temperature"]["coupled"]
     assert (out / "forest.png").stat().st_size > 10_000
     assert "grad_norm vs power: pooled r" in proc.stdout
 
