@@ -52,7 +52,8 @@ TOL_BY_KEY = {"run_length_to_settle_s": 1e-6}
 # on first differences of 12-digit levels it moves ~1e-9 relative (measured: up to 5e-9 over 200 short
 # synthetic runs whose inputs were rounded to 12 significant digits, against 2e-10 for a lag-0 r).
 TOL_BY_PREFIX = {".granger[": 1e-6}
-COMPARED = ("verdict", "window", "series", "pairs", "events", "granger", "warmup")
+COMPARED = ("verdict", "verdicts", "window", "series", "pairs", "events", "granger", "perturbation",
+            "positive_control", "throttle_cost", "warmup")
 
 
 @dataclass
