@@ -201,25 +201,10 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     ident = run_identity(client, run.run_id, args.rank, end_s, span_s)
     choice = choose_hardware(client, ident, args.device, args.hardware_source, end_s, span_s)
     notes += choice.notes
-    # A source that collects less often than it is scraped (dcgm-exporter: every 30 s by default) repeats each
-    # value for several scrapes. Those repeats are not observations: on a grid of scrapes they would count one
-    # reading many times (inflating n and the effective sample size), fake persistence at every lag and put a
-    # step at each collection. So the grid step becomes the source's real interval: each row holds one real
-    # reading, the trainer's series are aggregated over the same step (histogram means are exact over it), and
-    # the RLE engine runs at that interval. --step, when given, is kept as the user's choice, with a note.
-    interval_s = collection_interval_s(change_series(client, choice, start_s, end_s))
-    repeat_step_s = grid_step_s(interval_s, scrape_s)
-    hardware_lines: list[str] = []
-    if repeat_step_s is not None:
-        said = (f"hardware source {choice.source.name} repeats its values between scrapes: it collects every "
-                f"{interval_s:g} s (from when its raw values change), Prometheus scrapes every {scrape_s:g} s")
-        if args.step and step_s < repeat_step_s:
-            said += f"; --step {step_s:g} s is kept, so its values repeat within the grid"
-        elif repeat_step_s > step_s:
-            step_s, step_source = repeat_step_s, f"collection interval of hardware source {choice.source.name}"
-            said += f"; the analysis uses its real interval, a {step_s:g} s grid, one reading per row"
-        notes.append(said)
-        hardware_lines.append(said)
+    interval_s, repeats, hardware_lines = source_interval(client, choice, args, start_s, end_s, scrape_s, step_s,
+                                                          notes)
+    if repeats and not args.step and repeats > step_s:
+        step_s, step_source = repeats, f"collection interval of hardware source {choice.source.name}"
     start_s = math.floor(start_s / step_s) * step_s  # evaluation timestamps on whole steps
     span_s = end_s - start_s + step_s
     exprs = series_exprs(run.run_id, ident.rank, choice.device.uuid, step_s, scrape_s, choice.source,
@@ -229,7 +214,7 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     notes += fetch_notes
     hardware = {"source": choice.source.name, "requested": args.hardware_source, "joined_by": choice.joined_by,
                 "uuid_label": choice.device.uuid_label, "collection_interval_s": interval_s,
-                "repeats_between_scrapes": repeat_step_s is not None}
+                "repeats_between_scrapes": repeats is not None}
     if choice.source.engine:
         hardware["rle"] = engine_rle(client, args, choice, table, exprs, end_s, span_s, notes)
         hardware_lines.append(notes[-1])
@@ -247,6 +232,36 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
         "hardware_lines": hardware_lines,
     }
     return table, meta
+
+
+def source_interval(client: PromClient, choice: Choice, args: argparse.Namespace, start_s: float, end_s: float,
+                    scrape_s: float, step_s: float, notes: list[str]) -> tuple[float | None, float | None, list[str]]:
+    """(the source's collection interval, the grid step it needs when it repeats values between scrapes,
+    the lines to print); notes say what was found.
+
+    A source that collects less often than it is scraped (dcgm-exporter: every 30 s by default) repeats each
+    value for several scrapes. Those repeats are not observations: on a grid of scrapes they would count one
+    reading many times (inflating n and the effective sample size), fake persistence at every lag and put a
+    step at each collection. So the grid step becomes the source's real interval: each row holds one real
+    reading, the trainer's series are aggregated over the same step (histogram means are exact over it), and
+    the RLE engine runs at that interval. --step, when given, is kept as the user's choice, with a note."""
+    interval_s = collection_interval_s(change_series(client, choice, start_s, end_s))
+    repeat_step_s = grid_step_s(interval_s, scrape_s)
+    name = choice.source.name
+    if repeat_step_s is None:
+        if interval_s is None and choice.source.engine:
+            notes.append(f"hardware source {name}: too few value changes in its raw samples to tell how often it "
+                         f"collects (its default: every {choice.source.default_interval_s:g} s); if it repeats "
+                         "values between scrapes, pass --step with its collection interval")
+        return interval_s, None, []
+    said = (f"hardware source {name} repeats its values between scrapes: it collects every {interval_s:g} s "
+            f"(from when its raw values change), Prometheus scrapes every {scrape_s:g} s")
+    if args.step and step_s < repeat_step_s:
+        said += f"; --step {step_s:g} s is kept, so its values repeat within the grid"
+    elif repeat_step_s > step_s:
+        said += f"; the analysis uses its real interval, a {repeat_step_s:g} s grid, one reading per row"
+    notes.append(said)
+    return interval_s, repeat_step_s, [said]
 
 
 def engine_rle(client: PromClient, args: argparse.Namespace, choice: Choice, table: T.Table, exprs: dict[str, str],
