@@ -3,7 +3,7 @@ run <-> GPU join over each hardware source's label sets (matched in Python, devi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,18 +31,6 @@ class Run:
     start_time_s: float
     first_seen_s: float
     last_seen_s: float
-
-
-@dataclass
-class Selection:
-    run_id: str
-    rank: str
-    start_s: float
-    end_s: float
-    uuid: str
-    device: str
-    gpu_uuid: str
-    notes: list[str] = field(default_factory=list)
 
 
 def quote_label(value: str) -> str:
@@ -145,8 +133,8 @@ def power_limit_w(client: PromClient, choice: Choice, end_s: float, span_s: floa
     rng = f"[{int(np.ceil(span_s))}s]"
     for metric in choice.source.power_limits:
         sel = f"{metric}{{{device_selector(choice.device)}}}{rng}"
-        values = [float(s["value"][1]) for fn in ("min_over_time", "max_over_time")
-                  for s in client.instant(f"max({fn}({sel}))", end_s, f"rated power ({metric})")]
+        values = [float(s["value"][1]) for agg in ("min", "max")
+                  for s in client.instant(f"{agg}({agg}_over_time({sel}))", end_s, f"rated power ({metric})")]
         if values and all(np.isfinite(values)) and max(values) > 0:
             notes = ([f"{metric} changed during the window ({min(values):g}-{max(values):g} W): the RLE engine "
                       f"used the highest"] if min(values) != max(values) else [])
