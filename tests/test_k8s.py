@@ -275,7 +275,7 @@ def test_the_dcgm_example_maps_its_labels_onto_the_join_key():
               if r["action"] == "replace"}
     assert mapped[("UUID",)] == "uuid"  # rle_device_info's join label; train_run_info carries gpu_uuid
     text = (KDIR / "examples" / "dcgm-exporter-servicemonitor.yaml").read_text()
-    assert "issue #11" in text and "NOT built yet" in text
+    assert "--hardware-source dcgm" in text and "-c 1000" in text  # points to the analysis's own dcgm source
 
 
 # ------------------------------------------------------------------------------------------ Grafana
