@@ -240,7 +240,7 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
              f"({', '.join(f'{d}: {families[d]}' for d in DIRECTIONS)}), the {families['secondary']} secondary "
              "tests (events, Granger, learning-rate bursts) and the positive control."]
     if max(families[d] for d in DIRECTIONS) / (cfg.n_surrogates + 1) >= cfg.alpha:
-        notes.append(f"With {cfg.n_surrogates} bootstrap draws the lagged tests cannot reach alpha={cfg.alpha} "
+        notes.append(f"With {cfg.n_surrogates} Monte Carlo draws the lagged tests cannot reach alpha={cfg.alpha} "
                      "after correction: raise --surrogates.")
     if paused.any():
         notes.append(f"{int(paused.sum())} rows inside the trainer's pause bursts (and {PAUSE_SETTLE_S:g} s after "

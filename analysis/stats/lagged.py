@@ -1,19 +1,26 @@
 """Lag-0 and lagged correlation of two stationary series: winsorised, HAC t, shift-checked.
 
-The series (high-passed, volatility-standardised differences: series.stationary) are standardised and
-clipped at +/-3 (one chance coincidence of two spikes must not read as coupling). At each lag the sum of
+The series (high-passed, volatility-standardised differences: series.stationary) are robust-z clipped at
++/-max(3, n^(1/4)) and standardised (one chance coincidence of two spikes must not read as coupling:
+`winsorised`). At each lag the sum of
 products is divided by its standard error under independence: the one from both series'
 autocorrelations with Bartlett weights (the HAC form of Bretherton's effective n; exact when either
 series is homoskedastic), widened where both series are volatile at the same moments by the ratio of
 the products' own variance to it (DiCiccio & Romano's robust studentisation) over the neighbouring
-lags, one FFT for every lag at once. The lag-0 p comes from the t distribution; the max over the 2L + 1 lags is compared with a
-dependent wild bootstrap of the same sums (up to 5,000 rows; Sidak beyond, where the lags' statistics
-are close to independent normals). A circular-shift null cannot do that job: with only n / (2L + 1)
-independent windows no permutation p-value for a max over lags could survive the correction in a
-10-minute run, and overlapping windows would tie with the observed one. Circular shifts of y far
-from the scanned lags (both series' spikes, clustering and volatility intact) check the standard error:
-when their spread exceeds 1.2 the statistic is widened by it. The equivalence test's standard errors
-take the larger of the two variance forms at every lag.
+lags, one FFT for every lag at once. The lag-0 p comes from the t distribution. The max over the
+2L + 1 lags is compared with the max of |Z| for Z Gaussian with the lags' own correlation, which the two
+series' autocorrelations give (Sum_k rho_x(k) rho_y(k + d) between lags d apart): the same null at every
+length. A differenced series is strongly anti-correlated at lag 1, so neighbouring lags are too, and
+Sidak's bound for independent lags was conservative (1.7-3.6 % at 5 %); a dependent wild bootstrap of
+the sums was too at short lengths (0.3-1.5 % below 300 rows), because its per-lag variance is itself
+noisy and the max over lags picks the lags where it came out large.
+
+A circular-shift null cannot do that job: with only n / (2L + 1) independent windows no permutation
+p-value for a max over lags could survive the correction in a 10-minute run, and overlapping windows
+would tie with the observed one. Circular shifts of y far from the scanned lags (both series' spikes,
+clustering and volatility intact) check the standard error: when their spread exceeds 1.2 the statistic
+is widened by it. The equivalence test's standard errors take the larger of the two variance forms at
+every lag.
 
 Gaps stay on the grid as missing values (zero-filled after standardising, so they add nothing to any sum);
 every sum counts only the pairs present at that lag. Nothing is computed across a gap.
@@ -26,13 +33,21 @@ from scipy import fft as sp_fft
 from scipy import stats
 from scipy.ndimage import median_filter
 
-from analysis.stats.series import INSUFFICIENT, is_constant, standardise_fill
+from analysis.stats.series import INSUFFICIENT, is_constant, robust_z, standardise_fill
 
 MIN_OVERLAP = 30  # overlapping pairs required at the largest lag
 MIN_SCALE_SHIFTS = 30  # circular shifts needed to check the statistic's scale
 SCALE_ALARM = 1.2  # a null spread above this means the variance model misses something: widen by it
+# The spread is the median |t| of m shifts: its standard error is about 1.17 / sqrt(m) for independent
+# draws and more for neighbouring shifts, whose t are correlated. A 3-minute run has some 40 shifts far
+# from a +/-30 s scan: a spread of 1.2 is then one standard error, not evidence (the alarm fired in 9 % of
+# such null runs, and every lagged test it widened came out p >= 0.05). So the alarm needs two.
+SPREAD_SE_SHIFTS = 1.5
 COVOLATILITY_LAGS = 5  # shared volatility is judged on the 11 lags around each lag
-WINSOR_Z = 3.0  # standardised values are clipped here before any sum (bounded influence of one spike)
+WINSOR_Z = 3.0  # robust z clipped at least here before any sum (bounded influence of one spike) ...
+# ... and at n^(1/4) beyond 81 samples: one coincidence of two clipped values then moves a sum whose standard
+# error is sqrt(n) by at most about one standard error at every length, while a long run's large shared
+# movements (a learning-rate burst that power follows) keep most of their weight in r.
 MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|
 Z_95 = 1.959963984540054
 
@@ -57,33 +72,39 @@ def _circ_cc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-MULTIPLIER_MAX_ROWS = 5_000  # beyond this the lags' t are close to independent normals: Sidak is exact enough
-_BATCH_VALUES = 4_000_000
+def lag_correlation(rho_a: np.ndarray, rho_b: np.ndarray, max_lag: int) -> np.ndarray:
+    """Correlation matrix, under independence, of the lag sums S(tau) = Sum_t a_t b_(t+tau) for tau in
+    -max_lag..max_lag: Cov(S(t1), S(t2)) is proportional to Sum_k rho_a(k) rho_b(k + t2 - t1).
 
-
-def multiplier_max(a: np.ndarray, b: np.ndarray, taus: np.ndarray, sd: np.ndarray, block: int, n_draws: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Null draws of max over lags of |sum_t eta_t a_t b_(t+tau)| / sd(tau), eta Gaussian and constant
-    over blocks of `block` rows (a dependent wild bootstrap, Shao 2010).
-
-    Each draw keeps the data and flips the sign and size of their products block by block: the sums
-    have mean zero, the products' own variance and autocorrelation, and the same correlation across
-    lags as the real statistic, so the max over lags needs no independence assumption (Sidak's bound
-    is conservative when lags are correlated or the statistic's tails are light).
+    `rho_*` are autocorrelations at lags 0..bw; each is tapered by the square root of the Bartlett
+    weights, so the diagonal is the same Bartlett-weighted sum as the variance's inflation factor.
     """
-    n = a.size
-    m = sp_fft.next_fast_len(2 * n - 1, real=True)
-    bf = sp_fft.rfft(b, m)
-    blocks = -(-n // block)
+    bw = min(rho_a.size, rho_b.size) - 1
+    taper = np.sqrt(1.0 - np.arange(bw + 1) / (bw + 1.0))
+    a, b = (np.concatenate((r[bw:0:-1], r[: bw + 1])) * np.concatenate((taper[:0:-1], taper))
+            for r in (rho_a, rho_b))  # k = -bw..bw
+    full = np.correlate(b, a, mode="full")  # full[2 bw + d] = Sum_k a_k b_(k + d), d = -2 bw..2 bw
+    by_distance = np.zeros(2 * max_lag + 1)
+    reach = min(2 * bw, 2 * max_lag)
+    by_distance[: reach + 1] = full[2 * bw: 2 * bw + reach + 1]
+    by_distance /= by_distance[0] if by_distance[0] > 0 else 1.0
+    if by_distance[0] <= 0:
+        by_distance[0] = 1.0
+    idx = np.arange(2 * max_lag + 1)
+    return by_distance[np.abs(idx[:, None] - idx[None, :])]
+
+
+def gaussian_max(corr: np.ndarray, active: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws of max |Z_i| over the `active` lags, Z ~ N(0, corr) (eigenvalues clipped at 0: a tapered
+    estimate need not be positive definite)."""
+    c = corr[np.ix_(active, active)]
+    values, vectors = np.linalg.eigh(c)
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))
     out = np.empty(n_draws)
-    batch = max(1, _BATCH_VALUES // m)
+    batch = max(1, 2_000_000 // max(c.shape[0], 1))
     for lo in range(0, n_draws, batch):
         k = min(batch, n_draws - lo)
-        eta = np.repeat(rng.standard_normal((k, blocks)), block, axis=1)[:, :n]
-        lin = sp_fft.irfft(np.conj(sp_fft.rfft(eta * a, m, axis=1)) * bf, m, axis=1)
-        circ = lin[:, :n].copy()
-        circ[:, 1:] += lin[:, m - n + 1:]  # fold to circular sums, like the observed statistic
-        out[lo:lo + k] = np.max(np.abs(circ[:, taus % n]) / sd, axis=1)
+        out[lo:lo + k] = np.abs(rng.standard_normal((k, c.shape[0])) @ root.T).max(axis=1)
     return out
 
 
@@ -116,16 +137,22 @@ def circular_t(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, bw:
 
 
 def winsorised(x: np.ndarray) -> np.ndarray:
-    """Standardised and clipped at +/-WINSOR_Z; gaps stay NaN.
+    """Robust z (median, MAD) clipped at +/-max(WINSOR_Z, n^(1/4)); gaps stay NaN.
 
     Two independent spike trains coincide by chance now and then (ten spikes each in 600 s: one time in
     six at lag 0, almost surely at some lag of a +/-30 s scan), and one coincidence of two 10-sigma
-    spikes makes a raw correlation look like a 4-sigma coupling. Clipped, it counts as one strong pair
-    among hundreds (9 against a standard error of sqrt(n)), while a coupling carried by many spikes
-    still shows: twenty coincidences of clipped spikes in 30 minutes are a 4-sigma sum.
+    spikes makes a raw correlation look like a 4-sigma coupling. Clipped at c, it adds at most c^2 = sqrt(n)
+    to a sum whose standard error is sqrt(n): one standard error, at every length. A coupling carried by
+    many spikes still shows (twenty coincidences in 30 minutes make a 4-sigma sum even at c = 3).
+
+    The yardstick is robust because the spikes must not set it: standardised by its own sd, a 90 s series
+    with one spike has a bulk sd of about 0.5, and the clipped spike, standardised again for the sums,
+    stood at 5.6 sigma. One chance coincidence of such a spike with a 2 s power dip then made a 4-sigma
+    lag: 6 of 10 such 90 s runs were called coupled.
     """
     finite = np.isfinite(x)
-    return np.where(finite, np.clip(standardise_fill(x), -WINSOR_Z, WINSOR_Z), np.nan)
+    clip = max(WINSOR_Z, float(np.count_nonzero(finite)) ** 0.25)
+    return np.where(finite, np.clip(robust_z(x), -clip, clip), np.nan)
 
 
 def _pairs_at(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, lag: int
@@ -161,6 +188,20 @@ def hac_ci(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, lag: in
     return [float(np.tanh(z - z_crit * se_z)), float(np.tanh(z + z_crit * se_z))], se_z, n_eff
 
 
+def _on_circle(x: np.ndarray, y: np.ndarray, pad_rows: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both series from the first to the last row where either is present, winsorised and standardised
+    (gaps 0), their presence masks, all zero-padded by `pad_rows`: a circular sum at a lag up to that
+    then holds no pair that wraps the run's end round to its start."""
+    fx, fy = np.isfinite(x), np.isfinite(y)
+    idx = np.flatnonzero(fx | fy)
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    pad = np.zeros(pad_rows)
+    ma, mb = (np.concatenate((f[lo:hi].astype(float), pad)) for f in (fx, fy))
+    a, b = (np.concatenate((standardise_fill(winsorised(v[lo:hi])), pad)) for v in (x, y))
+    return a, b, ma, mb
+
+
 def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.random.Generator,
          min_shift: int = 1, bw: int | None = None) -> dict:
     """Lag-0 and max-over-lags tests of two stationary series on one grid; positive lag = x leads y.
@@ -181,13 +222,7 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
         for t in (lag0, lagged):
             t.update(status=INSUFFICIENT, reason=reason)
         return {"lag0": lag0, "lagged": lagged, "equivalence": None}
-    lo = int(np.flatnonzero(fx | fy)[0])
-    hi = int(np.flatnonzero(fx | fy)[-1]) + 1
-    # Zero-padded by the largest lag: a circular sum at a scanned lag then holds no pair that wraps the
-    # run's end round to its start (every sum counts only the pairs present at that lag).
-    pad = np.zeros(max_lag)
-    ma, mb = (np.concatenate((f[lo:hi].astype(float), pad)) for f in (fx, fy))
-    a, b = (np.concatenate((standardise_fill(winsorised(v[lo:hi])), pad)) for v in (x, y))
+    a, b, ma, mb = _on_circle(x, y, max_lag)
     n = a.size
     bw = bandwidth(n_both) if bw is None else max(1, min(bw, n_both // 5))
     c, var_null, var_products, count = circular_t(a, b, ma, mb, bw)
@@ -230,7 +265,8 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
         if shifts.size > n_surrogates:
             shifts = rng.choice(shifts, size=n_surrogates, replace=False)
         spread = float(np.median(np.abs(t_stat[shifts]))) / MEDIAN_ABS_NORMAL
-        scale = spread if spread > SCALE_ALARM else 1.0
+        alarm = max(SCALE_ALARM, 1.0 + 2.0 * SPREAD_SE_SHIFTS / np.sqrt(shifts.size))
+        scale = spread if spread > alarm else 1.0
         method = (f"lag 0: t distribution; {shifts.size} circular shifts of y put the statistic's null spread "
                   f"at {spread:.2f}" + (" and widen it by that" if scale > 1 else ""))
     else:
@@ -239,19 +275,16 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
                   f"check the scale)")
     df = max(n_both - 2, 1)
     p0 = float(2 * stats.t.sf(observed0 / scale, df))
-    if n <= MULTIPLIER_MAX_ROWS and max_lag > 0:
-        # draws on the variance model's own scale, compared with the statistic widened by the shift check
-        # a lag with too few pairs (a periodic mask can leave none) takes no part, as in the observed max
-        sd = np.where(count[taus % n] >= MIN_OVERLAP, np.sqrt(np.maximum(var[taus % n], 1e-300)), np.inf)
-        draws = multiplier_max(a, b, taus, sd, bw + 1, n_surrogates, rng)
-        p_max = float((1 + np.sum(draws >= observed_max / scale)) / (1 + draws.size))
-        band_t = scale * float(np.quantile(draws, 0.95))
-        method += f"; max over lags against {draws.size} dependent wild bootstrap draws"
-    else:
-        p_min = float(2 * stats.t.sf(observed_max / scale, df))
-        p_max = float(-np.expm1(taus.size * np.log1p(-min(p_min, 1 - 1e-16))))  # Sidak: 1 - (1 - p)^(2L+1)
-        band_t = scale * float(stats.t.isf((1 - 0.95 ** (1 / taus.size)) / 2, df))
-        method += f"; Sidak over the {taus.size} lags for the max"
+    # The max over lags: Gaussian with the lags' own correlation, on the variance model's scale, compared
+    # with the statistic widened by the shift check. A lag with too few pairs (a periodic mask can leave
+    # none) takes no part, as in the observed max.
+    active = count[taus % n] >= MIN_OVERLAP
+    corr = lag_correlation(_autocorrelations(a, ma, bw), _autocorrelations(b, mb, bw), max_lag)
+    draws = gaussian_max(corr, active, n_surrogates, rng)
+    p_max = float((1 + np.sum(draws >= observed_max / scale)) / (1 + draws.size))
+    band_t = scale * float(np.quantile(draws, 0.95))
+    method += (f"; max over lags against {draws.size} Gaussian draws with the lags' correlation from both "
+               "autocorrelations")
     i0, ip = max_lag, peak + max_lag
     ci0, se0, neff0 = hac_ci(a, b, ma, mb, 0, float(r_lin[i0]), bw, scale)
     cip, sep, neffp = hac_ci(a, b, ma, mb, peak, float(r_lin[ip]), bw, scale)
@@ -276,3 +309,41 @@ def lagged_test(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int,
                 rng: np.random.Generator) -> dict:
     """The max-over-lags test alone (see `scan`)."""
     return scan(x, y, max_lag, n_surrogates, rng)["lagged"]
+
+
+def shift_test(x: np.ndarray, y: np.ndarray, min_shift: int, n_surrogates: int, rng: np.random.Generator) -> dict:
+    """Lag-0 correlation of two series that may be persistent (levels, 0/1 states), with the p-value from
+    circular shifts of y by at least `min_shift` rows: the rank of |t| at lag 0 among |t| at the shifts.
+
+    A shift keeps both series' autocorrelation, spikes and clustering, and the null is exact when y's
+    law does not depend on where the circle starts; no variance model or bandwidth has to be right. (A
+    HAC t with a circular-shift check of its scale was the earlier form: every estimate of the scale that
+    widens it where it looks too small, and never narrows it, made it conservative: 0-0.7 % at 5 %.)
+    The CI is the HAC one, widened by the shifts' spread where that exceeds 1.
+    """
+    fx, fy = np.isfinite(x), np.isfinite(y)
+    both = fx & fy
+    n_both = int(both.sum())
+    out: dict = {"n": n_both, "r": None, "p": None, "ci": None, "n_surrogates": 0}
+    if n_both < MIN_OVERLAP or is_constant(x[both]) or is_constant(y[both]):
+        return {**out, "status": INSUFFICIENT, "reason": f"{n_both} samples, or a series is constant"}
+    a, b, ma, mb = _on_circle(x, y, 0)
+    n = a.size
+    bw = bandwidth(n_both)
+    c, var_null, _, count = circular_t(a, b, ma, mb, bw)
+    t_stat = np.where(count >= MIN_OVERLAP, c / np.sqrt(np.maximum(var_null, 1e-300)), 0.0)
+    shifts = np.arange(max(1, min_shift), n - max(1, min_shift) + 1)
+    shifts = shifts[count[shifts] >= MIN_OVERLAP] if shifts.size else shifts
+    if shifts.size < MIN_SCALE_SHIFTS:
+        return {**out, "status": INSUFFICIENT,
+                "reason": f"only {shifts.size} circular shifts of at least {min_shift} rows"}
+    if shifts.size > n_surrogates:
+        shifts = rng.choice(shifts, size=n_surrogates, replace=False)
+    null = np.abs(t_stat[shifts])
+    p = float((1 + np.sum(null >= abs(t_stat[0]))) / (1 + shifts.size))
+    scale = max(1.0, float(np.median(null)) / MEDIAN_ABS_NORMAL)
+    r = float(np.clip(c[0] / max(float(count[0]), 1.0), -0.999999, 0.999999))
+    ci, _, n_eff = hac_ci(a, b, ma, mb, 0, r, bw, scale)
+    return {**out, "status": "ok", "r": r, "p": p, "ci": ci, "n_eff": n_eff, "n_surrogates": int(shifts.size),
+            "t": float(t_stat[0]), "null_spread": scale,
+            "surrogates": f"rank of |t| among {shifts.size} circular shifts of at least {min_shift} rows"}

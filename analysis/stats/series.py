@@ -105,10 +105,14 @@ def stationary(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
     return d / np.maximum(np.nan_to_num(scale, nan=typical), 0.25 * typical)
 
 
-def highpass_level(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
-    """A level minus its running mean over HIGHPASS_S: what is left when slow trends are taken out."""
+def highpass_level(x: np.ndarray, step_s: float = 1.0, width_s: float = HIGHPASS_S) -> np.ndarray:
+    """A level minus its running local-linear trend over `width_s`: what is left when slow trends are
+    taken out. A running mean leaves a curve's slope in where its window is clipped (a run's start, a
+    restart's re-warming): the point-biserial r read the gradient norm's decay against collapses that a
+    cold start makes rarer (8 % false positives at 5 %), and the perturbation test the re-warming after a
+    restart as an effect of the learning-rate bursts there (8 %)."""
     bounds = segment_bounds(np.isfinite(x), rows_for(LONG_GAP_S, step_s))
-    return x - rolling_mean(x, rows_for(HIGHPASS_S / 2, step_s), bounds)
+    return x - rolling_linear_trend(x, rows_for(width_s / 2, step_s), bounds)
 
 
 def is_constant(x: np.ndarray) -> bool:
