@@ -26,6 +26,7 @@ MAX_SAMPLE_HZ = 10.0
 MAX_SIM_DEVICES = 64  # more GPUs than any node holds; 10**9 would exhaust memory building the devices
 # RleConfig fields of the collapse detector get --collapse-*, the index's windows and floors --rle-*.
 _DETECTOR_FIELDS = {"warmup_s", "peak_decay_per_s", "gate_util_pct", "gate_load_ratio", "gate_heating_c",
+                    "gate_heating_window_s",
                     "drop_frac", "hold_s", "evidence_sustain_s", "evidence_temp_margin_c",
                     "evidence_power_cap_ratio"}
 

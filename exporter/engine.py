@@ -23,7 +23,7 @@ class RleConfig:
     stability_window_s: float = 10.0  # pstdev of utilization % over this span ...
     stability_min_s: float = 5.0  # ... once this much history exists (else stability = 1)
     smoothing_window_s: float = 5.0  # RLE_smoothed = mean of RLE_raw over this span
-    slope_window_s: float = 1.0  # heating rate dT/dt and the heating gate look back this far
+    slope_window_s: float = 1.0  # heating rate dT/dt (T_sustain) looks back this far
     min_heating_rate_c_per_s: float = 1e-3  # floor of dT/dt in T_sustain (cooling counts as slow heating)
     sustain_min_s: float = 1.0
     sustain_max_s: float = 600.0  # also T_sustain when the device has no temperature reading
@@ -32,7 +32,12 @@ class RleConfig:
     peak_decay_per_s: float = 0.998  # rolling peak decays by this factor per second
     gate_util_pct: float = 60.0  # "under load": util above this ...
     gate_load_ratio: float = 0.75  # ... or A_load above this
-    gate_heating_c: float = 0.05  # and the temperature rose more than this over slope_window_s
+    gate_heating_c: float = 0.05  # and the temperature rose more than this per slope_window_s (a rate) ...
+    # ... on average over this span. The lab gated on the last second alone; a GPU sensor reports whole
+    # degrees (NVML, dcgm-exporter, nvidia-smi), so a steady 0.1 °C/s shows as one step of 1 °C every 10 s and
+    # the per-second rise is 0 in 9 seconds out of 10: a 7-s hold of it essentially never holds. Over the hold
+    # span (7 s) the same heating is a rise of >= 1 °C.
+    gate_heating_window_s: float = 7.0
     drop_frac: float = 0.65  # drop: RLE_smoothed below this fraction of the rolling peak
     hold_s: float = 7.0  # gate-and-drop must hold this long
     evidence_sustain_s: float = 60.0  # thermal evidence: T_sustain below this ...
@@ -103,6 +108,7 @@ class RleEngine:
         self._stability_min_n = _window_samples(c.stability_min_s, dt)
         self._smooth_n = _window_samples(c.smoothing_window_s, dt)
         self._slope_n = _window_samples(c.slope_window_s, dt)
+        self._gate_n = max(_window_samples(c.gate_heating_window_s, dt), 1)
         self._decay = c.peak_decay_per_s ** dt
         self.collapse_events = 0
         self.segments = 0  # how many times the state (re)started
@@ -112,7 +118,7 @@ class RleEngine:
         """Forget the rolling state (the recorder restarted); the event count is kept."""
         self._util: deque[float] = deque(maxlen=self._stability_n)
         self._util_seen = 0
-        self._temps: deque[float] = deque(maxlen=self._slope_n + 1)
+        self._temps: deque[float] = deque(maxlen=max(self._slope_n, self._gate_n) + 1)
         self._raw: deque[float] = deque(maxlen=self._smooth_n)
         self._start_s: float | None = None
         self._last_s: float | None = None
@@ -138,16 +144,19 @@ class RleEngine:
         stdev = _pstdev(self._util) if self._util_seen >= self._stability_min_n else 0.0
         stability = 1.0 / (1.0 + stdev)
 
-        heating_c = 0.0
+        gate_rate = 0.0  # mean heating rate over the gate's window, °C/s
         if temp_c is None:
             sustain_s = c.sustain_max_s
         else:
             self._temps.append(temp_c)
             sustain_s = c.sustain_max_s
             if len(self._temps) >= 2:
-                heating_c = self._temps[-1] - self._temps[0]
-                rate = max(heating_c / ((len(self._temps) - 1) * self.interval_s), c.min_heating_rate_c_per_s)
+                back = min(self._slope_n, len(self._temps) - 1)
+                heating_c = self._temps[-1] - self._temps[-1 - back]
+                rate = max(heating_c / (back * self.interval_s), c.min_heating_rate_c_per_s)
                 sustain_s = min(max((self.temp_limit_c - temp_c) / rate, c.sustain_min_s), c.sustain_max_s)
+                back = min(self._gate_n, len(self._temps) - 1)
+                gate_rate = (self._temps[-1] - self._temps[-1 - back]) / (back * self.interval_s)
 
         thermal_factor = 1.0 + 1.0 / sustain_s
         rle_raw = util * stability / (load_floored * thermal_factor)
@@ -158,7 +167,8 @@ class RleEngine:
         onset = False
         if warm:
             self._peak = max(rle_smoothed, self._peak * self._decay)
-            gate = (util_pct > c.gate_util_pct or load > c.gate_load_ratio) and heating_c > c.gate_heating_c
+            heating = gate_rate * c.slope_window_s > c.gate_heating_c
+            gate = (util_pct > c.gate_util_pct or load > c.gate_load_ratio) and heating
             drop = rle_smoothed < c.drop_frac * self._peak
             self._held_s = self._held_s + self.interval_s if gate and drop else 0.0
             thermal = sustain_s < c.evidence_sustain_s or (

@@ -34,7 +34,7 @@ DEFAULT_PORTS = {"prometheus": 9090, "alertmanager": 9093, "exporter": 9842, "tr
 PERTURB = "every=20s,duration=4s,lr_mult=10,jitter=0.3"
 # The positive control: the loop idles, the host's CPU load (which heats the simulated GPU) drops with it,
 # and each resume of a hot card is another collapse onset.
-PAUSE = "kind=pause,every=15s,duration=4s,jitter=0.3"
+PAUSE = "kind=pause,every=15s,duration=3s,jitter=0.3"
 COLLAPSE_ALERTS = ("RLEDeviceCollapsed", "RLECollapseRateHigh")
 ALERT_WAIT_S = 30  # after the run: Prometheus evaluates every 5 s, Alertmanager's demo group_wait is 1 s
 STARTUP_TIMEOUT_S = 300

@@ -135,6 +135,23 @@ def test_detector_matches_the_lab_monitor(power_after_w, heating, collapses):
         assert flags.index(1) >= 90 + 6
 
 
+@pytest.mark.parametrize("heating", [0.15, 0.4])
+def test_whole_degree_sensors_still_collapse(heating):
+    """NVML, dcgm-exporter and nvidia-smi report whole degrees: heating at 0.15 °C/s rises by 1 °C every
+    ~7 s, so the lab's per-second gate (rise > 0.05 °C in the last second) is shut 6 seconds in 7 and its
+    7-s hold never holds. The gate on the mean rate over the hold span sees the same heating as a float
+    sensor does."""
+    samples = [(t, util, power, float(round(temp))) for t, util, power, temp in _scenario(195.0, heating)]
+    assert RleEngine(200.0, 83.0).collapse_events == 0  # (fresh engine)
+    engine = RleEngine(200.0, 83.0)
+    feed(engine, samples)
+    assert engine.collapse_events >= 1
+    lab_gate = RleEngine(200.0, 83.0, config=RleConfig(gate_heating_window_s=1.0))
+    feed(lab_gate, samples)
+    assert lab_gate.collapse_events == 0
+    assert not any(reference_detector(samples, 200.0, 83.0))  # the lab's own loop: blind to it too
+
+
 def test_rolling_peak_decays_per_second():
     samples = [(float(t), 100.0 if t <= 61 else 30.0, 100.0, 50.0) for t in range(80)]
     results = feed(RleEngine(200.0, 83.0), samples)

@@ -94,8 +94,9 @@ def test_demo_profile_collapses_within_a_demo_run_throttles_and_half_load_does_n
 
 
 def test_demo_profile_collapses_again_after_each_pause_of_a_hot_card():
-    """A trainer that idles 4 s every 20 s: each resume of a hot card is another collapse onset."""
-    onsets = _collapse_onsets(lambda t: 0.05 if t >= 20 and t % 20 < 4 else 1.0, 200, 0, SIM_PROFILES["demo"])
+    """A trainer that idles 3 s every 15 s (the demo's pause bursts): each resume of a hot card is another
+    collapse onset, three of them (RLECollapseRateHigh) within the demo's two minutes."""
+    onsets = _collapse_onsets(lambda t: 0.05 if t >= 15 and t % 15 < 3 else 1.0, 200, 0, SIM_PROFILES["demo"])
     assert len(onsets) >= 5 and onsets[2][0] <= 110
     assert all(r.temp_c > SIM_PROFILES["demo"].temp_limit_c - 5 for _, r in onsets)
 
