@@ -25,7 +25,7 @@ class Pair:
     y: str
 
 
-KINDS = ("gauge", "histogram_mean", "rate")
+KINDS = ("gauge", "state", "histogram_mean", "rate")
 SOURCES = ("train", "device")
 
 
@@ -56,7 +56,7 @@ DIRECTIONS = tuple(dict.fromkeys(p.direction for p in PAIRS))
 
 
 # --- hardware sources (sources.csv, source_labels.csv) ------------------------------------------------------------
-SOURCE_KINDS = ("gauge", "rate", "gauge_max", "rate_max")
+SOURCE_KINDS = ("gauge", "state", "rate", "gauge_max", "rate_max")
 POWER_LIMIT = "power_limit"  # the pseudo-column of sources.csv holding the rated power's metrics
 
 

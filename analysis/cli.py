@@ -267,22 +267,26 @@ def source_interval(client: PromClient, choice: Choice, args: argparse.Namespace
 def engine_rle(client: PromClient, args: argparse.Namespace, choice: Choice, table: T.Table, exprs: dict[str, str],
                end_s: float, span_s: float, notes: list[str]) -> dict:
     """RLE, A_load and collapses for a source that has none: the exporter's engine on the table's temperature,
-    power and utilisation (added to the table). Returns what was used, for the report; adds one note."""
+    power and utilisation (added to the table). Returns what was used, for the report; adds one note.
+
+    Without a rated power (dcgm-exporter's default counters have no power limit) or without utilisation or
+    power the RLE cannot be computed; the coupling tests of temperature, power and the training speed do not
+    need it, so the analysis goes on without the RLE columns (those pairs are insufficient data) and says so."""
     source, uuid = choice.source.name, choice.device.uuid
+    missing = [column for column in (T.UTILIZATION, T.POWER) if not table.has(column)]
     if args.rated_power is not None:
         rated_w, rated_from = args.rated_power, "--rated-power"
     else:
         rated_w, rated_from, limit_notes = power_limit_w(client, choice, end_s, span_s)
         notes += limit_notes
-        if not math.isfinite(rated_w):
-            offered = " or ".join(choice.source.power_limits) or "no power-limit series in its metric set"
-            raise InputError(f"{source} reports no power limit for {uuid} in the window ({offered}): the RLE "
-                             "needs a rated power, pass --rated-power W")
+    if missing or not math.isfinite(rated_w):
+        offered = " or ".join(choice.source.power_limits) or "no power-limit series in its metric set"
+        why = (f"{source} serves no {' or '.join(missing)} for {uuid} in the window (PromQL: "
+               f"{'; '.join(exprs[c] for c in missing)})" if missing else
+               f"{source} reports no power limit for {uuid} in the window ({offered}); pass --rated-power W")
+        notes.append(f"RLE, A_load and collapses not computed: {why}. The other tests run without them.")
+        return {"computed_by": None, "reason": why}
     temp_limit_c = DEFAULT_GPU_TEMP_LIMIT_C if args.temp_limit is None else args.temp_limit
-    for column in (T.UTILIZATION, T.POWER):
-        if not table.has(column):
-            raise InputError(f"{source} serves no {column} for {uuid} in the window, which the RLE needs "
-                             f"(PromQL: {exprs[column]})")
     absent = np.full(table.n, np.nan)
     done = engine_columns(table.t_unix_s, table.columns[T.UTILIZATION], table.columns[T.POWER],
                           table.columns.get(T.TEMPERATURE, absent), rated_w, temp_limit_c, table.step_s)

@@ -121,13 +121,19 @@ def choose(candidates: list[tuple[Source, list[dict[str, str]]]], run: RunIdenti
     names = "/".join(s.identity for s, _ in candidates)
     if wanted:
         raise InputError(f"device {wanted!r} not found as a uuid or device label of {names}")
+    counts = ", ".join(f"{s.name}: {len(gpus(s, sets))}" for s, sets in candidates)
+    if run.gpu_uuid:
+        # The run names its GPU and no source holds it (its node not scraped, another cluster): another GPU
+        # would be analysed as if it were the run's. Never a guess.
+        found = ", ".join(d.uuid for s, sets in candidates for d in gpus(s, sets)[:10])
+        raise InputError(f"run {run.run_id!r} trained on GPU {run.gpu_uuid!r}, which no {names} series reports "
+                         f"(GPUs by source: {counts}{'; ' + found if found else ''}): is its node scraped? "
+                         "pass --device UUID to choose another")
     for source, label_sets in candidates:
         only = gpus(source, label_sets)
         if len(only) == 1:
             return Choice(source, only[0], "only GPU", (
-                f"the run's gpu_uuid is empty or unmatched; using the only GPU device of {source.name} "
-                f"({only[0].uuid})",))
-    counts = ", ".join(f"{s.name}: {len(gpus(s, sets))}" for s, sets in candidates)
+                f"the run reports no gpu_uuid; using the only GPU device of {source.name} ({only[0].uuid})",))
     raise InputError(f"cannot tell which device run {run.run_id!r} used: its gpu_uuid {run.gpu_uuid!r} matches no "
                      f"{names} series and no source has exactly one GPU (GPUs by source: {counts}); "
                      "pass --device UUID")

@@ -57,20 +57,32 @@ def series_exprs(run_id: str, rank: str, uuid: str, step_s: float, scrape_s: flo
         if not (foreign and s.source == "device"):
             out[s.column] = _expr(s.kind, (s.metric,), ",".join(m for m in (base[s.source], s.matchers) if m),
                                   step_s, scrape_s)
+    # A foreign source's readings repeat between its collections and the step is its interval: each row takes
+    # the one reading it holds (its last sample), never a blend of two collections.
     for row in source.rows if foreign else ():
-        out[row.column] = _expr(row.kind, row.metrics, base["device"], step_s, scrape_s, row.scale)
+        out[row.column] = _expr(row.kind, row.metrics, base["device"], step_s, scrape_s, row.scale, aggregate=False)
     return out
 
 
+def _gauge_fn(kind: str, step_s: float, scrape_s: float, aggregate: bool) -> str:
+    """How a gauge becomes one value per step. At one scrape per step, its sample. When a step spans several
+    scrapes (a coarse --step, or a hardware source collecting every 30 s), its last sample alone would drop
+    the rest: a flag takes max_over_time (a 4-s pause burst on a 30-s grid is seen, not missed 26 times in
+    30), a level avg_over_time."""
+    if not aggregate or step_s < 2 * scrape_s:
+        return "last_over_time"
+    return "max_over_time" if kind == "state" else "avg_over_time"
+
+
 def _expr(kind: str, metrics: tuple[str, ...], matchers: str, step_s: float, scrape_s: float,
-          scale: float = 1.0) -> str:
+          scale: float = 1.0, aggregate: bool = True) -> str:
     """One column's expression: `kind` as in series.csv; a *_max kind takes the largest of several metrics."""
     sel = "{" + matchers + "}"
     kind = kind.removesuffix("_max")
     if kind == "histogram_mean":
         return histogram_mean_expr(metrics[0], sel, step_s, scrape_s)
-    if kind == "gauge":
-        fn, win = "last_over_time", range_window(step_s)
+    if kind in ("gauge", "state"):
+        fn, win = _gauge_fn(kind, step_s, scrape_s, aggregate), range_window(step_s)
     else:
         fn, win = _rate_fn(step_s, scrape_s)
     if len(metrics) == 1:

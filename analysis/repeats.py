@@ -4,6 +4,8 @@ really collects, read from when its raw values change (pure; no I/O)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MIN_CHANGES = 4  # value changes a series needs before its spacing says anything
@@ -36,4 +38,7 @@ def grid_step_s(interval_s: float | None, scrape_s: float) -> float | None:
     does not repeat (its interval is under REPEAT_FACTOR scrapes, or unknown)."""
     if interval_s is None or interval_s < REPEAT_FACTOR * scrape_s:
         return None
-    return round(interval_s / scrape_s) * scrape_s
+    # Rounded up (within a quarter scrape of a whole one, as measured spacings jitter): a step shorter than the
+    # interval (2 s for a 2.5-s collector) would hold one reading twice now and then, which the grid is there
+    # to avoid; a longer one only skips a reading now and then.
+    return max(1, math.ceil(interval_s / scrape_s - 0.25)) * scrape_s

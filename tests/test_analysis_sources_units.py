@@ -126,11 +126,14 @@ def test_device_flag_fallback_and_ambiguity():
     assert choose([(nvsmi, nv)], run(), "1").device.uuid == "cd34"
     with pytest.raises(InputError, match="device 'GPU-x' not found"):
         choose([(thermograd, rle), (nvsmi, nv)], run(), "GPU-x")
-    # no join: the only GPU (CPU devices do not count), first source first
-    choice = choose([(thermograd, rle), (nvsmi, nv)], run(gpu_uuid="GPU-unknown"), None)
+    # no gpu_uuid: the only GPU (CPU devices do not count), first source first
+    choice = choose([(thermograd, rle), (nvsmi, nv)], run(gpu_uuid=""), None)
     assert choice.device.uuid == "sim-0" and "only GPU" in choice.notes[0]
     with pytest.raises(InputError, match="thermograd: 0, nvidia-smi: 2"):
-        choose([(thermograd, []), (nvsmi, nv)], run(gpu_uuid="GPU-unknown"), None)
+        choose([(thermograd, []), (nvsmi, nv)], run(gpu_uuid=""), None)
+    # a gpu_uuid no source reports: never another GPU in its place, even the only one
+    with pytest.raises(InputError, match="which no .* series reports .*is its node scraped"):
+        choose([(thermograd, rle), (nvsmi, [])], run(gpu_uuid="GPU-unknown"), None)
     # one GPU in several series (its pod changed; a relabelling added uuid beside UUID): one device
     twice = [{"UUID": "GPU-ab", "gpu": "0", "pod": "a"}, {"UUID": "GPU-ab", "gpu": "0", "pod": "b"},
              {"uuid": "GPU-AB", "gpu": "0"}]
@@ -163,6 +166,7 @@ def test_collection_interval_from_value_changes():
     assert collection_interval_s([]) is None
     assert grid_step_s(30.2, 1.0) == 30.0 and grid_step_s(3.0, 1.0) == 3.0 and grid_step_s(20.0, 15.0) is None
     assert grid_step_s(1.2, 1.0) is None and grid_step_s(None, 1.0) is None
+    assert grid_step_s(2.5, 1.0) == 3.0  # never a step shorter than the interval: no reading held twice
 
 
 # --- the RLE with the exporter's engine ---------------------------------------------------------------------------
@@ -201,6 +205,12 @@ def test_foreign_exprs_select_by_the_sources_uuid_label_and_parse(tmp_path: Path
     assert exprs["utilization"] == 'max(last_over_time(DCGM_FI_DEV_GPU_UTIL{UUID="GPU-ab"}[30s])) * 0.01'
     assert exprs["energy_power"] == 'max(rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{UUID="GPU-ab"}[31s])) * 0.001'
     assert exprs["loss"] == series_exprs("r1", "0", "GPU-ab", 30.0, 1.0)["loss"]  # the trainer's side unchanged
+    # On a grid coarser than the scrapes the trainer's side is aggregated over each step: a 3-s pause burst
+    # (a flag) is seen at any of the step's scrapes, the loss is the step's mean; at one scrape per step, its sample.
+    assert exprs["pause"].startswith("max(max_over_time(train_perturbation_active{")
+    assert exprs["perturbation"].startswith("max(max_over_time(") and exprs["loss"].startswith("max(avg_over_time(")
+    fine = series_exprs("r1", "0", "sim-0", 1.0, 1.0)
+    assert fine["pause"].startswith("max(last_over_time(") and fine["loss"].startswith("max(last_over_time(")
     nv = series_exprs("r1", "0", "ab", 1.0, 1.0, SOURCES["nvidia-smi"])
     assert nv["throttled"].count("label_replace(last_over_time(nvidia_smi_clocks_") == 10
     rules = "groups:\n- name: g\n  rules:\n" + "".join(
@@ -224,3 +234,25 @@ def test_bad_hardware_flags_one_line_exit_2(flags: list[str], message: str, tmp_
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in proc.stderr and re.search(r"^analysis: error: ", proc.stderr)
     assert not (tmp_path / "o").exists()
+
+
+def test_without_a_rated_power_the_analysis_goes_on_without_the_rle(monkeypatch):
+    """dcgm-exporter's default counters have no power limit: the RLE cannot be computed, but the coupling
+    tests of temperature, power and the training speed do not need it (the run was refused before)."""
+    import argparse
+
+    from analysis import cli
+    from analysis.devices import Choice, Device
+
+    monkeypatch.setattr(cli, "power_limit_w", lambda *a: (float("nan"), "", ["no power-limit series"]))
+    n = 50
+    table = T.Table(0.0, 1.0, n, {T.UTILIZATION: np.full(n, 0.9), T.POWER: np.full(n, 200.0),
+                                  T.TEMPERATURE: np.linspace(60, 70, n)})
+    dcgm = SOURCES["dcgm"]
+    choice = Choice(dcgm, Device("dcgm", "UUID", "GPU-ab", ("0",), "gpu"), "gpu_uuid", ())
+    notes: list[str] = []
+    args = argparse.Namespace(rated_power=None, temp_limit=None)
+    used = cli.engine_rle(None, args, choice, table, {}, float(n), float(n), notes)
+    assert used["computed_by"] is None and "pass --rated-power W" in used["reason"]
+    assert not table.has(T.RLE) and not table.has(T.COLLAPSED)
+    assert notes[-1].startswith("RLE, A_load and collapses not computed") and "other tests run" in notes[-1]

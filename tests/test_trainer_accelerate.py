@@ -72,3 +72,14 @@ def test_accelerate_loop_publishes_every_step_with_the_norm_accelerate_clipped(t
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)  # clipped with the norm we published
     assert sample(samples, "train_steps_total", run_id="acc", rank="0") == 4
     assert sample(samples, "train_step_grad_norm_sum") == pytest.approx(sum(ref_norms), rel=1e-5)
+
+
+def test_host_floats_passes_numbers_and_none_through():
+    """accelerate's clip_grad_norm_ under DeepSpeed returns a float (or None before the engine computed a
+    norm): the README's two lines publish it as they do a tensor."""
+    from trainer.gradnorm import host_floats
+
+    loss = torch.tensor(2.5)
+    assert host_floats(loss, 0.75) == [2.5, 0.75]
+    assert host_floats(loss, None) == [2.5, None]
+    assert host_floats(loss, torch.tensor(0.5)) == [2.5, 0.5]

@@ -92,16 +92,19 @@ def global_value(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
-def host_floats(*scalars: torch.Tensor) -> list[float]:
-    """Several scalar tensors (same device) to Python floats with a single device→host copy."""
-    return torch.stack([global_value(s).detach().reshape(()).float() for s in scalars]).tolist()
+def host_floats(*scalars: torch.Tensor | float | None) -> list[float]:
+    """Several scalar tensors (same device) to Python floats with a single device→host copy.
+
+    A plain number passes through as a float and None as None: what a framework hands back is not always a
+    tensor (accelerate's `clip_grad_norm_` under DeepSpeed returns the engine's norm as a float, or None
+    before the engine has computed one), and publishing it must not crash the loop."""
+    tensors = [s for s in scalars if isinstance(s, torch.Tensor)]
+    copied = iter(torch.stack([global_value(s).detach().reshape(()).float() for s in tensors]).tolist()
+                  if tensors else ())
+    return [next(copied) if isinstance(s, torch.Tensor) else None if s is None else float(s) for s in scalars]
 
 
-def host_floats_or_none(*scalars: torch.Tensor | None) -> list[float | None]:
-    """`host_floats` with None passed through: still ONE device→host copy for all the tensors given."""
-    present = [s for s in scalars if s is not None]
-    values = iter(host_floats(*present)) if present else iter(())
-    return [None if s is None else next(values) for s in scalars]
+host_floats_or_none = host_floats  # the callbacks' name for it: None passes through
 
 
 def _by_mesh(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
