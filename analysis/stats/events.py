@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from analysis.stats import lagged
-from analysis.stats.series import (
+from thermograd.analysis.stats import lagged
+from thermograd.analysis.stats.series import (
     INSUFFICIENT,
     first_difference,
     highpass_level,
@@ -120,14 +119,17 @@ def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng
     (lagged.shift_test).
 
     Both are persistent (a collapse lasts seconds to minutes, the gradient norm drifts): shifts keep
-    both autocorrelations, and shifts within n/20 of zero are left out. The level is high-passed
-    (series.highpass_level) because a slow trend (the gradient norm decays while the device heats and
-    collapses more) is not what the question is about.
+    both autocorrelations. Every shift is a candidate, the small ones too: they share a chance alignment
+    of two persistent series with the observed one, and leaving out those within n/20 of zero took exactly
+    those ties away (5.4-7.2 % at 5 %). An effect at lag 0 makes the small shifts less extreme than the
+    observed alignment, so they cost no power. The level is high-passed (series.highpass_level) because a
+    slow trend (the gradient norm decays while the device heats and collapses more) is not what the
+    question is about.
     """
     level = highpass_level(np.asarray(values, dtype=float), step_s)
     state = np.asarray(state, dtype=float)
     n = int(np.sum(np.isfinite(state) & np.isfinite(level)))
-    res = lagged.shift_test(level, state, max(1, n // 20), n_surrogates, rng)
+    res = lagged.shift_test(level, state, 1, n_surrogates, rng)
     out: dict = {"r": res["r"], "p": res["p"], "p_adjusted": None, "n": n, "n_surrogates": res["n_surrogates"],
                  "method": "point-biserial r (collapse state vs high-passed grad norm); p: rank of its studentised "
                            "value among circular shifts of the state"}
