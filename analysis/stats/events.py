@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from thermograd.analysis.stats import lagged
-from thermograd.analysis.stats.series import (
+
+from analysis.stats import lagged
+from analysis.stats.series import (
     INSUFFICIENT,
     first_difference,
     highpass_level,
