@@ -1,8 +1,8 @@
-"""python -m analysis: see analysis.cli."""
+"""thermograd-analysis: see analysis.cli."""
 
 import sys
 
-from analysis.cli import main
+from thermograd.analysis.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

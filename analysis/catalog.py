@@ -30,7 +30,7 @@ SOURCES = ("train", "device")
 
 
 def _rows(name: str) -> list[dict[str, str]]:
-    text = resources.files("analysis").joinpath(name).read_text(encoding="utf-8")
+    text = resources.files("thermograd.analysis").joinpath(name).read_text(encoding="utf-8")
     return list(csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#")))
 
 

@@ -10,22 +10,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from analysis import table as T
-from analysis.catalog import DIRECTIONS
-from analysis.derived import engine_columns
-from analysis.devices import Choice
-from analysis.errors import InputError
-from analysis.fetch import REQUIRED, fetch_table, series_exprs
-from analysis.load_files import load_grad_log, load_rle_csv
-from analysis.multirun import run_all
-from analysis.offline import files_to_table
-from analysis.pipeline import Settings, analyse
-from analysis.plots import coupling_png, crosscorr_png
-from analysis.promql import PromClient
-from analysis.repeats import collection_interval_s, grid_step_s
-from analysis.report import LAG_NOTE, series_summary, versions, window, write_report
-from analysis.selection import (
+from thermograd.analysis import table as T
+from thermograd.analysis.catalog import DIRECTIONS
+from thermograd.analysis.derived import engine_columns
+from thermograd.analysis.devices import Choice
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.fetch import REQUIRED, fetch_table, series_exprs
+from thermograd.analysis.load_files import load_grad_log, load_rle_csv
+from thermograd.analysis.multirun import run_all
+from thermograd.analysis.offline import files_to_table
+from thermograd.analysis.pipeline import Settings, analyse
+from thermograd.analysis.plots import coupling_png, crosscorr_png
+from thermograd.analysis.promql import PromClient
+from thermograd.analysis.repeats import collection_interval_s, grid_step_s
+from thermograd.analysis.report import LAG_NOTE, series_summary, versions, window, write_report
+from thermograd.analysis.selection import (
     HARDWARE_SOURCES,
     change_series,
     choose_hardware,
@@ -35,9 +34,9 @@ from analysis.selection import (
     run_identity,
     run_sample_interval_s,
 )
-from analysis.timeparse import get_tz, parse_duration_s, parse_instant_s
-from analysis.verdict import overall, summary_text
-from exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
+from thermograd.analysis.timeparse import get_tz, parse_duration_s, parse_instant_s
+from thermograd.analysis.verdict import overall, summary_text
+from thermograd.exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
 DEFAULT_STEP_S = 15.0  # Prometheus's own default scrape interval, used when the backend hides its config
 
@@ -49,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis", description=__doc__)
+    p = _Parser(prog="thermograd-analysis", description=__doc__)
     src = p.add_argument_group("Prometheus (or Thanos, Mimir, VictoriaMetrics)")
     src.add_argument("--prometheus", metavar="URL", help="base URL of a Prometheus-compatible HTTP API")
     src.add_argument("--run", help="run_id (default: the most recent run by train_run_start_time_seconds)")

@@ -1,5 +1,5 @@
 """The RLE index and collapse detector for a hardware source that does not compute them (dcgm-exporter,
-nvidia_gpu_exporter): the exporter's own engine (exporter/engine.py, the code `python -m exporter` and
+nvidia_gpu_exporter): the exporter's own engine (exporter/engine.py, the code `thermograd-exporter` and
 `recompute` run) fed with the source's temperature, power and utilisation on the analysis's grid (pure)."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from analysis import table as T
-from exporter.engine import RleConfig, RleEngine
+from thermograd.analysis import table as T
+from thermograd.exporter.engine import RleConfig, RleEngine
 
 
 @dataclass(frozen=True)

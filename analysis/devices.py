@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analysis.catalog import Source
-from analysis.errors import InputError
+from thermograd.analysis.catalog import Source
+from thermograd.analysis.errors import InputError
 
 # The trainer's own pod and namespace: the target labels a PodMonitor (or kubernetes_sd relabelling) puts on
 # every series of the trainer, train_run_info included.

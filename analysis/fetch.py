@@ -3,11 +3,11 @@ chunk's answer goes straight into its rows of a preallocated column)."""
 
 from __future__ import annotations
 
-from analysis import table as T
-from analysis.catalog import SERIES, Source
-from analysis.errors import InputError
-from analysis.promql import PromClient
-from analysis.selection import quote_label
+from thermograd.analysis import table as T
+from thermograd.analysis.catalog import SERIES, Source
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.promql import PromClient
+from thermograd.analysis.selection import quote_label
 
 REQUIRED = (T.GRAD_NORM, T.LOSS, T.RLE)
 

@@ -10,9 +10,8 @@ from datetime import tzinfo
 from pathlib import Path
 
 import numpy as np
-
-from analysis.errors import InputError
-from analysis.timeparse import parse_iso_s
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.timeparse import parse_iso_s
 
 
 @dataclass

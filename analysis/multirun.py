@@ -19,13 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from analysis.errors import InputError
-from analysis.pipeline import Settings, _equivalence, strength_from_ci
-from analysis.report import clean
-from analysis.stats.meta import dersimonian_laird, z_and_se
-from analysis.stats.multiple import holm
-from analysis.stats.series import INSUFFICIENT
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.pipeline import Settings, _equivalence, strength_from_ci
+from thermograd.analysis.report import clean
+from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
+from thermograd.analysis.stats.multiple import holm
+from thermograd.analysis.stats.series import INSUFFICIENT
 
 LOG_PATTERNS = ("*.jsonl", "*.json")
 CSV_PATTERN = "*.csv"
@@ -55,9 +54,9 @@ def run_dirs(runs_dir: Path) -> dict[str, tuple[Path, Path]]:
 
 def prometheus_runs(args: argparse.Namespace) -> tuple[list[str], float]:
     """Run ids with samples in the window, oldest first, and the window's start (for each run's lookup)."""
-    from analysis.cli import _client, _duration_flag
-    from analysis.selection import discover_runs
-    from analysis.timeparse import parse_instant_s
+    from thermograd.analysis.cli import _client, _duration_flag
+    from thermograd.analysis.selection import discover_runs
+    from thermograd.analysis.timeparse import parse_instant_s
 
     end_s = parse_instant_s(args.end) if args.end else time.time()
     start_s = parse_instant_s(args.start) if args.start else end_s - _duration_flag("--lookback", args.lookback)
@@ -196,8 +195,8 @@ def summary(pooled: list[dict], n_runs: int, skipped: dict[str, str]) -> str:
 
 def run_all(args: argparse.Namespace, analyse_one: Callable[[argparse.Namespace], int]) -> int:
     """Analyse every run with `analyse_one` (the single-run command), then pool each pair across runs."""
-    from analysis.cli import settings_from_args
-    from analysis.forest import forest_png
+    from thermograd.analysis.cli import settings_from_args
+    from thermograd.analysis.forest import forest_png
 
     cfg = settings_from_args(args)
     if not args.all_runs:

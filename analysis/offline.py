@@ -8,12 +8,11 @@ its phase puts every hardware sample in the middle of its row, so a sampler's ji
 from __future__ import annotations
 
 import numpy as np
-
-from analysis import table as T
-from analysis.align import bin_to_grid, intervals_to_grid
-from analysis.errors import InputError
-from analysis.load_files import Samples
-from analysis.timeparse import iso_utc
+from thermograd.analysis import table as T
+from thermograd.analysis.align import bin_to_grid, intervals_to_grid
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.load_files import Samples
+from thermograd.analysis.timeparse import iso_utc
 
 # A grid this much larger than the samples it holds is a stray timestamp, not a recording.
 MAX_ROWS_PER_SAMPLE = 50

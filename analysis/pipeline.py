@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-
-from analysis import table as T
-from analysis.catalog import DIRECTIONS, PAIRS
-from analysis.stats import correlation, events, granger, lagged, perturbation
-from analysis.stats.multiple import holm
-from analysis.stats.series import INSUFFICIENT, LONG_GAP_S, is_constant, segment_bounds, stationary
-from analysis.stats.throttle import throttle_cost
+from thermograd.analysis import table as T
+from thermograd.analysis.catalog import DIRECTIONS, PAIRS
+from thermograd.analysis.stats import correlation, events, granger, lagged, perturbation
+from thermograd.analysis.stats.multiple import holm
+from thermograd.analysis.stats.series import INSUFFICIENT, LONG_GAP_S, is_constant, segment_bounds, stationary
+from thermograd.analysis.stats.throttle import throttle_cost
 
 HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
 # A pause idles the compute: a known effect on these, the positive control of every run that has pauses.

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import requests
-
-from analysis.align import place_into
-from analysis.errors import InputError
+from thermograd.analysis.align import place_into
+from thermograd.analysis.errors import InputError
 
 
 class BackendUnreachable(InputError):
@@ -121,7 +120,7 @@ class PromClient:
     # --- API -------------------------------------------------------------------------------------
     def scrape_interval_s(self) -> float | None:
         """global.scrape_interval from /api/v1/status/config (None when the backend hides its config)."""
-        from analysis.timeparse import parse_duration_s
+        from thermograd.analysis.timeparse import parse_duration_s
 
         try:
             data = self._get("/api/v1/status/config")
@@ -142,7 +141,7 @@ class PromClient:
         A Prometheus that already ran with the default global 15 s often scrapes these jobs at 1 s:
         the global value would then put the analysis on a 15 s grid.
         """
-        from analysis.timeparse import parse_duration_s
+        from thermograd.analysis.timeparse import parse_duration_s
 
         try:
             data = self._get("/api/v1/targets", {"state": "active"})
@@ -173,7 +172,7 @@ class PromClient:
                     purpose: str) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
         """(labels, times, values) of every series of `selector` over (time - window, time]: the raw samples as
         scraped (a range-vector instant query), not evaluated on a grid."""
-        from analysis.fetch import range_window
+        from thermograd.analysis.fetch import range_window
 
         out = []
         for series in self.instant(f"{selector}{range_window(window_s)}", time_s, purpose):

@@ -9,8 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
-from analysis.timeparse import iso_utc
+from thermograd.analysis.timeparse import iso_utc
 
 LAG_NOTE = ("Lags are resolved to the step, never finer: Prometheus spreads each target's scrape phase within "
             "the interval, so samples of two targets can be up to one interval apart.")

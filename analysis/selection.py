@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from analysis.catalog import SOURCES, Source
-from analysis.devices import (
+from thermograd.analysis.catalog import SOURCES, Source
+from thermograd.analysis.devices import (
     TRAINER_NAMESPACE_LABELS,
     TRAINER_POD_LABELS,
     Choice,
@@ -18,9 +17,9 @@ from analysis.devices import (
     first_label,
     matches,
 )
-from analysis.errors import InputError
-from analysis.promql import PromClient, matrix_to_arrays
-from analysis.timeparse import iso_utc
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.promql import PromClient, matrix_to_arrays
+from thermograd.analysis.timeparse import iso_utc
 
 RUN_POINTS = 1000  # resolution of the run-discovery scan over the look-back period
 

@@ -23,15 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
-
-from analysis.backfill import (  # noqa: E402
+from thermograd.analysis.backfill import (  # noqa: E402
     BLOCK_S,
     backfill_blockwise,
     device_series,
     serve_prometheus,
     train_series,
 )
-from analysis.synthetic import planted_run  # noqa: E402
+from thermograd.analysis.synthetic import planted_run  # noqa: E402
 
 DAY_S = 86400
 CACHE_VERSION = 1
@@ -86,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def bench_exprs() -> dict[str, str]:
     """The analysis's own range expressions for the bench run (rank 0 on sim-0, 1 s step = scrape)."""
-    from analysis.fetch import series_exprs
+    from thermograd.analysis.fetch import series_exprs
 
     return series_exprs(RUN_ID, "0", "sim-0", 1.0, 1.0)
 
@@ -95,8 +94,8 @@ def child(mode: str, url: str, start: float, end: float) -> None:
     """One measured pass in its own process: `bytes` = the analysis's query_range requests, each body read
     and dropped (the raw cost of moving the samples out); `json` = the same, each body json.loads'd and
     dropped; `ours` = fetch_table (parse + place into the table). Prints its seconds."""
-    from analysis.fetch import fetch_table
-    from analysis.promql import PromClient
+    from thermograd.analysis.fetch import fetch_table
+    from thermograd.analysis.promql import PromClient
 
     client, exprs = PromClient(url, timeout_s=120), bench_exprs()
     t0 = time.perf_counter()
@@ -134,7 +133,7 @@ def measured_child(cmd: list[str]) -> tuple[str, float, float]:
 def full_analysis(url: str, start: int, end: int) -> tuple[dict, float, float]:
     """The whole command (discovery, fetch, statistics, figures): (report, wall s, peak RSS MB)."""
     with tempfile.TemporaryDirectory() as out:
-        _, wall, rss = measured_child([sys.executable, "-m", "analysis", "--prometheus", url, "--run", RUN_ID,
+        _, wall, rss = measured_child([sys.executable, "-m", "thermograd.analysis", "--prometheus", url, "--run", RUN_ID,
                                        "--start", str(start), "--end", str(end), "--out", out, "--quiet"])
         report = json.loads((Path(out) / "report.json").read_text())
     sent = {q["query"] for q in report["queries"] if q["type"] == "range" and q["purpose"] != "runs"}

@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.catalog import DIRECTIONS  # noqa: E402
-from analysis.offline import files_to_table  # noqa: E402
-from analysis.pipeline import Settings, analyse  # noqa: E402
-from analysis.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
-from analysis.verdict import overall  # noqa: E402
+from thermograd.analysis.catalog import DIRECTIONS  # noqa: E402
+from thermograd.analysis.offline import files_to_table  # noqa: E402
+from thermograd.analysis.pipeline import Settings, analyse  # noqa: E402
+from thermograd.analysis.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
+from thermograd.analysis.verdict import overall  # noqa: E402
 
 LENGTHS_S = (90, 180, 300, 600, 900, 1800, 3600)
 LONG_LENGTHS_S = (4 * 3600, 86400)  # a day of 1 s data costs seconds per run: fewer of these

@@ -1,7 +1,7 @@
 """Exporter benchmark: scrape latency, sampler CPU and memory with 8 simulated GPUs; fake-NVML sample cost.
 
 Prints one JSON object on stdout (progress on stderr). Starts the real exporter process
-(`python -m exporter --backend sim --devices 8`) on a free loopback port.
+(`thermograd-exporter --backend sim --devices 8`) on a free loopback port.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
-
-from exporter.backends.nvml import NvmlBackend  # noqa: E402
-from exporter.collector import SnapshotCollector  # noqa: E402
-from exporter.exposition import render  # noqa: E402
-from exporter.fake_nvml import FakeGpu, FakeNvml  # noqa: E402
-from exporter.sampler import Sampler  # noqa: E402
+from thermograd.exporter.backends.nvml import NvmlBackend  # noqa: E402
+from thermograd.exporter.collector import SnapshotCollector  # noqa: E402
+from thermograd.exporter.exposition import render  # noqa: E402
+from thermograd.exporter.fake_nvml import FakeGpu, FakeNvml  # noqa: E402
+from thermograd.exporter.sampler import Sampler  # noqa: E402
 
 DEVICES = 8
 SCRAPES = 500
@@ -43,7 +42,7 @@ def progress(message: str) -> None:
 def start_exporter(sample_hz: float) -> tuple[subprocess.Popen, int]:
     port = free_port()
     # a fixed load, so the sampler's cost is the exporter's own (not psutil's host reading)
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--backend", "sim", "--devices", str(DEVICES),
+    proc = subprocess.Popen([sys.executable, "-m", "thermograd.exporter", "--backend", "sim", "--devices", str(DEVICES),
                              "--sim-load", "0.8", "--sample-hz", str(sample_hz), "--port", str(port),
                              "--log-level", "warning"], cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20

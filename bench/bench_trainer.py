@@ -35,11 +35,10 @@ from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from prometheus_client import generate_latest  # noqa: E402
-
-from trainer.config import JobConfig  # noqa: E402
-from trainer.job import run  # noqa: E402
-from trainer.metrics import TrainingMetrics  # noqa: E402
-from trainer.steplog import format_record  # noqa: E402
+from thermograd.trainer.config import JobConfig  # noqa: E402
+from thermograd.trainer.job import run  # noqa: E402
+from thermograd.trainer.metrics import TrainingMetrics  # noqa: E402
+from thermograd.trainer.steplog import format_record  # noqa: E402
 
 # Prometheus's part, in its own process so its CPU time is not billed to the trainer.
 _SCRAPER = """

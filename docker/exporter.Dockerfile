@@ -10,7 +10,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/thermograd
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The wheel is the whole `thermograd` package (its subpackages are these folders, a few hundred kB of
+# Python); only the exporter's own dependencies are installed: no torch, no numpy.
+COPY thermograd ./thermograd
 COPY exporter ./exporter
+COPY trainer ./trainer
+COPY analysis ./analysis
 RUN /opt/thermograd/bin/pip install . \
  && /opt/thermograd/bin/pip uninstall -y pip
 
@@ -24,6 +29,6 @@ USER 10001:10001
 EXPOSE 9842
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9842/healthz', timeout=2)"]
-ENTRYPOINT ["python", "-m", "exporter"]
+ENTRYPOINT ["python", "-m", "thermograd.exporter"]
 # Inside a container the exporter must listen beyond loopback; publish or network it deliberately.
 CMD ["--backend", "auto", "--bind", "0.0.0.0", "--port", "9842"]

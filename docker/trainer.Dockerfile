@@ -18,9 +18,12 @@ RUN /opt/thermograd/bin/pip install --index-url "https://download.pytorch.org/wh
       "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY trainer ./trainer
-# trainer.metrics serves /metrics with the exporter's bounded HTTP server (exporter/httpserve.py).
+# The wheel is the whole `thermograd` package (its subpackages are these folders); only the trainer extra's
+# dependencies are installed. thermograd.trainer.metrics serves /metrics with the exporter's HTTP server.
+COPY thermograd ./thermograd
 COPY exporter ./exporter
+COPY trainer ./trainer
+COPY analysis ./analysis
 RUN /opt/thermograd/bin/pip install ".[trainer]" \
  && /opt/thermograd/bin/pip uninstall -y pip
 
@@ -36,5 +39,5 @@ ENV PATH=/opt/thermograd/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORM
 USER 10001:10001
 WORKDIR /home/thermograd
 EXPOSE 9843
-ENTRYPOINT ["python", "-m", "trainer"]
+ENTRYPOINT ["python", "-m", "thermograd.trainer"]
 CMD ["--model", "tiny", "--bind", "0.0.0.0", "--port", "9843", "--log-dir", "/data/logs/{run_id}"]

@@ -1,8 +1,8 @@
-"""`python -m exporter`: see exporter.cli."""
+"""`thermograd-exporter`: see exporter.cli."""
 
 import sys
 
-from exporter.cli import main
+from thermograd.exporter.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

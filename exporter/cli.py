@@ -1,4 +1,4 @@
-"""Command line: `python -m exporter [serve flags]` and `python -m exporter recompute ...`.
+"""Command line: `thermograd-exporter [serve flags]` and `thermograd-exporter recompute ...`.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -14,12 +14,12 @@ import threading
 from dataclasses import fields
 from pathlib import Path
 
-from exporter import __version__
-from exporter.backends import BackendUnavailable, open_backend
-from exporter.engine import RleConfig
-from exporter.labcsv import LabCsvError
+from thermograd.exporter import __version__
+from thermograd.exporter.backends import BackendUnavailable, open_backend
+from thermograd.exporter.engine import RleConfig
+from thermograd.exporter.labcsv import LabCsvError
 
-log = logging.getLogger("exporter")
+log = logging.getLogger("thermograd.exporter")
 
 DEFAULT_PORT = 9842  # not 9835 / 9400: nvidia_gpu_exporter and dcgm-exporter often run beside us
 MAX_SAMPLE_HZ = 10.0
@@ -84,8 +84,8 @@ def resolve_device_values(values: dict[str | None, float], labels: list[str], fl
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m exporter", description="RLE exporter: GPU/CPU hardware and the RLE index "
-                "on a Prometheus endpoint. `python -m exporter recompute --help` re-scores a recording.")
+    p = _Parser(prog="thermograd-exporter", description="RLE exporter: GPU/CPU hardware and the RLE index "
+                "on a Prometheus endpoint. `thermograd-exporter recompute --help` re-scores a recording.")
     p.add_argument("--backend", choices=["auto", "nvml", "cpu", "sim", "replay"], default="auto")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -111,7 +111,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 
 def build_recompute_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m exporter recompute",
+    p = _Parser(prog="thermograd-exporter recompute",
                 description="Re-score an RLE-lab recording with thermograd's RLE engine (adds tg_* columns).")
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--device", required=True, help="the device column value to score, e.g. gpu or cpu")
@@ -136,11 +136,10 @@ def _validate_serve(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
-
-    from exporter.backends.sim import parse_load
-    from exporter.collector import SnapshotCollector
-    from exporter.sampler import Sampler
-    from exporter.server import make_server, serve_in_thread
+    from thermograd.exporter.backends.sim import parse_load
+    from thermograd.exporter.collector import SnapshotCollector
+    from thermograd.exporter.sampler import Sampler
+    from thermograd.exporter.server import make_server, serve_in_thread
 
     _validate_serve(args)
     config = rle_config_from(args)
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["recompute"]:
-            from exporter import recompute
+            from thermograd.exporter import recompute
 
             args = build_recompute_parser().parse_args(argv[1:])
             if not (math.isfinite(args.rated_power) and args.rated_power > 0):

@@ -6,11 +6,10 @@ import platform
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-
-from exporter import __version__
-from exporter.backends.base import THROTTLE_REASONS, Reading
-from exporter.engine import RleResult
-from exporter.sampler import DURATION_BUCKETS_S, Snapshot
+from thermograd.exporter import __version__
+from thermograd.exporter.backends.base import THROTTLE_REASONS, Reading
+from thermograd.exporter.engine import RleResult
+from thermograd.exporter.sampler import DURATION_BUCKETS_S, Snapshot
 
 DEVICE_LABELS = ["device", "uuid"]
 

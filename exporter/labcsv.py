@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from exporter.backends.base import PLAUSIBLE_RANGES
+from thermograd.exporter.backends.base import PLAUSIBLE_RANGES
 
 REQUIRED_COLUMNS = ("timestamp", "device", "util_pct", "power_w", "temp_c")
 

@@ -1,4 +1,4 @@
-"""`python -m exporter recompute`: re-score an RLE-lab recording with thermograd's engine."""
+"""`thermograd-exporter recompute`: re-score an RLE-lab recording with thermograd's engine."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from exporter.engine import RleConfig, RleEngine, RleResult
-from exporter.labcsv import LabRow, iter_rows, read_header
+from thermograd.exporter.engine import RleConfig, RleEngine, RleResult
+from thermograd.exporter.labcsv import LabRow, iter_rows, read_header
 
 OUTPUT_COLUMNS = ("tg_rle_raw", "tg_rle_smoothed", "tg_e_th", "tg_e_pw", "tg_t_sustain_s",
                   "tg_rolling_peak", "tg_collapsed")

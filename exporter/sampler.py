@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter.backends.base import PLAUSIBLE_RANGES, Backend, DeviceInfo, DeviceLost, Reading
-from exporter.engine import RleConfig, RleEngine, RleResult
+from thermograd.exporter.backends.base import PLAUSIBLE_RANGES, Backend, DeviceInfo, DeviceLost, Reading
+from thermograd.exporter.engine import RleConfig, RleEngine, RleResult
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-
-from exporter.exposition import render
-from exporter.httpserve import TEXT, BoundedHTTPServer, serve_in_thread
+from thermograd.exporter.exposition import render
+from thermograd.exporter.httpserve import TEXT, BoundedHTTPServer, serve_in_thread
 
 __all__ = ["make_server", "serve_in_thread"]
 

@@ -49,7 +49,7 @@ SOURCES = ("thermograd", "dcgm", "nvidia-smi")
 GPU_SERIES = "device:gpu_temperature_celsius:max"
 # The RLE engine runs in thermograd's exporter only; for the other exporters the analysis computes it offline.
 THERMOGRAD_ONLY = ("thermograd's exporter only: RLE, collapse and T_sustain are computed by its engine at every "
-                   "sample. For dcgm-exporter or nvidia_gpu_exporter, python -m analysis --hardware-source "
+                   "sample. For dcgm-exporter or nvidia_gpu_exporter, thermograd-analysis --hardware-source "
                    "dcgm|nvidia-smi computes them offline from temperature, power and utilisation.")
 
 

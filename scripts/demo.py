@@ -121,7 +121,7 @@ class Demo:
     def start_exporter(self, prom: sl.PrometheusAPI) -> str | None:
         """Start the exporter; return the uuid to attribute the run to when it fell back to a simulated GPU."""
         self.supervisor.start("exporter", sl.python_module_argv(
-            "exporter", "--backend", "auto", "--sim-profile", "demo", "--sim-load", f"pid:{self.trainer_pidfile}",
+            "thermograd.exporter", "--backend", "auto", "--sim-profile", "demo", "--sim-load", f"pid:{self.trainer_pidfile}",
             "--port", str(self.ports["exporter"])), self.out / "logs" / "exporter.log")
         metrics_url = f"{self.url('exporter')}/metrics"
         sl.wait_http_ok(metrics_url, 60, supervisor=self.supervisor)
@@ -150,7 +150,7 @@ class Demo:
                 "--run-id", run_id, "--quiet"]
         if gpu_uuid:
             argv += ["--gpu-uuid", gpu_uuid]
-        trainer = self.supervisor.start("trainer", sl.python_module_argv("trainer", *argv),
+        trainer = self.supervisor.start("trainer", sl.python_module_argv("thermograd.trainer", *argv),
                                         self.out / "logs" / "trainer.log")
         self.trainer_pidfile.write_text(str(trainer.pid))  # the simulated GPU's load from now on
         say(f"trainer run {run_id}: tiny GPT-2, {self.args.duration:.0f} s with LR bursts ({PERTURB}) "
@@ -197,7 +197,7 @@ class Demo:
     def analyse(self, run_id: str) -> int:
         out = self.out / "analysis"
         say(f"analysing run {run_id} from {self.url('prometheus')} ...")
-        result = subprocess.run(sl.python_module_argv("analysis", "--prometheus", self.url("prometheus"),
+        result = subprocess.run(sl.python_module_argv("thermograd.analysis", "--prometheus", self.url("prometheus"),
                                                       "--run", run_id, "--out", str(out)),
                                 cwd=sl.REPO_ROOT, capture_output=True, text=True)
         sys.stdout.write(result.stdout)

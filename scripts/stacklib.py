@@ -397,7 +397,7 @@ def python_module_argv(module: str, *args: str) -> list[str]:
 
 def sim_exporter_argv(port: int, *, devices: int = 1, seed: int = 0, sample_hz: float = 1) -> list[str]:
     """The exporter with simulated GPUs (uuid sim-0...), as the integration tests run it."""
-    return python_module_argv("exporter", "--backend", "sim", "--devices", str(devices), "--seed", str(seed),
+    return python_module_argv("thermograd.exporter", "--backend", "sim", "--devices", str(devices), "--seed", str(seed),
                               "--sample-hz", f"{sample_hz:g}", "--port", str(port))
 
 
@@ -406,7 +406,7 @@ def tiny_trainer_argv(port: int, log_dir: Path, run_id: str, steps: int, *, gpu_
                       extra: Sequence[str] = ()) -> list[str]:
     """The reference trainer on CPU with the tiny model: a short, seeded run tied to `gpu_uuid`."""
     return python_module_argv(
-        "trainer", "--model", "tiny", "--steps", str(steps), "--batch-size", "2", "--seq-len", "32", "--seed", "0",
+        "thermograd.trainer", "--model", "tiny", "--steps", str(steps), "--batch-size", "2", "--seq-len", "32", "--seed", "0",
         "--device", "cpu", "--perturb", perturb, "--port", str(port), "--log-dir", str(log_dir),
         "--linger", f"{linger_s:g}", "--run-id", run_id, "--gpu-uuid", gpu_uuid, "--quiet", *extra)
 

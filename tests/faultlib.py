@@ -22,7 +22,7 @@ __all__ = ["get"]
 # A library user's training process serving /metrics: TrainingMetrics only (no torch import).
 TRAINER_ENDPOINT = (
     "import sys, time\n"
-    "from trainer.metrics import TrainingMetrics\n"
+    "from thermograd.trainer.metrics import TrainingMetrics\n"
     "m = TrainingMetrics(port=int(sys.argv[1]), run_id='fault')\n"
     "m.observe_step(1, 2.0, 0.5, 1e-3, tokens=64)\n"
     "print('ready', flush=True)\n"
@@ -53,11 +53,11 @@ def ignore_sigint() -> None:
 @contextmanager
 def serving(kind: str, tmp_path: Path, *args: str,
             preexec_fn: Callable[[], None] | None = None) -> Iterator[Served]:
-    """The exporter (`python -m exporter --backend sim ...`) or a trainer endpoint, up and answering."""
+    """The exporter (`thermograd-exporter --backend sim ...`) or a trainer endpoint, up and answering."""
     port = free_port()
     log = tmp_path / f"{kind}.log"
     if kind == "exporter":
-        argv = [sys.executable, "-m", "exporter", "--backend", "sim", "--sim-load", "0.8", "--port", str(port), *args]
+        argv = [sys.executable, "-m", "thermograd.exporter", "--backend", "sim", "--sim-load", "0.8", "--port", str(port), *args]
     else:
         argv = [sys.executable, "-c", TRAINER_ENDPOINT, str(port)]
     with open(log, "w") as err:

@@ -7,20 +7,19 @@ import subprocess
 import sys
 
 import numpy as np
-
-from analysis.catalog import DIRECTIONS, PAIRS, SERIES
-from analysis.fetch import series_exprs
-from analysis.load_files import load_grad_log, load_rle_csv
-from analysis.offline import files_to_table
-from analysis.pipeline import Settings, analyse
-from analysis.scenarios import hot_run, null_run, write_files
-from analysis.stats.throttle import throttle_cost
-from analysis.timeparse import get_tz
-from analysis.verdict import overall
+from thermograd.analysis.catalog import DIRECTIONS, PAIRS, SERIES
+from thermograd.analysis.fetch import series_exprs
+from thermograd.analysis.load_files import load_grad_log, load_rle_csv
+from thermograd.analysis.offline import files_to_table
+from thermograd.analysis.pipeline import Settings, analyse
+from thermograd.analysis.scenarios import hot_run, null_run, write_files
+from thermograd.analysis.stats.throttle import throttle_cost
+from thermograd.analysis.timeparse import get_tz
+from thermograd.analysis.verdict import overall
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=180)
 
 
 def test_series_and_pairs_are_data():

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-
-from analysis.backfill import create_blocks, device_series, serve_prometheus, train_series, write_openmetrics
-from analysis.synthetic import COLLAPSE_DELAY_S, POWER_LAG_S, planted_run
+from thermograd.analysis.backfill import (
+    create_blocks,
+    device_series,
+    serve_prometheus,
+    train_series,
+    write_openmetrics,
+)
+from thermograd.analysis.synthetic import COLLAPSE_DELAY_S, POWER_LAG_S, planted_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -41,7 +46,7 @@ def prometheus(tmp_path_factory) -> dict:
 
 
 def analysis(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=180)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from analysis.errors import InputError
-from analysis.load_files import load_grad_log, load_rle_csv
-from analysis.timeparse import get_tz
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.load_files import load_grad_log, load_rle_csv
+from thermograd.analysis.timeparse import get_tz
 
 CSV_HEADER = ("timestamp,device,rle_smoothed,rle_raw,rle_norm,E_th,E_pw,temp_c,vram_temp_c,power_w,util_pct,"
               "a_load,t_sustain_s,fan_pct,rolling_peak,collapse,alerts,cpu_freq_ghz,cycles_per_joule")
@@ -52,7 +51,7 @@ def seed_log(n_steps: int, start: datetime = T0, seconds_per_step: float = 0.7, 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=120)
 
 
 def strict_json(path: Path) -> dict:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-
-from analysis.stats import events
+from thermograd.analysis.stats import events
 
 
 def _case(n: int, n_spikes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

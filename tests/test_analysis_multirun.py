@@ -14,14 +14,19 @@ import numpy as np
 import pytest
 from conftest import free_port
 from statsmodels.stats.meta_analysis import combine_effects
-
-from analysis.align import bin_to_grid
-from analysis.backfill import create_blocks, device_series, serve_prometheus, train_series, write_openmetrics
-from analysis.cli import main
-from analysis.multirun import meta_analyse, pooled_verdict
-from analysis.pipeline import Settings
-from analysis.scenarios import Recording, null_run, planted_run, write_files
-from analysis.stats.meta import dersimonian_laird, z_and_se
+from thermograd.analysis.align import bin_to_grid
+from thermograd.analysis.backfill import (
+    create_blocks,
+    device_series,
+    serve_prometheus,
+    train_series,
+    write_openmetrics,
+)
+from thermograd.analysis.cli import main
+from thermograd.analysis.multirun import meta_analyse, pooled_verdict
+from thermograd.analysis.pipeline import Settings
+from thermograd.analysis.scenarios import Recording, null_run, planted_run, write_files
+from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
 
 RUN_S = 300
 
@@ -122,7 +127,7 @@ def test_holm_runs_within_each_direction_as_in_a_single_run():
 
 
 def analysis(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args, "--surrogates", "200"], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args, "--surrogates", "200"], capture_output=True,
                           text=True, timeout=300)
 
 

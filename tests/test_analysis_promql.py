@@ -11,9 +11,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-
-from analysis.errors import InputError
-from analysis.promql import MAX_POINTS_PER_SERIES, PromClient, matrix_to_arrays
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.promql import MAX_POINTS_PER_SERIES, PromClient, matrix_to_arrays
 
 
 class Stub:
@@ -116,7 +115,7 @@ def test_auth_and_extra_headers_are_sent(stub_server):
 
 
 def test_range_windows_are_valid_promql_durations_for_any_step(tmp_path):
-    from analysis.fetch import grad_norm_mean_expr, range_window, series_exprs
+    from thermograd.analysis.fetch import grad_norm_mean_expr, range_window, series_exprs
 
     assert range_window(1.0) == "[1s]" and range_window(0.5) == "[500ms]" and range_window(1.5) == "[1500ms]"
     exprs = series_exprs("r1", "0", "GPU-1", 0.5, 0.5)
@@ -139,7 +138,7 @@ def _matrix_body(series: list[list]) -> bytes:
 
 
 def test_the_fast_parse_equals_the_json_path_and_refuses_other_shapes():
-    from analysis.promql import single_matrix_arrays
+    from thermograd.analysis.promql import single_matrix_arrays
 
     values = [[1767225600.5, "1.25"], [1767225601, "NaN"], [1767225602, "+Inf"], [1767225603, "-Inf"],
               [1767225604, "-3e-7"]]
@@ -154,7 +153,7 @@ def test_the_fast_parse_equals_the_json_path_and_refuses_other_shapes():
 
 
 def test_columns_stream_into_the_grid_like_the_merged_answer(stub_server):
-    from analysis.align import place_on_grid
+    from thermograd.analysis.align import place_on_grid
 
     client = PromClient(stub_server(Stub()), workers=3)
     start, step, n = 1000.0, 0.5, 23_000

@@ -14,18 +14,17 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metric_names import DOCUMENTED
-
-from analysis import table as T
-from analysis.catalog import SERIES, SOURCES
-from analysis.derived import engine_columns
-from analysis.devices import RunIdentity, choose, gpus, matches, normalise_uuid
-from analysis.errors import InputError
-from analysis.fetch import series_exprs
-from analysis.repeats import change_spacing_s, collection_interval_s, grid_step_s
-from exporter.backends.sim import SIM_PROFILES, SimGpu
-from exporter.engine import RleEngine
-from exporter.labcsv import LabRow
-from exporter.recompute import score
+from thermograd.analysis import table as T
+from thermograd.analysis.catalog import SERIES, SOURCES
+from thermograd.analysis.derived import engine_columns
+from thermograd.analysis.devices import RunIdentity, choose, gpus, matches, normalise_uuid
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.fetch import series_exprs
+from thermograd.analysis.repeats import change_spacing_s, collection_interval_s, grid_step_s
+from thermograd.exporter.backends.sim import SIM_PROFILES, SimGpu
+from thermograd.exporter.engine import RleEngine
+from thermograd.exporter.labcsv import LabRow
+from thermograd.exporter.recompute import score
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURES = {"dcgm": DATA / "dcgm-exporter.prom", "nvidia-smi": DATA / "nvidia-gpu-exporter.prom"}
@@ -179,7 +178,7 @@ def test_engine_columns_are_the_exporters_engine_row_for_row():
     temp = np.array([r.temp_c for r in readings])
     done = engine_columns(t, util, power, temp, 250.0, 83.0, 1.0)
     rows = [LabRow(k + 2, {}, t[k], "gpu", util[k] * 100, power[k], temp[k], None) for k in range(500)]
-    reference = [res for _, res in score(rows, RleEngine(250.0, 83.0, 1.0))]  # `python -m exporter recompute`
+    reference = [res for _, res in score(rows, RleEngine(250.0, 83.0, 1.0))]  # `thermograd-exporter recompute`
     assert done.onsets >= 1 and done.onsets == sum(r.onset for r in reference)
     np.testing.assert_array_equal(done.columns[T.RLE], [r.rle_smoothed for r in reference])
     np.testing.assert_array_equal(done.columns[T.A_LOAD], [r.load_ratio for r in reference])
@@ -229,7 +228,7 @@ def test_foreign_exprs_select_by_the_sources_uuid_label_and_parse(tmp_path: Path
     (["--temp-limit", "500"], "--temp-limit 500"),
 ])
 def test_bad_hardware_flags_one_line_exit_2(flags: list[str], message: str, tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "analysis", "--prometheus", "http://127.0.0.1:1", "--out",
+    proc = subprocess.run([sys.executable, "-m", "thermograd.analysis", "--prometheus", "http://127.0.0.1:1", "--out",
                            str(tmp_path / "o"), *flags], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in proc.stderr and re.search(r"^analysis: error: ", proc.stderr)
@@ -241,8 +240,8 @@ def test_without_a_rated_power_the_analysis_goes_on_without_the_rle(monkeypatch)
     tests of temperature, power and the training speed do not need it (the run was refused before)."""
     import argparse
 
-    from analysis import cli
-    from analysis.devices import Choice, Device
+    from thermograd.analysis import cli
+    from thermograd.analysis.devices import Choice, Device
 
     monkeypatch.setattr(cli, "power_limit_w", lambda *a: (float("nan"), "", ["no power-limit series"]))
     n = 50

@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-
-from analysis.align import bin_to_grid, place_on_grid
-from analysis.errors import InputError
-from analysis.report import clean
-from analysis.table import Table
-from analysis.timeparse import parse_duration_s, parse_instant_s, parse_iso_s
+from thermograd.analysis.align import bin_to_grid, place_on_grid
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.report import clean
+from thermograd.analysis.table import Table
+from thermograd.analysis.timeparse import parse_duration_s, parse_instant_s, parse_iso_s
 
 
 def test_bin_to_grid_takes_the_interval_ending_at_each_row():

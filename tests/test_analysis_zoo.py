@@ -9,13 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-
-from analysis.offline import files_to_table
-from analysis.pipeline import Settings, analyse
-from analysis.scenarios import NULL_KINDS, null_run, planted_run, write_files
-from analysis.stats import events, granger
-from analysis.stats.series import state_onsets
-from analysis.verdict import overall
+from thermograd.analysis.offline import files_to_table
+from thermograd.analysis.pipeline import Settings, analyse
+from thermograd.analysis.scenarios import NULL_KINDS, null_run, planted_run, write_files
+from thermograd.analysis.stats import events, granger
+from thermograd.analysis.stats.series import state_onsets
+from thermograd.analysis.verdict import overall
 
 STRENGTHS = {"strong", "moderate", "weak", "negligible", "none", "inconclusive", "insufficient data"}
 
@@ -50,7 +49,7 @@ def test_a_90_s_run_with_a_spike_and_a_power_dip_is_not_called_coupled():
 @pytest.mark.slow
 def test_every_null_kind_keeps_both_verdicts_near_alpha():
     """A small version of bench/bench_calibration.py: 12 runs of every kind, 5 and 10 minutes long."""
-    from analysis.verdict import overall as verdict_for
+    from thermograd.analysis.verdict import overall as verdict_for
 
     for kind in NULL_KINDS:
         coupled = 0
@@ -148,7 +147,7 @@ def test_event_null_keeps_the_spikes_clustering():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_on_files_of_a_spiky_independent_run(tmp_path):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
-from exporter.backends.base import DeviceInfo, Reading
-from exporter.cli import (
+from thermograd.exporter.backends.base import DeviceInfo, Reading
+from thermograd.exporter.cli import (
     UsageError,
     build_serve_parser,
     parse_device_values,
     resolve_device_values,
     rle_config_from,
 )
-from exporter.sampler import Sampler
+from thermograd.exporter.sampler import Sampler
 
 
 def test_device_values_plain_and_per_device():
@@ -43,8 +42,8 @@ def test_engine_flags_reach_the_config():
 
 
 def test_sim_profile_reaches_the_simulated_gpu_and_auto_fallback():
-    from exporter.backends import open_backend
-    from exporter.backends.sim import SIM_PROFILES
+    from thermograd.exporter.backends import open_backend
+    from thermograd.exporter.backends.sim import SIM_PROFILES
 
     args = build_serve_parser().parse_args(["--backend", "sim", "--sim-profile", "demo"])
     backend = open_backend(args.backend, sim_load=lambda _: 1.0, sim_profile=args.sim_profile)

@@ -1,4 +1,4 @@
-"""Conformance with the RLE lab's reference monitor on its own recording, and `python -m exporter recompute`."""
+"""Conformance with the RLE lab's reference monitor on its own recording, and `thermograd-exporter recompute`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from exporter.engine import RleEngine
-from exporter.labcsv import iter_rows
+from thermograd.exporter.engine import RleEngine
+from thermograd.exporter.labcsv import iter_rows
 
 # device -> (rated power W, temperature limit °C) the lab's monitor ran with (../shared/data/README.md)
 LAB_SETTINGS = {"gpu": (200.0, 83.0), "cpu": (125.0, 80.0)}
@@ -53,7 +52,7 @@ def test_engine_reproduces_the_lab_monitor(rle_lab_csv: Path, device: str):
 
 
 def _recompute(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", "recompute", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "thermograd.exporter", "recompute", *map(str, args)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -114,7 +113,7 @@ def test_recompute_scores_rows_without_power_like_the_lab_and_says_so(tmp_path: 
 
 
 def test_naive_lab_timestamps_are_utc(monkeypatch):
-    from exporter.labcsv import parse_timestamp
+    from thermograd.exporter.labcsv import parse_timestamp
 
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()

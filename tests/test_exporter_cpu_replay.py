@@ -7,10 +7,9 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-
-from exporter.backends.cpu import CpuBackend, RaplPackage, energy_delta_uj
-from exporter.backends.replay import ReplayBackend
-from exporter.labcsv import LabCsvError
+from thermograd.exporter.backends.cpu import CpuBackend, RaplPackage, energy_delta_uj
+from thermograd.exporter.backends.replay import ReplayBackend
+from thermograd.exporter.labcsv import LabCsvError
 
 
 def make_rapl(root: Path, energy_uj: int, max_range_uj: int = 262_143_328_850) -> Path:
@@ -101,7 +100,7 @@ def test_replay_malformed_csv_names_line_and_column(tmp_path: Path):
 
 def test_replay_faster_than_real_time_keeps_the_recordings_heating_rate(tmp_path: Path):
     """At --speed 2 each 1 Hz sample advances 2 recorded seconds; T_sustain must use recorded time."""
-    from exporter.sampler import Sampler
+    from thermograd.exporter.sampler import Sampler
 
     wall = iter([100.0, 101.0])
     sampler = Sampler(ReplayBackend(write_recording(tmp_path / "rec.csv"), speed=2.0), sample_hz=1.0,

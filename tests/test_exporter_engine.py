@@ -6,9 +6,8 @@ import math
 import statistics
 
 import pytest
-
-from exporter.backends.sim import SimGpu, SimParams
-from exporter.engine import RleConfig, RleEngine
+from thermograd.exporter.backends.sim import SimGpu, SimParams
+from thermograd.exporter.engine import RleConfig, RleEngine
 
 
 def feed(engine: RleEngine, samples: list[tuple[float, float, float, float | None]]):
@@ -196,8 +195,8 @@ def test_settings_that_would_divide_by_zero_are_rejected(setting):
 
 
 def test_an_engine_failure_is_counted_and_the_sampler_keeps_going():
-    from exporter.backends.base import DeviceInfo, Reading
-    from exporter.sampler import Sampler
+    from thermograd.exporter.backends.base import DeviceInfo, Reading
+    from thermograd.exporter.sampler import Sampler
 
     class OneGpu:
         name = "test"

@@ -39,7 +39,7 @@ def sample_value(body: str, name: str) -> float:
 
 
 def exporter(*args: str) -> list[str]:
-    return [sys.executable, "-m", "exporter", *args]
+    return [sys.executable, "-m", "thermograd.exporter", *args]
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-
-from exporter.backends import open_backend
-from exporter.backends.nvml import NvmlBackend, decode_reasons
-from exporter.collector import SnapshotCollector
-from exporter.exposition import render
-from exporter.fake_nvml import FakeGpu, FakeNvml
-from exporter.sampler import Sampler
+from thermograd.exporter.backends import open_backend
+from thermograd.exporter.backends.nvml import NvmlBackend, decode_reasons
+from thermograd.exporter.collector import SnapshotCollector
+from thermograd.exporter.exposition import render
+from thermograd.exporter.fake_nvml import FakeGpu, FakeNvml
+from thermograd.exporter.sampler import Sampler
 
 
 @pytest.fixture
@@ -88,7 +87,7 @@ def test_two_gpus_every_field_in_base_units(fake: FakeNvml):
 
 
 def test_not_supported_is_omitted_for_that_gpu_and_logged_once(fake: FakeNvml, caplog: pytest.LogCaptureFixture):
-    caplog.set_level(logging.INFO, logger="exporter.backends.nvml")
+    caplog.set_level(logging.INFO, logger="thermograd.exporter.backends.nvml")
     sampler = make_sampler()
     for _ in range(3):
         sampler.sample_once()

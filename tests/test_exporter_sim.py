@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from exporter.backends.sim import SIM_PROFILES, SimBackend, SimGpu, SimParams, parse_load
-from exporter.engine import RleEngine
+from thermograd.exporter.backends.sim import SIM_PROFILES, SimBackend, SimGpu, SimParams, parse_load
+from thermograd.exporter.engine import RleEngine
 
 
 def run(load: float, seconds: int, params: SimParams | None = None, seed: int = 0):

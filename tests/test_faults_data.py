@@ -15,8 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 from faultlib import one_line_error, run_module
 from test_stack_compose import load  # the compose loader that knows `!reset`
-
-from trainer.steplog import StepLog
+from thermograd.trainer.steplog import StepLog
 
 LAB_CSV = ("timestamp,device,util_pct,temp_c,power_w\n"
            + "".join(f"{t},gpu,90,{60 + t * 0.1:.1f},180\n{t},cpu,40,55,60\n" for t in range(1, 40)))
@@ -33,7 +32,7 @@ def test_recompute_refuses_to_write_over_its_own_input(tmp_path: Path, how: str)
         out.symlink_to(src)
     if how == "hardlink":
         os.link(src, out)
-    result = run_module("exporter", "recompute", "--csv", str(src), "--device", "gpu", "--rated-power", "200",
+    result = run_module("thermograd.exporter", "recompute", "--csv", str(src), "--device", "gpu", "--rated-power", "200",
                         "--temp-limit", "83", "--out", str(out))
     one_line_error(result, "--out", "refusing to overwrite")
     assert src.read_text() == LAB_CSV
@@ -43,7 +42,7 @@ def test_a_log_dir_holding_only_grad_norm_log_json_is_not_overwritten(tmp_path: 
     previous = tmp_path / "run" / "grad_norm_log.json"
     previous.parent.mkdir()
     previous.write_text('[\n  {"step": 1, "grad_norm": 0.5}\n]\n')
-    result = run_module("trainer", "--steps", "1", "--port", "0", "--log-dir", str(previous.parent))
+    result = run_module("thermograd.trainer", "--steps", "1", "--port", "0", "--log-dir", str(previous.parent))
     one_line_error(result, "grad_norm_log.json", "already holds a run's log")
     assert previous.read_text() == '[\n  {"step": 1, "grad_norm": 0.5}\n]\n'
     assert not (previous.parent / "steps.jsonl").exists()
@@ -66,7 +65,7 @@ def full_disk(tmp_path: Path):
 
 TRAIN_ON_A_FULL_DISK = """
 import sys, urllib.request
-from trainer.metrics import TrainingMetrics
+from thermograd.trainer.metrics import TrainingMetrics
 m = TrainingMetrics(port=0, run_id="full", log_dir=sys.argv[1])
 for step in range(1, 3001):
     m.observe_step(step, 2.0, 0.5, 1e-3, tokens=64)
@@ -132,7 +131,7 @@ def test_a_second_compose_up_starts_a_new_run_beside_the_first(tmp_path: Path):
     assert template.startswith("/data/logs/") and "{run_id}" in template
     volume_template = template.replace("/data/logs", str(tmp_path / "volume"))
     for _ in range(2):
-        result = run_module("trainer", "--steps", "1", "--batch-size", "1", "--seq-len", "8", "--port", "0",
+        result = run_module("thermograd.trainer", "--steps", "1", "--batch-size", "1", "--seq-len", "8", "--port", "0",
                             "--linger", "0", "--quiet", "--log-dir", volume_template, timeout=120)
         assert result.returncode == 0, result.stderr
     runs = sorted((tmp_path / "volume").iterdir())

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from faultlib import cpu_s, get, one_line_error, reset, rss_mb, run_module, sample, serving, threads
-
-from exporter.httpserve import (
+from thermograd.exporter.httpserve import (
     HEAD_DEADLINE_S,
     IDLE_TIMEOUT_S,
     LISTEN_BACKLOG,
@@ -247,12 +246,12 @@ def test_a_client_resetting_mid_scrape_prints_no_traceback(tmp_path: Path, kind:
 
 def test_devices_has_an_upper_bound():
     # Before: --devices 1000000000 ended in a MemoryError traceback.
-    one_line_error(run_module("exporter", "--backend", "sim", "--sim-load", "0", "--port", "0",
+    one_line_error(run_module("thermograd.exporter", "--backend", "sim", "--sim-load", "0", "--port", "0",
                               "--devices", "1000000000"), "--devices")
 
 
 def test_both_endpoints_are_the_one_bounded_server():
-    from trainer.metrics import TrainingMetrics
+    from thermograd.trainer.metrics import TrainingMetrics
 
     with TrainingMetrics(port=0, run_id="x") as metrics:
         server = metrics._server

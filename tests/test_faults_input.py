@@ -15,18 +15,17 @@ from pathlib import Path
 
 import pytest
 from faultlib import get, one_line_error, run_module, sample, serving
-
-from exporter.backends.base import DeviceInfo, Reading
-from exporter.collector import SnapshotCollector
-from exporter.exposition import render
-from exporter.sampler import Sampler
-from trainer.metrics import TrainingMetrics
+from thermograd.exporter.backends.base import DeviceInfo, Reading
+from thermograd.exporter.collector import SnapshotCollector
+from thermograd.exporter.exposition import render
+from thermograd.exporter.sampler import Sampler
+from thermograd.trainer.metrics import TrainingMetrics
 
 HEADER = "timestamp,device,util_pct,temp_c,power_w\n"
 
 
 def replay(path: Path) -> object:
-    return run_module("exporter", "--backend", "replay", "--replay-csv", str(path), "--port", "0", timeout=30)
+    return run_module("thermograd.exporter", "--backend", "replay", "--replay-csv", str(path), "--port", "0", timeout=30)
 
 
 @pytest.mark.parametrize(("rows", "line"), [
@@ -56,7 +55,7 @@ def test_recompute_with_an_overflowing_utilization_is_one_line(tmp_path: Path):
     # Before: OverflowError traceback from the engine.
     path = tmp_path / "rec.csv"
     path.write_text(HEADER + "".join(f"{t},gpu,{'1e308' if t == 5 else 50},60,100\n" for t in range(1, 10)))
-    result = run_module("exporter", "recompute", "--csv", str(path), "--device", "gpu", "--rated-power", "200",
+    result = run_module("thermograd.exporter", "recompute", "--csv", str(path), "--device", "gpu", "--rated-power", "200",
                         "--temp-limit", "83", "--out", str(tmp_path / "out.csv"))
     one_line_error(result, "line 6", "'util_pct'")
     assert not (tmp_path / "out.csv").exists()
@@ -66,7 +65,7 @@ def test_a_utf8_bom_is_read_not_reported_as_a_missing_column(tmp_path: Path):
     path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "".join(f"{t},gpu,50,60,100\n" for t in range(1, 20))).encode())
     out = tmp_path / "out.csv"
-    result = run_module("exporter", "recompute", "--csv", str(path), "--device", "gpu", "--rated-power", "200",
+    result = run_module("thermograd.exporter", "recompute", "--csv", str(path), "--device", "gpu", "--rated-power", "200",
                         "--temp-limit", "83", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_text().startswith("timestamp,device,")
@@ -110,7 +109,7 @@ def test_absurd_live_readings_are_dropped_counted_and_not_served():
     (["--max-grad-norm", "nan"], "--max-grad-norm"),
 ])
 def test_trainer_settings_that_wreck_a_run_are_refused(args: list[str], needle: str):
-    one_line_error(run_module("trainer", "--port", "0", *args), needle)
+    one_line_error(run_module("thermograd.trainer", "--port", "0", *args), needle)
 
 
 def test_library_calls_that_would_corrupt_series_raise_and_record_nothing():
@@ -168,7 +167,7 @@ def _json_answer(body: bytes) -> bytes:
 
 
 def analyse(url: str, tmp_path: Path) -> object:
-    return run_module("analysis", "--prometheus", url, "--timeout", "1", "--retries", "0", "--out",
+    return run_module("thermograd.analysis", "--prometheus", url, "--timeout", "1", "--retries", "0", "--out",
                       str(tmp_path / "out"), timeout=60)
 
 

@@ -29,7 +29,7 @@ def test_the_exporter_stops_on_sigint_even_when_started_with_it_ignored(tmp_path
 
 @pytest.mark.slow
 def test_the_trainer_stops_on_sigint_even_when_started_with_it_ignored(tmp_path: Path):
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--steps", "100000", "--batch-size", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "thermograd.trainer", "--steps", "100000", "--batch-size", "1",
                              "--seq-len", "8", "--port", "0", "--linger", "0", "--log-dir", str(tmp_path / "log")],
                             stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, preexec_fn=ignore_sigint)
     try:

@@ -1,6 +1,6 @@
 """The analysis on the hardware exporters users already run: a real Prometheus scrapes the dcgm-exporter and
 nvidia_gpu_exporter stand-ins (tests/standin_exporter.py, two GPUs each) and a real trainer (tiny model) on one
-1 s clock, then `python -m analysis --hardware-source dcgm|nvidia-smi|auto` reads it back.
+1 s clock, then `thermograd-analysis --hardware-source dcgm|nvidia-smi|auto` reads it back.
 
 The trainer reports its GPU's UUID upper case and without `GPU-` (neither exporter's spelling), so the right
 GPU is found only through the UUID normalisation; dcgm collects every 3 s, so it repeats its values between
@@ -105,7 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 def analyse(stack: Stack, name: str, *flags: str) -> tuple[dict, subprocess.CompletedProcess]:
     out = stack.tmp / name
-    proc = subprocess.run([sys.executable, "-m", "analysis", "--prometheus", stack.prom_url, "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "thermograd.analysis", "--prometheus", stack.prom_url, "--out", str(out),
                            "--surrogates", "200", *flags], capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "report.json").read_text()), proc
@@ -174,8 +174,8 @@ def test_kubernetes_run_without_gpu_uuid_joins_by_pod(stack: Stack):
 
 
 def test_thermograd_source_absent_is_one_line_exit_2(stack: Stack):
-    proc = subprocess.run([sys.executable, "-m", "analysis", "--prometheus", stack.prom_url, "--run", RUN_ID,
+    proc = subprocess.run([sys.executable, "-m", "thermograd.analysis", "--prometheus", stack.prom_url, "--run", RUN_ID,
                            "--hardware-source", "thermograd", "--out", str(stack.tmp / "none")],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "cannot tell which device" in proc.stderr and "rle_device_info" in proc.stderr
+    assert "which no rle_device_info series reports" in proc.stderr and "is its node scraped" in proc.stderr

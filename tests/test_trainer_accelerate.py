@@ -15,8 +15,7 @@ from test_trainer_helpers import (
     tiny_token_lm,
     token_batches,
 )
-
-from trainer import TrainingMetrics
+from thermograd.trainer import TrainingMetrics
 
 torch = pytest.importorskip("torch")
 accelerate = pytest.importorskip("accelerate")
@@ -35,7 +34,7 @@ def accelerator():
 
 
 def test_accelerate_loop_publishes_every_step_with_the_norm_accelerate_clipped(tmp_path, accelerator):
-    from trainer import host_floats
+    from thermograd.trainer import host_floats
 
     batches = token_batches(MICRO_BATCHES)
     model = tiny_token_lm()
@@ -77,7 +76,7 @@ def test_accelerate_loop_publishes_every_step_with_the_norm_accelerate_clipped(t
 def test_host_floats_passes_numbers_and_none_through():
     """accelerate's clip_grad_norm_ under DeepSpeed returns a float (or None before the engine computed a
     norm): the README's two lines publish it as they do a tensor."""
-    from trainer.gradnorm import host_floats
+    from thermograd.trainer.gradnorm import host_floats
 
     loss = torch.tensor(2.5)
     assert host_floats(loss, 0.75) == [2.5, 0.75]

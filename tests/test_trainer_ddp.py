@@ -30,7 +30,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
     })
     torch.set_num_threads(1)
-    from trainer import PrometheusCallback, TrainingMetrics
+    from thermograd.trainer import PrometheusCallback, TrainingMetrics
 
     model, data = tiny_lm_and_data(32)
     args = transformers.TrainingArguments(

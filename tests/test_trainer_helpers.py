@@ -1,4 +1,4 @@
-"""Shared helpers for the trainer tests (scraping /metrics, running the real `python -m trainer`)."""
+"""Shared helpers for the trainer tests (scraping /metrics, running the real `thermograd-trainer`)."""
 
 from __future__ import annotations
 
@@ -52,14 +52,14 @@ def trainer_env() -> dict[str, str]:
 
 def start_trainer(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "trainer", "--quiet", *args], cwd=cwd, env=trainer_env(),
+        [sys.executable, "-m", "thermograd.trainer", "--quiet", *args], cwd=cwd, env=trainer_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
 def run_trainer(args: list[str], cwd: Path, timeout_s: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "trainer", "--quiet", *args], cwd=cwd, env=trainer_env(),
+        [sys.executable, "-m", "thermograd.trainer", "--quiet", *args], cwd=cwd, env=trainer_env(),
         capture_output=True, text=True, timeout=timeout_s,
     )
 

@@ -7,8 +7,7 @@ import os
 
 import pytest
 from test_trainer_helpers import read_jsonl, sample, scrape, tiny_lm_and_data
-
-from trainer import TrainingMetrics
+from thermograd.trainer import TrainingMetrics
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -20,7 +19,7 @@ pytest.importorskip("accelerate")
 def test_callback_publishes_every_optimizer_step_with_the_pre_clip_norm(
     tmp_path, monkeypatch, accumulation, max_grad_norm
 ):
-    from trainer import PrometheusCallback
+    from thermograd.trainer import PrometheusCallback
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     threads = torch.get_num_threads()
@@ -67,7 +66,7 @@ def test_callback_publishes_every_optimizer_step_with_the_pre_clip_norm(
 
 
 def _callback_on(model):
-    from trainer import PrometheusCallback
+    from thermograd.trainer import PrometheusCallback
 
     callback = PrometheusCallback(TrainingMetrics(port=0, run_id="unit", start=False), stream=io.StringIO())
     callback._install_hooks(model)
@@ -129,8 +128,7 @@ def test_sharded_gradients_it_cannot_read_are_said_unsupported_and_not_measured(
     import types
 
     from test_trainer_helpers import with_fsdp1_child
-
-    from trainer import PrometheusCallback
+    from thermograd.trainer import PrometheusCallback
 
     if accelerate_env is None:
         monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)

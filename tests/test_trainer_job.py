@@ -6,12 +6,11 @@ import io
 
 import pytest
 from test_trainer_helpers import read_jsonl
-
-from trainer.config import JobConfig
-from trainer.errors import UsageError
-from trainer.job import run
-from trainer.perturb import parse_perturb
-from trainer.schedule import lr_factor
+from thermograd.trainer.config import JobConfig
+from thermograd.trainer.errors import UsageError
+from thermograd.trainer.job import run
+from thermograd.trainer.perturb import parse_perturb
+from thermograd.trainer.schedule import lr_factor
 
 pytest.importorskip("transformers")
 

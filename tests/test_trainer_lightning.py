@@ -20,8 +20,7 @@ from test_trainer_helpers import (
     tiny_token_lm,
     token_batches,
 )
-
-from trainer import TrainingMetrics
+from thermograd.trainer import TrainingMetrics
 
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
@@ -31,7 +30,7 @@ CLIP, LR, GAMMA = 0.525, 0.5, 0.8  # some steps' norms above the clipping thresh
 
 
 def test_every_optimizer_step_with_the_pre_clip_norm_lightning_clips_with(tmp_path, monkeypatch):
-    from trainer.lightning import PrometheusLightningCallback
+    from thermograd.trainer.lightning import PrometheusLightningCallback
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     threads = torch.get_num_threads()
@@ -121,7 +120,7 @@ def _run_deepspeed_steps(callback, trainer, n_steps: int) -> None:
 
 
 def test_deepspeed_norm_is_read_from_the_engine_after_each_step():
-    from trainer.lightning import PrometheusLightningCallback
+    from thermograd.trainer.lightning import PrometheusLightningCallback
 
     metrics = TrainingMetrics(port=0, run_id="ds", start=False)
     banner = io.StringIO()
@@ -137,7 +136,7 @@ def test_deepspeed_norm_is_read_from_the_engine_after_each_step():
 
 
 def test_deepspeed_engine_without_a_norm_is_said_once_and_publishes_none():
-    from trainer.lightning import PrometheusLightningCallback
+    from thermograd.trainer.lightning import PrometheusLightningCallback
 
     metrics = TrainingMetrics(port=0, run_id="ds", start=False)
     banner = io.StringIO()
@@ -153,7 +152,7 @@ def test_deepspeed_engine_without_a_norm_is_said_once_and_publishes_none():
 
 
 def test_clip_threshold_only_when_lightning_clips_by_norm():
-    from trainer.lightning import _clip_norm
+    from thermograd.trainer.lightning import _clip_norm
 
     def stand_in(value, algorithm):
         return types.SimpleNamespace(gradient_clip_val=value, gradient_clip_algorithm=algorithm)
@@ -168,8 +167,7 @@ def test_the_callback_also_drives_a_pytorch_lightning_trainer():
     """`pytorch_lightning` (the standalone package) calls callbacks by hook name: the same callback works."""
     ptl = pytest.importorskip("pytorch_lightning")
     from test_trainer_helpers import next_token_loss
-
-    from trainer.lightning import PrometheusLightningCallback
+    from thermograd.trainer.lightning import PrometheusLightningCallback
 
     class Module(ptl.LightningModule):
         def __init__(self) -> None:
@@ -198,8 +196,7 @@ def test_fp16_amp_norm_is_read_after_unscaling():
     """fp16 AMP with a GradScaler (CPU autocast): the gradients are 65536x the true ones until Lightning
     unscales them, just before on_before_optimizer_step; the published norm is the true one."""
     from lightning.pytorch.plugins import MixedPrecision
-
-    from trainer.lightning import PrometheusLightningCallback
+    from thermograd.trainer.lightning import PrometheusLightningCallback
 
     batches = token_batches(3)
     model = tiny_token_lm()
@@ -224,8 +221,7 @@ def test_fp16_amp_norm_is_read_after_unscaling():
 
 def test_fsdp1_strategy_is_said_unsupported_and_publishes_no_norm():
     from test_trainer_helpers import with_fsdp1_child
-
-    from trainer.lightning import PrometheusLightningCallback
+    from thermograd.trainer.lightning import PrometheusLightningCallback
 
     model = tiny_token_lm()
     model(torch.zeros(2, 8, dtype=torch.long)).sum().backward()

@@ -12,10 +12,9 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_trainer_helpers import sample, scrape
-
-from trainer import TrainingMetrics
-from trainer.identity import detect_gpu_uuid
-from trainer.metrics import GRAD_NORM_BUCKETS, MetricsPortError
+from thermograd.trainer import TrainingMetrics
+from thermograd.trainer.identity import detect_gpu_uuid
+from thermograd.trainer.metrics import GRAD_NORM_BUCKETS, MetricsPortError
 
 
 def _trainer_names_in_docs(repo_root) -> set[str]:
@@ -225,7 +224,7 @@ def test_a_pause_is_a_labelled_state_not_a_step_and_not_in_the_step_duration(tmp
 
 
 def test_step_log_writer_survives_an_unwritable_record(tmp_path, capsys):
-    from trainer.steplog import StepLog
+    from thermograd.trainer.steplog import StepLog
 
     log = StepLog(tmp_path, "bad", 0)
     good = (1, 1.0, 0.5, 1e-3, 0.1, 1.7e9, 8, False, False, False, 0.0, None)
@@ -245,7 +244,7 @@ def test_step_log_writer_survives_any_exception_and_close_returns(tmp_path, caps
     writer thread; the queue then filled and close() waited forever for room: the trainer never exited."""
     import threading
 
-    from trainer.steplog import StepLog
+    from thermograd.trainer.steplog import StepLog
 
     log = StepLog(tmp_path, "overflow", 0, max_queued=4)
     log.append((1, 1.0, 0.5, 1e-3, 0.1, 1e300, 8, False, False, False, 0.0, None))  # year 10^292

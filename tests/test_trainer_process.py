@@ -1,4 +1,4 @@
-"""The real `python -m trainer` process: /metrics mid-run, logs, signals, non-finite abort, exit codes."""
+"""The real `thermograd-trainer` process: /metrics mid-run, logs, signals, non-finite abort, exit codes."""
 
 from __future__ import annotations
 

@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
-
-from trainer.data import WindowSampler, corpus_files, read_documents
-from trainer.errors import UsageError
-from trainer.perturb import PerturbError, PerturbSchedule, parse_perturb, parse_step_ranges
-from trainer.schedule import lr_factor
-from trainer.tokenizer import ByteTokenizer
+from thermograd.trainer.data import WindowSampler, corpus_files, read_documents
+from thermograd.trainer.errors import UsageError
+from thermograd.trainer.perturb import PerturbError, PerturbSchedule, parse_perturb, parse_step_ranges
+from thermograd.trainer.schedule import lr_factor
+from thermograd.trainer.tokenizer import ByteTokenizer
 
 
 def test_perturb_grammar():
@@ -134,7 +133,7 @@ def test_corpus_defaults_to_the_stdlib_and_checks_paths(tmp_path):
 
 def test_clip_and_measure_returns_the_pre_clip_norm():
     torch = pytest.importorskip("torch")
-    from trainer import clip_and_measure_grad_norm
+    from thermograd.trainer import clip_and_measure_grad_norm
 
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(1))]
     params[0].grad = torch.tensor([3.0, 0.0, 0.0])
@@ -151,7 +150,7 @@ def test_clip_and_measure_returns_the_pre_clip_norm():
 @pytest.mark.parametrize("max_norm", [0, None, math.inf])
 def test_measure_without_clipping_leaves_gradients_alone(max_norm):
     torch = pytest.importorskip("torch")
-    from trainer import clip_and_measure_grad_norm
+    from thermograd.trainer import clip_and_measure_grad_norm
 
     param = torch.nn.Parameter(torch.zeros(2))
     param.grad = torch.tensor([30.0, 40.0])
@@ -166,8 +165,7 @@ def test_plain_pytorch_loop_instrumented_in_two_lines(tmp_path):
     """The README's example: a user's own loop, TrainingMetrics + clip_and_measure_grad_norm."""
     torch = pytest.importorskip("torch")
     from test_trainer_helpers import read_jsonl, sample, scrape
-
-    from trainer import TrainingMetrics, clip_and_measure_grad_norm
+    from thermograd.trainer import TrainingMetrics, clip_and_measure_grad_norm
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
@@ -193,7 +191,7 @@ def test_plain_pytorch_loop_instrumented_in_two_lines(tmp_path):
 
 @pytest.mark.parametrize("value", ["inf", "1e300", "nan", "-1", "86401"])
 def test_absurd_linger_is_a_usage_error(value):
-    from trainer.cli import parse_args
+    from thermograd.trainer.cli import parse_args
 
     with pytest.raises(UsageError, match="--linger must be a number of seconds in 0..86400"):
         parse_args(["--linger", value])
@@ -203,7 +201,7 @@ def test_absurd_linger_is_a_usage_error(value):
 def test_total_grad_norm_without_get_total_norm(monkeypatch):
     """torch < 2.6 has no torch.nn.utils.get_total_norm: the clip_grad_norm_(inf) fallback gives the same."""
     torch = pytest.importorskip("torch")
-    from trainer.gradnorm import total_grad_norm
+    from thermograd.trainer.gradnorm import total_grad_norm
 
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
     params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 4.0])

@@ -1,7 +1,7 @@
 """thermograd trainer: loss and gradient norm on /metrics.
 
-    from trainer import TrainingMetrics, clip_and_measure_grad_norm, PrometheusCallback
-    from trainer import PrometheusLightningCallback, host_floats, deepspeed_grad_norm
+    from thermograd.trainer import TrainingMetrics, clip_and_measure_grad_norm, PrometheusCallback
+    from thermograd.trainer import PrometheusLightningCallback, host_floats, deepspeed_grad_norm
 
 `TrainingMetrics` needs only prometheus-client; `clip_and_measure_grad_norm`, `host_floats` and
 `deepspeed_grad_norm` import torch, `PrometheusCallback` transformers and `PrometheusLightningCallback`
@@ -12,12 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from trainer.metrics import TrainingMetrics
+from thermograd.trainer.metrics import TrainingMetrics
 
 if TYPE_CHECKING:
-    from trainer.callback import PrometheusCallback
-    from trainer.gradnorm import GradNorm, clip_and_measure_grad_norm, deepspeed_grad_norm, host_floats
-    from trainer.lightning import PrometheusLightningCallback
+    from thermograd.trainer.callback import PrometheusCallback
+    from thermograd.trainer.gradnorm import (
+        GradNorm,
+        clip_and_measure_grad_norm,
+        deepspeed_grad_norm,
+        host_floats,
+    )
+    from thermograd.trainer.lightning import PrometheusLightningCallback
 
 __all__ = [
     "TrainingMetrics", "PrometheusCallback", "PrometheusLightningCallback", "clip_and_measure_grad_norm",
@@ -25,12 +30,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "PrometheusCallback": "trainer.callback",
-    "PrometheusLightningCallback": "trainer.lightning",
-    "clip_and_measure_grad_norm": "trainer.gradnorm",
-    "GradNorm": "trainer.gradnorm",
-    "host_floats": "trainer.gradnorm",
-    "deepspeed_grad_norm": "trainer.gradnorm",
+    "PrometheusCallback": "thermograd.trainer.callback",
+    "PrometheusLightningCallback": "thermograd.trainer.lightning",
+    "clip_and_measure_grad_norm": "thermograd.trainer.gradnorm",
+    "GradNorm": "thermograd.trainer.gradnorm",
+    "host_floats": "thermograd.trainer.gradnorm",
+    "deepspeed_grad_norm": "thermograd.trainer.gradnorm",
 }
 
 

@@ -32,10 +32,9 @@ import sys
 from typing import Any
 
 import torch
+from thermograd.trainer.gradnorm import fsdp1_unsupported, host_floats_or_none, total_grad_norm
+from thermograd.trainer.metrics import RankEndpoint, TrainingMetrics
 from transformers import TrainerCallback
-
-from trainer.gradnorm import fsdp1_unsupported, host_floats_or_none, total_grad_norm
-from trainer.metrics import RankEndpoint, TrainingMetrics
 
 
 def _sync_gradients_flag() -> Any:

@@ -1,4 +1,4 @@
-"""`python -m trainer`: argument parsing, signal handling and exit codes (0 ok, 2 bad input, 3 diverged).
+"""`thermograd-trainer`: argument parsing, signal handling and exit codes (0 ok, 2 bad input, 3 diverged).
 
 Everything here is light (no torch import) so bad input fails in a fraction of a second.
 """
@@ -12,10 +12,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-from trainer.config import JobConfig
-from trainer.errors import NonFiniteAbort, UsageError
-from trainer.perturb import PerturbError, PerturbSpec, parse_perturb, parse_step_ranges
-from trainer.schedule import SCHEDULES
+from thermograd.trainer.config import JobConfig
+from thermograd.trainer.errors import NonFiniteAbort, UsageError
+from thermograd.trainer.perturb import PerturbError, PerturbSpec, parse_perturb, parse_step_ranges
+from thermograd.trainer.schedule import SCHEDULES
 
 MAX_LINGER_S = 86400  # a day; also rejects inf and nan (threading's wait overflows on huge timeouts)
 
@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m trainer",
+        prog="thermograd-trainer",
         description="Reference GPT-2-architecture training job exposing loss and gradient norm on /metrics.",
     )
     p.add_argument("--model", default="tiny", help="'tiny' (built from a config, no download) or a name/path")
@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, control.handle)
     try:
         cfg = parse_args(argv)
-        from trainer.job import run  # deferred: torch/transformers load only for a valid command line
+        from thermograd.trainer.job import (
+            run,  # deferred: torch/transformers load only for a valid command line
+        )
 
         run(cfg, control=control)
     except (UsageError, NonFiniteAbort) as exc:

@@ -1,10 +1,10 @@
-"""The reference job's settings (what `python -m trainer` parses into)."""
+"""The reference job's settings (what `thermograd-trainer` parses into)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer.perturb import PerturbSpec
+from thermograd.trainer.perturb import PerturbSpec
 
 
 @dataclass

@@ -16,20 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
-
-from trainer.config import JobConfig
-from trainer.data import WindowSampler, corpus_byte_budget, corpus_files, read_documents
-from trainer.errors import NonFiniteAbort, UsageError
-from trainer.identity import new_run_id
-from trainer.metrics import MetricsPortError, TrainingMetrics
-from trainer.perturb import PerturbSchedule, PerturbSpec
-from trainer.progress import Progress
-from trainer.schedule import default_warmup_steps, lr_factor
+from thermograd.trainer.config import JobConfig
+from thermograd.trainer.data import WindowSampler, corpus_byte_budget, corpus_files, read_documents
+from thermograd.trainer.errors import NonFiniteAbort, UsageError
+from thermograd.trainer.identity import new_run_id
+from thermograd.trainer.metrics import MetricsPortError, TrainingMetrics
+from thermograd.trainer.perturb import PerturbSchedule, PerturbSpec
+from thermograd.trainer.progress import Progress
+from thermograd.trainer.schedule import default_warmup_steps, lr_factor
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from trainer.cli import StopControl
+    from thermograd.trainer.cli import StopControl
 
 
 @dataclass
@@ -82,7 +81,7 @@ def _start_metrics(cfg: JobConfig, run_id: str, log_dir: Path | None) -> Trainin
 
 def run(cfg: JobConfig, control: StopControl | None = None, stream: TextIO | None = None) -> JobResult:
     """Train per `cfg`. Raises UsageError (exit 2) or NonFiniteAbort (exit 3, logs flushed)."""
-    from trainer.cli import StopControl
+    from thermograd.trainer.cli import StopControl
 
     control = control or StopControl()
     stream = stream or sys.stderr
@@ -149,8 +148,7 @@ class _StepOutcome:
 
 def _build(cfg: JobConfig, documents: list[bytes], metrics: TrainingMetrics | None, stream: TextIO) -> _Setup:
     import torch
-
-    from trainer.model import load_model
+    from thermograd.trainer.model import load_model
 
     device = _resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -179,8 +177,7 @@ def _build(cfg: JobConfig, documents: list[bytes], metrics: TrainingMetrics | No
 def _optimizer_step(s: _Setup, lr: float, max_grad_norm: float, poison: bool) -> _StepOutcome:
     """Forward, backward, clip (pre-clip norm measured), and AdamW unless the step is non-finite."""
     import torch
-
-    from trainer.gradnorm import clip_and_measure_grad_norm
+    from thermograd.trainer.gradnorm import clip_and_measure_grad_norm
 
     for group in s.optimizer.param_groups:
         group["lr"] = lr

@@ -35,15 +35,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-
-from trainer.gradnorm import (
+from thermograd.trainer.gradnorm import (
     UnsupportedEngineError,
     deepspeed_grad_norm,
     fsdp1_unsupported,
     host_floats_or_none,
     total_grad_norm,
 )
-from trainer.metrics import RankEndpoint, TrainingMetrics
+from thermograd.trainer.metrics import RankEndpoint, TrainingMetrics
 
 try:
     from lightning.pytorch import Callback

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.errors import UsageError
-from trainer.tokenizer import ByteTokenizer, DocumentTokenizer, HFTokenizer
+from thermograd.trainer.errors import UsageError
+from thermograd.trainer.tokenizer import ByteTokenizer, DocumentTokenizer, HFTokenizer
 
 # ~3.3 M parameters: a dozen steps in seconds on a laptop CPU, yet a real transformer's gradients.
 TINY_CONFIG = {"n_layer": 4, "n_embd": 256, "n_head": 4}

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats
-
-from analysis.stats import lagged
-from analysis.stats.series import INSUFFICIENT, is_constant, stationary
+from thermograd.analysis.stats import lagged
+from thermograd.analysis.stats.series import INSUFFICIENT, is_constant, stationary
 
 
 def _finite_pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from analysis.stats import lagged
-from analysis.stats.series import (
+from thermograd.analysis.stats import lagged
+from thermograd.analysis.stats.series import (
     INSUFFICIENT,
     first_difference,
     highpass_level,

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats
-
-from analysis.stats.lagged import winsorised
-from analysis.stats.series import INSUFFICIENT, is_constant, stationary
+from thermograd.analysis.stats.lagged import winsorised
+from thermograd.analysis.stats.series import INSUFFICIENT, is_constant, stationary
 
 _CHUNK_ROWS = 200_000  # the lag matrix is built and reduced in chunks: memory O(chunk), not O(n * order)
 

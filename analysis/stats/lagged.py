@@ -32,8 +32,7 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import stats
 from scipy.ndimage import median_filter
-
-from analysis.stats.series import INSUFFICIENT, is_constant, robust_z, standardise_fill
+from thermograd.analysis.stats.series import INSUFFICIENT, is_constant, robust_z, standardise_fill
 
 MIN_OVERLAP = 30  # overlapping pairs required at the largest lag
 MIN_SCALE_SHIFTS = 30  # circular shifts needed to check the statistic's scale

@@ -6,8 +6,7 @@ import warnings
 
 import numpy as np
 from scipy import stats
-
-from analysis.stats.series import (
+from thermograd.analysis.stats.series import (
     INSUFFICIENT,
     LONG_GAP_S,
     highpass_level,

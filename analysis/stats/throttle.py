@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from analysis.stats.series import INSUFFICIENT, state_onsets
+from thermograd.analysis.stats.series import INSUFFICIENT, state_onsets
 
 MIN_ROWS = 10
 MIN_BLOCKS = 5  # fewer unimpaired blocks cannot say how much the unimpaired rate varies

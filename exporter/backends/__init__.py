@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from exporter.backends.base import Backend, BackendUnavailable, DeviceInfo, DeviceLost, Reading
+from thermograd.exporter.backends.base import Backend, BackendUnavailable, DeviceInfo, DeviceLost, Reading
 
 __all__ = ["Backend", "BackendUnavailable", "DeviceInfo", "DeviceLost", "Reading", "open_backend"]
 
@@ -25,19 +25,19 @@ def open_backend(name: str, *, devices: int = 1, seed: int = 0, sim_load: Callab
         log.info("backend auto chose %s", backend.name)
         return backend
     if name == "nvml":
-        from exporter.backends.nvml import NvmlBackend
+        from thermograd.exporter.backends.nvml import NvmlBackend
 
         return NvmlBackend()
     if name == "cpu":
-        from exporter.backends.cpu import CpuBackend
+        from thermograd.exporter.backends.cpu import CpuBackend
 
         return CpuBackend()
     if name == "sim":
-        from exporter.backends.sim import SIM_PROFILES, SimBackend
+        from thermograd.exporter.backends.sim import SIM_PROFILES, SimBackend
 
         return SimBackend(count=devices, seed=seed, load=sim_load, params=SIM_PROFILES[sim_profile])
     if name == "replay":
-        from exporter.backends.replay import ReplayBackend
+        from thermograd.exporter.backends.replay import ReplayBackend
 
         if replay_csv is None:
             raise ValueError("--backend replay needs --replay-csv PATH")

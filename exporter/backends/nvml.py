@@ -13,9 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pynvml
-
-from exporter.backends.base import THROTTLE_REASONS, BackendUnavailable, DeviceInfo, DeviceLost, Reading
-from exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
+from thermograd.exporter.backends.base import (
+    THROTTLE_REASONS,
+    BackendUnavailable,
+    DeviceInfo,
+    DeviceLost,
+    Reading,
+)
+from thermograd.exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import bisect
 from pathlib import Path
 
-from exporter.backends.base import DeviceInfo, Reading
-from exporter.labcsv import LabCsvError, LabRow, iter_rows
+from thermograd.exporter.backends.base import DeviceInfo, Reading
+from thermograd.exporter.labcsv import LabCsvError, LabRow, iter_rows
 
 # The RLE lab's settings for its two device kinds: (rated power W, temperature limit °C).
 LAB_DEFAULTS = {"gpu": (200.0, 83.0), "cpu": (125.0, 80.0)}

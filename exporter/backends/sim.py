@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.backends.base import DeviceInfo, Reading
+from thermograd.exporter.backends.base import DeviceInfo, Reading
 
 GIB = 1024**3
 
