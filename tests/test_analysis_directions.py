@@ -91,9 +91,13 @@ def test_throttle_cost_against_a_known_loss():
     assert abs(cost["seconds_lost"] - 150) < 5
     never = throttle_cost(throughput, np.zeros(n), np.zeros(n), paused, 1.0, 60)
     assert cost["impaired_episodes"] == 6
-    short = slice(0, 250)  # 200 s throttled, 50 s not: one 60-s block cannot say how the unimpaired rate varies
-    few = throttle_cost(throughput[short], (np.arange(250) < 200).astype(float), np.zeros(250), paused[short], 1.0, 60)
+    short = slice(0, 230)  # 200 s throttled, 30 s not: three 10-s blocks cannot say how the unimpaired rate varies
+    few = throttle_cost(throughput[short], (np.arange(230) < 200).astype(float), np.zeros(230), paused[short], 1.0, 60)
     assert few["ci_tokens_lost"] is None and "too few" in few["ci_note"]
+    # a two-minute run (the demo's) gets shorter blocks, and so a CI, rather than a bare number
+    demo = slice(0, 420)  # 300-399 throttled: 320 s unimpaired: five 60-s blocks at most, ten of 32 s
+    brief = throttle_cost(throughput[demo], throttled[demo], np.zeros(420), paused[demo], 1.0, 60)
+    assert brief["block_s"] == 32 and brief["ci_tokens_lost"][0] < 0.25 * 2000 * 100 < brief["ci_tokens_lost"][1]
     nothing = 2000.0 + 20 * rng.standard_normal(n)  # throttled, but nothing is lost
     zero = throttle_cost(nothing, throttled, np.zeros(n), paused, 1.0, 60)
     assert zero["ci_tokens_lost"][0] < 0 < zero["ci_tokens_lost"][1]

@@ -7,6 +7,7 @@ from thermograd.analysis.stats.series import INSUFFICIENT, state_onsets
 
 MIN_ROWS = 10
 MIN_BLOCKS = 5  # fewer unimpaired blocks cannot say how much the unimpaired rate varies
+MIN_BLOCK_S = 10.0  # a short run's blocks are shortened to get MIN_BLOCKS * 2 of them, never below this
 Z_95 = 1.959963984540054
 
 
@@ -69,7 +70,11 @@ def throttle_cost(throughput: np.ndarray, throttled: np.ndarray, collapsed: np.n
     state = np.where(state_known, impaired.astype(float), np.nan)
     episode = np.cumsum(np.isin(np.arange(state.size), state_onsets(state))) - (0 if impaired[0] else 1)
     n_episodes = int(np.unique(episode[bad]).size)
-    _, var0, n_blocks = clustered_mean(throughput, normal, np.arange(throughput.size) // max(block_rows, 1))
+    # A two-minute run has two 60-s blocks: too few for any CI. Shorter blocks (never under MIN_BLOCK_S, still
+    # longer than a step time's memory) give it one rather than a bare number.
+    block_rows = int(max(min(block_rows, normal.sum() // (2 * MIN_BLOCKS)), round(MIN_BLOCK_S / step_s), 1))
+    _, var0, n_blocks = clustered_mean(throughput, normal, np.arange(throughput.size) // block_rows)
+    out["block_s"] = block_rows * step_s
     out.update(impaired_tokens_per_s=r1, tokens_lost=lost, seconds_lost=lost / r0 if r0 > 0 else None,
                fraction_lost=(r0 - r1) / r0 if r0 > 0 else None, impaired_episodes=n_episodes)
     if n_blocks >= MIN_BLOCKS:
