@@ -92,21 +92,37 @@ def test_demo_end_to_end_with_a_busy_port(tmp_path: Path):
         assert (run_dir / "analysis" / figure).stat().st_size > 10_000
     assert "backend sim" in stdout and "--gpu-uuid" in stdout  # no GPU here: the run is tied to sim-0
     assert "hardware -> training direction has no physical path" in stdout  # said plainly, not faked
-    # The story: collapse onsets, throttling, the pauses seen by the simulated GPU, a collapse alert delivered.
+    # The story (issue 9): collapse onsets, the pauses seen by the simulated GPU and found by the analysis
+    # (the positive control), spikes against collapses, the throttle cost, a verdict in both directions.
     onsets = [line for line in stdout.splitlines() if line.startswith("demo: collapse onset: device 0 at t+")]
     assert onsets, stdout[-3000:]
     util = stdout.split("pause bursts: mean utilisation ")[1].split()
     assert float(util[0]) < float(util[4]), util  # lower during pauses than outside them
+    control = report["positive_control"]
+    assert control["intervention"] == "pause" and control["detected"], control
+    assert "demo: positive control: detected" in stdout
+    events = report["events"]
+    assert events["n_collapses"] >= 1, events  # the analysis saw the collapses the demo printed
+    if events["n_spikes"]:  # spikes vs collapses, with data
+        assert events["status"] == "ok" and "collapse onsets; trigger rate" in stdout, events
+    else:
+        # The tiny model's grad-norm spikes are its data's outlier batches (about three in a demo run; its
+        # learning-rate bursts lower the norm rather than spike it): a run without one says so.
+        assert "- spikes vs collapses: insufficient data (no grad-norm spikes)" in stdout
+    assert report["throttle_cost"]["status"] == "ok" and "Throttle cost: " in stdout
+    assert set(report["verdicts"]) == {"optimizer_to_hardware", "hardware_to_training"}
+    assert "demo: verdict: " in stdout and "demo: verdict, hardware -> training: " in stdout
+    assert "alerts delivered to the webhook: " in stdout
+    assert_nothing_left(out, {**ports, "prometheus": moved})
     if "thermal/power throttling: seen" not in stdout:
         # A machine so loaded that the trainer got too little CPU to heat the card past its limit
-        # (seen at load average 6 on 2 cores): the onset and the pauses are checked, the alert cannot be.
-        return
+        # (seen at load average 6 on 2 cores): everything else is checked, the collapse alert cannot be.
+        pytest.skip("the simulated card never got hot enough to throttle on this loaded machine: "
+                    "no collapse alert to check")
     delivered = [line for line in stdout.splitlines() if line.startswith("demo: webhook received: RLEDeviceCollapsed "
                                                                           "firing") or
                  line.startswith("demo: webhook received: RLECollapseRateHigh firing")]
     assert delivered, stdout[-3000:]
-    assert "alerts delivered to the webhook: " in stdout
-    assert_nothing_left(out, {**ports, "prometheus": moved})
 
 
 @pytest.mark.integration
