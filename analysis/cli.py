@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import DIRECTIONS
 from thermograd.analysis.derived import engine_columns

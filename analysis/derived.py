@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from thermograd.analysis import table as T
 from thermograd.exporter.engine import RleConfig, RleEngine
 

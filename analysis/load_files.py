@@ -10,6 +10,7 @@ from datetime import tzinfo
 from pathlib import Path
 
 import numpy as np
+
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.timeparse import parse_iso_s
 

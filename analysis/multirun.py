@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.pipeline import Settings, _equivalence, strength_from_ci
 from thermograd.analysis.report import clean

@@ -8,6 +8,7 @@ its phase puts every hardware sample in the middle of its row, so a sampler's ji
 from __future__ import annotations
 
 import numpy as np
+
 from thermograd.analysis import table as T
 from thermograd.analysis.align import bin_to_grid, intervals_to_grid
 from thermograd.analysis.errors import InputError

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+
 from thermograd.analysis import table as T  # noqa: E402
 
 MAX_PLOT_POINTS = 4000  # a week at 1 s would otherwise be 600k points per line

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import requests
+
 from thermograd.analysis.align import place_into
 from thermograd.analysis.errors import InputError
 

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
 from thermograd.analysis.timeparse import iso_utc
 
 LAG_NOTE = ("Lags are resolved to the step, never finer: Prometheus spreads each target's scrape phase within "

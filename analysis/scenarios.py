@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.signal import lfilter
+
 from thermograd.analysis.load_files import Samples, step_durations
 
 NULL_KINDS = ("ar1", "trends", "spikes", "volatility", "gaps", "jitter", "slow_2s", "slow_15s",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from thermograd.analysis.catalog import SOURCES, Source
 from thermograd.analysis.devices import (
     TRAINER_NAMESPACE_LABELS,

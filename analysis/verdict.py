@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from thermograd.analysis.stats.series import INSUFFICIENT
 
 _ORDER = {"strong": 3, "moderate": 2, "weak": 1}

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
+
 from thermograd.analysis.backfill import (  # noqa: E402
     BLOCK_S,
     backfill_blockwise,

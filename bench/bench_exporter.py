@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
+
 from thermograd.exporter.backends.nvml import NvmlBackend  # noqa: E402
 from thermograd.exporter.collector import SnapshotCollector  # noqa: E402
 from thermograd.exporter.exposition import render  # noqa: E402

@@ -35,6 +35,7 @@ from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from prometheus_client import generate_latest  # noqa: E402
+
 from thermograd.trainer.config import JobConfig  # noqa: E402
 from thermograd.trainer.job import run  # noqa: E402
 from thermograd.trainer.metrics import TrainingMetrics  # noqa: E402

@@ -136,6 +136,7 @@ def _validate_serve(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
+
     from thermograd.exporter.backends.sim import parse_load
     from thermograd.exporter.collector import SnapshotCollector
     from thermograd.exporter.sampler import Sampler

@@ -6,6 +6,7 @@ import platform
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
 from thermograd.exporter import __version__
 from thermograd.exporter.backends.base import THROTTLE_REASONS, Reading
 from thermograd.exporter.engine import RleResult

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+
 from thermograd.exporter.exposition import render
 from thermograd.exporter.httpserve import TEXT, BoundedHTTPServer, serve_in_thread
 

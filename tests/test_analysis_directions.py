@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+
 from thermograd.analysis.catalog import DIRECTIONS, PAIRS, SERIES
 from thermograd.analysis.fetch import series_exprs
 from thermograd.analysis.load_files import load_grad_log, load_rle_csv

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+
 from thermograd.analysis.backfill import (
     create_blocks,
     device_series,

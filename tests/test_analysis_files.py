@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.load_files import load_grad_log, load_rle_csv
 from thermograd.analysis.timeparse import get_tz

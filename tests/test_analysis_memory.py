@@ -6,6 +6,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+
 from thermograd.analysis.stats import events
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import free_port
 from statsmodels.stats.meta_analysis import combine_effects
+
 from thermograd.analysis.align import bin_to_grid
 from thermograd.analysis.backfill import (
     create_blocks,

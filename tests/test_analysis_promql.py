@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
+
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.promql import MAX_POINTS_PER_SERIES, PromClient, matrix_to_arrays
 

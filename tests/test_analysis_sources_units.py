@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metric_names import DOCUMENTED
+
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import SERIES, SOURCES
 from thermograd.analysis.derived import engine_columns

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from thermograd.analysis.align import bin_to_grid, place_on_grid
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.report import clean

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from thermograd.analysis.offline import files_to_table
 from thermograd.analysis.pipeline import Settings, analyse
 from thermograd.analysis.scenarios import NULL_KINDS, null_run, planted_run, write_files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from thermograd.exporter.backends.base import DeviceInfo, Reading
 from thermograd.exporter.cli import (
     UsageError,

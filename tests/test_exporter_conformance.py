@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from thermograd.exporter.engine import RleEngine
 from thermograd.exporter.labcsv import iter_rows
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+
 from thermograd.exporter.backends.cpu import CpuBackend, RaplPackage, energy_delta_uj
 from thermograd.exporter.backends.replay import ReplayBackend
 from thermograd.exporter.labcsv import LabCsvError

@@ -6,6 +6,7 @@ import math
 import statistics
 
 import pytest
+
 from thermograd.exporter.backends.sim import SimGpu, SimParams
 from thermograd.exporter.engine import RleConfig, RleEngine
 

@@ -12,6 +12,7 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
 from thermograd.exporter.backends import open_backend
 from thermograd.exporter.backends.nvml import NvmlBackend, decode_reasons
 from thermograd.exporter.collector import SnapshotCollector

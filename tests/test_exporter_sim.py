@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from thermograd.exporter.backends.sim import SIM_PROFILES, SimBackend, SimGpu, SimParams, parse_load
 from thermograd.exporter.engine import RleEngine
 

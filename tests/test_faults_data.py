@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 from faultlib import one_line_error, run_module
 from test_stack_compose import load  # the compose loader that knows `!reset`
+
 from thermograd.trainer.steplog import StepLog
 
 LAB_CSV = ("timestamp,device,util_pct,temp_c,power_w\n"

@@ -15,6 +15,7 @@ from test_trainer_helpers import (
     tiny_token_lm,
     token_batches,
 )
+
 from thermograd.trainer import TrainingMetrics
 
 torch = pytest.importorskip("torch")

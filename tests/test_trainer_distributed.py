@@ -88,8 +88,9 @@ def _backward_step(model, micro_batches, kind: str, loss_of=_lm_loss):
 def plain_loop(kind: str, rank: int, out_dir: Path) -> dict:
     import torch
     from test_trainer_helpers import tiny_token_lm
-    from thermograd.trainer import TrainingMetrics, clip_and_measure_grad_norm
     from torch.distributed.tensor.debug import CommDebugMode
+
+    from thermograd.trainer import TrainingMetrics, clip_and_measure_grad_norm
 
     model = tiny_token_lm()
     if kind == "fsdp2":
@@ -125,8 +126,9 @@ def partly_sharded(rank: int) -> list[float]:
     Returns (our pre-clip norm, the norm of all gradients gathered whole, that norm after our clipping)."""
     import torch
     from test_trainer_helpers import next_token_loss, tiny_token_lm
-    from thermograd.trainer import clip_and_measure_grad_norm
     from torch.distributed.fsdp import fully_shard
+
+    from thermograd.trainer import clip_and_measure_grad_norm
 
     model = tiny_token_lm()
     fully_shard(model[0])
@@ -144,9 +146,10 @@ def _reduce_a_partial(rank: int, mesh) -> list[float]:
     """torch 2.13's get_total_norm hands back an already-replicated norm; older ones (and sum-of-squares
     code) give a Partial one, whose local value is this rank's share: global_value must reduce it."""
     import torch
-    from thermograd.trainer.gradnorm import global_value
     from torch.distributed.tensor import DTensor, Partial
     from torch.distributed.tensor.debug import CommDebugMode
+
+    from thermograd.trainer.gradnorm import global_value
 
     partial = DTensor.from_local(torch.tensor(float(rank + 1)), mesh, [Partial()])
     with CommDebugMode() as comms:
@@ -162,6 +165,7 @@ def hf_callback_fsdp2(rank: int, out_dir: Path) -> dict:
 
     import torch
     from test_trainer_helpers import next_token_loss, tiny_token_lm
+
     from thermograd.trainer import PrometheusCallback, TrainingMetrics, clip_and_measure_grad_norm
 
     class LossOutput(torch.nn.Module):
@@ -200,6 +204,7 @@ def lightning_run(kind: str, rank: int, out_dir: Path, base_port: int) -> dict:
     import lightning.pytorch as pl
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
     from test_trainer_helpers import lightning_token_lm, scrape, tiny_token_lm
+
     from thermograd.trainer.lightning import PrometheusLightningCallback
 
     if kind == "ddp":

@@ -7,6 +7,7 @@ import os
 
 import pytest
 from test_trainer_helpers import read_jsonl, sample, scrape, tiny_lm_and_data
+
 from thermograd.trainer import TrainingMetrics
 
 transformers = pytest.importorskip("transformers")
@@ -128,6 +129,7 @@ def test_sharded_gradients_it_cannot_read_are_said_unsupported_and_not_measured(
     import types
 
     from test_trainer_helpers import with_fsdp1_child
+
     from thermograd.trainer import PrometheusCallback
 
     if accelerate_env is None:

@@ -6,6 +6,7 @@ import io
 
 import pytest
 from test_trainer_helpers import read_jsonl
+
 from thermograd.trainer.config import JobConfig
 from thermograd.trainer.errors import UsageError
 from thermograd.trainer.job import run

@@ -20,6 +20,7 @@ from test_trainer_helpers import (
     tiny_token_lm,
     token_batches,
 )
+
 from thermograd.trainer import TrainingMetrics
 
 torch = pytest.importorskip("torch")
@@ -167,6 +168,7 @@ def test_the_callback_also_drives_a_pytorch_lightning_trainer():
     """`pytorch_lightning` (the standalone package) calls callbacks by hook name: the same callback works."""
     ptl = pytest.importorskip("pytorch_lightning")
     from test_trainer_helpers import next_token_loss
+
     from thermograd.trainer.lightning import PrometheusLightningCallback
 
     class Module(ptl.LightningModule):
@@ -196,6 +198,7 @@ def test_fp16_amp_norm_is_read_after_unscaling():
     """fp16 AMP with a GradScaler (CPU autocast): the gradients are 65536x the true ones until Lightning
     unscales them, just before on_before_optimizer_step; the published norm is the true one."""
     from lightning.pytorch.plugins import MixedPrecision
+
     from thermograd.trainer.lightning import PrometheusLightningCallback
 
     batches = token_batches(3)
@@ -221,6 +224,7 @@ def test_fp16_amp_norm_is_read_after_unscaling():
 
 def test_fsdp1_strategy_is_said_unsupported_and_publishes_no_norm():
     from test_trainer_helpers import with_fsdp1_child
+
     from thermograd.trainer.lightning import PrometheusLightningCallback
 
     model = tiny_token_lm()

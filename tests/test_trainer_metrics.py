@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_trainer_helpers import sample, scrape
+
 from thermograd.trainer import TrainingMetrics
 from thermograd.trainer.identity import detect_gpu_uuid
 from thermograd.trainer.metrics import GRAD_NORM_BUCKETS, MetricsPortError

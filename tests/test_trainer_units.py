@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from thermograd.trainer.data import WindowSampler, corpus_files, read_documents
 from thermograd.trainer.errors import UsageError
 from thermograd.trainer.perturb import PerturbError, PerturbSchedule, parse_perturb, parse_step_ranges
@@ -165,6 +166,7 @@ def test_plain_pytorch_loop_instrumented_in_two_lines(tmp_path):
     """The README's example: a user's own loop, TrainingMetrics + clip_and_measure_grad_norm."""
     torch = pytest.importorskip("torch")
     from test_trainer_helpers import read_jsonl, sample, scrape
+
     from thermograd.trainer import TrainingMetrics, clip_and_measure_grad_norm
 
     torch.manual_seed(0)

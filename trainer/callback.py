@@ -32,9 +32,10 @@ import sys
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
+
 from thermograd.trainer.gradnorm import fsdp1_unsupported, host_floats_or_none, total_grad_norm
 from thermograd.trainer.metrics import RankEndpoint, TrainingMetrics
-from transformers import TrainerCallback
 
 
 def _sync_gradients_flag() -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
 from thermograd.trainer.errors import UsageError
 
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}

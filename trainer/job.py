@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+
 from thermograd.trainer.config import JobConfig
 from thermograd.trainer.data import WindowSampler, corpus_byte_budget, corpus_files, read_documents
 from thermograd.trainer.errors import NonFiniteAbort, UsageError
@@ -148,6 +149,7 @@ class _StepOutcome:
 
 def _build(cfg: JobConfig, documents: list[bytes], metrics: TrainingMetrics | None, stream: TextIO) -> _Setup:
     import torch
+
     from thermograd.trainer.model import load_model
 
     device = _resolve_device(cfg.device)
@@ -177,6 +179,7 @@ def _build(cfg: JobConfig, documents: list[bytes], metrics: TrainingMetrics | No
 def _optimizer_step(s: _Setup, lr: float, max_grad_norm: float, poison: bool) -> _StepOutcome:
     """Forward, backward, clip (pre-clip norm measured), and AdamW unless the step is non-finite."""
     import torch
+
     from thermograd.trainer.gradnorm import clip_and_measure_grad_norm
 
     for group in s.optimizer.param_groups:

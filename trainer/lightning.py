@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
 from thermograd.trainer.gradnorm import (
     UnsupportedEngineError,
     deepspeed_grad_norm,

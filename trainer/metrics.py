@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
+
 from thermograd.exporter.httpserve import BoundedHTTPServer, serve_in_thread
 from thermograd.trainer.identity import default_rank, default_world_size, detect_gpu_uuid, new_run_id
 from thermograd.trainer.steplog import StepLog

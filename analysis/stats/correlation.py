@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats
+
 from thermograd.analysis.stats import lagged
 from thermograd.analysis.stats.series import INSUFFICIENT, is_constant, stationary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from thermograd.analysis.stats import lagged
 from thermograd.analysis.stats.series import (
     INSUFFICIENT,

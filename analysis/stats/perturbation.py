@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 from scipy import stats
+
 from thermograd.analysis.stats.series import (
     INSUFFICIENT,
     LONG_GAP_S,

@@ -34,45 +34,68 @@ def segment_bounds(present: np.ndarray, min_gap_rows: int) -> tuple[np.ndarray, 
     return seg_first[which], seg_last[which]
 
 
+CHUNK_ROWS = 1 << 14  # running sums are taken over chunks of this many rows (plus the window's reach)
+
+
+def _chunks(n: int, reach: int):
+    """(first, stop, data_first, data_stop) for each chunk of rows [first, stop): its windows read rows
+    [data_first, data_stop) only. Running sums over a chunk, not the whole run: memory O(chunk) instead of a
+    dozen temporaries of the run's length (a month of 1 s data), and sums of t^2 that stay small enough for
+    the differences below to keep their digits."""
+    for first in range(0, n, CHUNK_ROWS):
+        stop = min(n, first + CHUNK_ROWS)
+        yield first, stop, max(0, first - reach), min(n, stop + reach)
+
+
+def _windows(first: int, stop: int, data_first: int, half_width: int,
+             bounds: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's window [lo, hi) in the chunk's own index: +/-half_width rows clipped to the row's segment."""
+    i = np.arange(first, stop)
+    lo = np.maximum(i - half_width, bounds[0][first:stop])
+    hi = np.maximum(np.minimum(i + half_width, bounds[1][first:stop]) + 1, lo)
+    return lo - data_first, hi - data_first
+
+
 def rolling_mean(x: np.ndarray, half_width: int, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Centred mean of the finite values within +/-half_width rows, clipped to each row's segment
-    (O(n) from running sums); NaN where the window holds nothing."""
-    finite = np.isfinite(x)
-    cum = np.concatenate(([0.0], np.cumsum(np.where(finite, x, 0.0))))
-    cnt = np.concatenate(([0], np.cumsum(finite)))
-    i = np.arange(x.size)
-    lo = np.maximum(i - half_width, bounds[0])
-    hi = np.minimum(i + half_width, bounds[1]) + 1
-    hi = np.maximum(hi, lo)
-    count = cnt[hi] - cnt[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, (cum[hi] - cum[lo]) / np.maximum(count, 1), np.nan)
+    (O(n) from running sums over chunks); NaN where the window holds nothing."""
+    out = np.empty(x.size)
+    for first, stop, d0, d1 in _chunks(x.size, half_width):
+        seg = x[d0:d1]
+        finite = np.isfinite(seg)
+        cum = np.concatenate(([0.0], np.cumsum(np.where(finite, seg, 0.0))))
+        cnt = np.concatenate(([0], np.cumsum(finite)))
+        lo, hi = _windows(first, stop, d0, half_width, bounds)
+        count = cnt[hi] - cnt[lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[first:stop] = np.where(count > 0, (cum[hi] - cum[lo]) / np.maximum(count, 1), np.nan)
+    return out
 
 
 def rolling_linear_trend(x: np.ndarray, half_width: int, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """At every row, the value at that row of a least-squares line through the finite values within
-    +/-half_width rows (clipped to the segment); O(n) from running sums. Unlike a running mean it
-    follows a curve's slope into the window's clipped ends, where a run's transients are steepest."""
-    finite = np.isfinite(x)
-    n = x.size
-    t = np.arange(n, dtype=float) - n / 2.0  # centred: keeps the running sums of t^2 small
-    xv = np.where(finite, x, 0.0)
-    f = finite.astype(float)
-    sums = [np.concatenate(([0.0], np.cumsum(v))) for v in (f, f * t, f * t * t, xv, xv * t)]
-    i = np.arange(n)
-    lo = np.maximum(i - half_width, bounds[0])
-    hi = np.maximum(np.minimum(i + half_width, bounds[1]) + 1, lo)
-    s0, s1, s2, sx, stx = (c[hi] - c[lo] for c in sums)
-    # re-centre the window's sums on the row itself: sum (t - t_i)^k ...
-    ti = t
-    c1 = s1 - ti * s0
-    c2 = s2 - 2 * ti * s1 + ti * ti * s0
-    cx = stx - ti * sx
-    det = s0 * c2 - c1 * c1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        level = np.where(det > 1e-9 * np.maximum(s0, 1) ** 3, (c2 * sx - c1 * cx) / det,
-                         np.where(s0 > 0, sx / np.maximum(s0, 1), np.nan))
-    return level
+    +/-half_width rows (clipped to the segment); O(n) from running sums over chunks. Unlike a running mean
+    it follows a curve's slope into the window's clipped ends, where a run's transients are steepest."""
+    out = np.empty(x.size)
+    for first, stop, d0, d1 in _chunks(x.size, half_width):
+        seg = x[d0:d1]
+        finite = np.isfinite(seg)
+        t = np.arange(d1 - d0, dtype=float) - (d1 - d0) / 2.0  # centred on the chunk: running sums of t^2 stay small
+        xv = np.where(finite, seg, 0.0)
+        f = finite.astype(float)
+        sums = [np.concatenate(([0.0], np.cumsum(v))) for v in (f, f * t, f * t * t, xv, xv * t)]
+        lo, hi = _windows(first, stop, d0, half_width, bounds)
+        s0, s1, s2, sx, stx = (c[hi] - c[lo] for c in sums)
+        # re-centre the window's sums on the row itself: sum (t - t_i)^k ...
+        ti = t[first - d0: stop - d0]
+        c1 = s1 - ti * s0
+        c2 = s2 - 2 * ti * s1 + ti * ti * s0
+        cx = stx - ti * sx
+        det = s0 * c2 - c1 * c1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[first:stop] = np.where(det > 1e-9 * np.maximum(s0, 1) ** 3, (c2 * sx - c1 * cx) / det,
+                                       np.where(s0 > 0, sx / np.maximum(s0, 1), np.nan))
+    return out
 
 
 def rows_for(seconds: float, step_s: float) -> int:

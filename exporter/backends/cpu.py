@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import psutil
+
 from thermograd.exporter.backends.base import DeviceInfo, Reading
 
 log = logging.getLogger(__name__)

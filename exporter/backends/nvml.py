@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pynvml
+
 from thermograd.exporter.backends.base import (
     THROTTLE_REASONS,
     BackendUnavailable,
