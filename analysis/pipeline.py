@@ -309,9 +309,16 @@ def positive_control(cols: Mapping[str, np.ndarray], step_s: float, cfg: Setting
     if not ran:
         return {"intervention": "pause", "detected": False, "tests": tests,
                 "reason": "too few pause onsets (or no utilisation, power or RLE series) to test"}
-    name, best = min(ran.items(), key=lambda kv: (kv[1]["p_adjusted"], -abs(kv[1]["effect_sd_units"] or 0)))
+    # The metric reported: among those whose effect has the direction an idle loop can have (utilisation and
+    # power down; RLE either way), the smallest Holm p, then the smallest raw p (Holm's step-down gives several
+    # tests the same adjusted p), then the largest effect; a wrongly signed one only when none is right.
+    def expected(kv: tuple[str, dict]) -> bool:
+        return kv[0] == T.RLE or (kv[1]["effect"] or 0.0) < 0
+
+    name, best = min(ran.items(), key=lambda kv: (not expected(kv), kv[1]["p_adjusted"], kv[1]["p"],
+                                                   -abs(kv[1]["effect_sd_units"] or 0)))
     return {"intervention": "pause", "metric": name, "effect": best["effect"], "ci": best["ci"],
             "p_adjusted": best["p_adjusted"],
-            "detected": bool(best["p_adjusted"] < cfg.alpha and (best["effect"] < 0 or name == T.RLE)),
+            "detected": bool(best["p_adjusted"] < cfg.alpha and expected((name, best))),
             "n_onsets": best["n_onsets"],
             "window_s": window * step_s, "tests": tests}

@@ -127,3 +127,21 @@ def test_throttle_cost_ci_covers_this_runs_loss_with_one_long_hot_spell_among_sh
         lo, hi = cost["ci_tokens_lost"]
         covered += lo <= float(np.sum((unimpaired - throughput)[impaired > 0])) <= hi
     assert 0.92 <= covered / runs <= 0.98
+
+
+def test_positive_control_reports_an_effect_in_the_direction_an_idle_loop_can_have():
+    """Utilisation rising during the pauses (a wrongly signed artefact) must not hide power falling: the
+    control reports the rightly signed metric, and is detected by it."""
+    from thermograd.analysis import table as T
+    from thermograd.analysis.pipeline import Settings, positive_control
+
+    rng = np.random.default_rng(3)
+    n = 1200
+    pause = np.zeros(n)
+    for start in range(60, n - 60, 40):
+        pause[start:start + 4] = 1.0
+    cols = {T.PAUSE: pause,
+            T.UTILIZATION: 0.5 + 0.3 * pause + 0.01 * rng.standard_normal(n),   # wrong sign, strong
+            T.POWER: 200.0 - 80.0 * pause + 2.0 * rng.standard_normal(n)}       # right sign
+    control = positive_control(cols, 1.0, Settings())
+    assert control["metric"] == T.POWER and control["detected"] and control["effect"] < 0
