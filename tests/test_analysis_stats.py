@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 from scipy.signal import lfilter
+
 from thermograd.analysis.pipeline import Settings, analyse, analyse_pair
 from thermograd.analysis.report import clean
 from thermograd.analysis.stats import correlation, events, lagged, perturbation
@@ -203,6 +204,7 @@ def test_granger_matches_statsmodels_and_finds_the_direction():
     import warnings
 
     from statsmodels.tsa.stattools import grangercausalitytests
+
     from thermograd.analysis.stats import granger
 
     rng = np.random.default_rng(9)
