@@ -160,3 +160,55 @@ def test_cli_on_files_of_a_spiky_independent_run(tmp_path):
     for pair in report["pairs"]:
         assert pair["strength"] in STRENGTHS and isinstance(pair["coupled"], bool)
     assert report["step"]["seconds"] == 1.0
+
+
+def cli_in_process(capsys, *args: str) -> tuple[int, str]:
+    """The command's exit status and its stderr (argparse's own errors exit through SystemExit)."""
+    from thermograd.analysis.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory) -> tuple:
+    return write_files(null_run("ar1", 300, 1), tmp_path_factory.mktemp("run"))
+
+
+@pytest.mark.parametrize("flag", [("--alpha", "0"), ("--alpha", "1"), ("--alpha", "nan"), ("--max-lag", "-5"),
+                                  ("--max-lag", "inf"), ("--event-window", "nan"), ("--step", "0"),
+                                  ("--step", "-1"), ("--spike-z", "-1"), ("--spike-z", "inf")])
+def test_a_flag_out_of_range_exits_2_with_one_line(flag, run_files, tmp_path, capsys):
+    log, csv = run_files
+    code, err = cli_in_process(capsys, "--grad-log", str(log), "--rle-csv", str(csv), "--out", str(tmp_path), *flag)
+    assert code == 2 and err.count("\n") == 1 and flag[0] in err and "Traceback" not in err, err
+
+
+def test_no_usable_gradient_norm_exits_2_with_one_line(run_files, tmp_path, capsys):
+    log, csv = run_files
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text("".join(json.dumps({**r, "grad_norm": None}) + "\n" for r in records))
+    code, err = cli_in_process(capsys, "--grad-log", str(nulls), "--rle-csv", str(csv), "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and "no usable gradient norm" in err, err
+
+
+def test_millisecond_epochs_and_a_stray_record_years_away(run_files, tmp_path, capsys):
+    """Milliseconds are recognised (and noted); one record five years before the rest is left out with a note
+    instead of a grid of 150 million rows."""
+    log, csv = run_files
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    stray = {**records[10], "time_unix": records[10]["time_unix"] - 5 * 365 * 86400}
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text("".join(json.dumps({**r, "time_unix": round(r["time_unix"] * 1000)}) + "\n"
+                           for r in [*records, stray]))
+    code, err = cli_in_process(capsys, "--grad-log", str(odd), "--rle-csv", str(csv), "--out", str(tmp_path / "o"),
+                               "--quiet")
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    notes = " ".join(report["notes"])
+    assert "milliseconds" in notes and "far from the rest" in notes
+    assert report["window"]["duration_s"] < 400
