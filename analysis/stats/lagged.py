@@ -28,6 +28,8 @@ every sum counts only the pairs present at that lag. Nothing is computed across 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import stats
@@ -57,23 +59,53 @@ def bandwidth(n: int) -> int:
     return max(1, int(4.0 * (max(n, 1) / 100.0) ** (2.0 / 9.0)))
 
 
-def _circ_cc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """c[s] = sum_t u_t v_{(t+s) mod n} for every shift s.
+Fill = Callable[[np.ndarray], object]  # writes a length-n series into the array it is given
 
-    Computed as the linear cross-correlation on a fast FFT length >= 2n - 1, folded back onto n:
-    a length-n FFT would do it directly but is slow when n has a large prime factor (a day minus one
-    second is 86,399 rows).
-    """
-    n = u.size
-    m = sp_fft.next_fast_len(2 * n - 1, real=True)
-    spectrum = sp_fft.rfft(u, m)
-    np.conjugate(spectrum, out=spectrum)
-    spectrum *= sp_fft.rfft(v, m)  # in place: a month of 1 s data makes each spectrum 40 MB
-    lin = sp_fft.irfft(spectrum, m)
-    del spectrum
-    out = lin[:n].copy()
-    out[1:] += lin[m - n + 1:]  # negative lags -(n - s) wrap to shift s
-    return out
+
+class CircularCorrelator:
+    """c[s] = sum_t u_t v_{(t+s) mod n} for every shift s, for many pairs of length-n series.
+
+    Computed as the linear cross-correlation on a fast FFT length m >= 2n - 1, folded back onto n: a
+    length-n FFT would do it directly but is slow when n has a large prime factor (a day minus one second
+    is 86,399 rows). The series are written straight into one zero-padded buffer of length m, transformed
+    in place (overwrite_x): for a month of 1 s data each length-m array is 40 MB, and letting the FFT pad
+    its inputs and keep them made a gigabyte of the analysis's peak."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.m = sp_fft.next_fast_len(2 * n - 1, real=True)
+        self._buffer = np.zeros(self.m)
+
+    def _spectrum(self, fill: Fill) -> np.ndarray:
+        self._buffer[self.n:] = 0.0  # the FFT may have overwritten the padding
+        fill(self._buffer[: self.n])
+        return sp_fft.rfft(self._buffer, overwrite_x=True)
+
+    def correlate(self, fill_u: Fill, fill_v: Fill) -> np.ndarray:
+        spectrum = self._spectrum(fill_u)
+        np.conjugate(spectrum, out=spectrum)
+        spectrum *= self._spectrum(fill_v)
+        lin = sp_fft.irfft(spectrum, self.m, overwrite_x=True)
+        del spectrum
+        out = lin[: self.n].copy()
+        out[1:] += lin[self.m - self.n + 1:]  # negative lags -(n - s) wrap to shift s
+        return out
+
+    def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return self.correlate(lambda out: np.copyto(out, u), lambda out: np.copyto(out, v))
+
+
+def _circ_cc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """c[s] = sum_t u_t v_{(t+s) mod n} for every shift s (see CircularCorrelator)."""
+    return CircularCorrelator(u.size)(u, v)
+
+
+def _lagged_products(x: np.ndarray, k: int) -> Fill:
+    """Writes x_t x_{(t+k) mod n}: np.roll's copies, without them."""
+    def fill(out: np.ndarray) -> None:
+        np.multiply(x[:-k], x[k:], out=out[:-k])
+        np.multiply(x[-k:], x[:k], out=out[-k:])
+    return fill
 
 
 def lag_correlation(rho_a: np.ndarray, rho_b: np.ndarray, max_lag: int) -> np.ndarray:
@@ -141,21 +173,18 @@ def circular_t(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, bw:
     independence from the two autocorrelations (Bartlett weights up to `bw`: the HAC form of
     Bretherton's effective n), the same variance from the products themselves (which also grows where
     the two series are volatile together), and the overlap count."""
-    c = _circ_cc(a, b)
-    count = np.rint(_circ_cc(ma, mb))
+    circ = CircularCorrelator(a.size)
+    c = circ(a, b)
+    count = np.rint(circ(ma, mb))
     weights = np.concatenate(([1.0], 2.0 * (1.0 - np.arange(1, bw + 1) / (bw + 1.0))))
     inflation = float(weights @ (_autocorrelations(a, ma, bw) * _autocorrelations(b, mb, bw)))
     var_null = count * max(inflation, 0.1)
-    var_products = _circ_cc(a * a, b * b)
-    floor = 0.1 * var_products
-    ak, bk = np.empty_like(a), np.empty_like(b)  # a_t a_(t+k) and b_t b_(t+k), circularly, without np.roll's copies
-    for k in range(1, bw + 1):
-        for out, x in ((ak, a), (bk, b)):
-            np.multiply(x[:-k], x[k:], out=out[:-k])
-            np.multiply(x[-k:], x[:k], out=out[-k:])
-        var_products += weights[k] * _circ_cc(ak, bk)
-    del ak, bk
-    np.maximum(var_products, floor, out=var_products)
+    squares = circ.correlate(lambda out: np.multiply(a, a, out=out), lambda out: np.multiply(b, b, out=out))
+    var_products = squares.copy()
+    for k in range(1, bw + 1):  # a_t a_(t+k) against b_t b_(t+k), circularly
+        var_products += weights[k] * circ.correlate(_lagged_products(a, k), _lagged_products(b, k))
+    squares *= 0.1
+    np.maximum(var_products, squares, out=var_products)  # floored at a tenth of the lag-0 term
     return c, var_null, var_products, count
 
 
