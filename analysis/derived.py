@@ -27,8 +27,8 @@ def engine_columns(t_s: np.ndarray, util_ratio: np.ndarray, power_w: np.ndarray,
     than the engine's gap_intervals restarts its state exactly as it restarts the exporter's.
 
     `interval_s` is the grid step, i.e. the source's real sample interval: the engine's windows (stability
-    over 10 s, smoothing over 5 s, heating over 1 s) are converted to samples of that interval, so a source
-    collected every 30 s gets one-sample windows, the coarsest view the data allow."""
+    over 10 s, smoothing over 5 s, heating rate over 1 s, its gate over 7 s) are converted to samples of that
+    interval, so a source collected every 30 s gets one-sample windows, the coarsest view the data allow."""
     engine = RleEngine(rated_power_w, temp_limit_c, interval_s, config)
     out = {name: np.full(t_s.size, np.nan) for name in (T.RLE, T.A_LOAD, T.COLLAPSED)}
     usable = np.isfinite(util_ratio) & np.isfinite(power_w)

@@ -185,10 +185,6 @@ class MaskedColumns(Mapping[str, np.ndarray]):
         return len(self._columns)
 
 
-def _masked(table: T.Table, rows: np.ndarray) -> MaskedColumns:
-    return MaskedColumns(table.columns, rows)
-
-
 def analyse(table: T.Table, cfg: Settings) -> dict:
     """Every test on `table` (which starts at the run's first sample) without its start-up rows."""
     rng = np.random.default_rng(cfg.seed)
@@ -199,12 +195,12 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     first = int(np.argmax(~excluded)) if (~excluded).any() else n
     warmup = {"seconds": first * step, "rows_excluded": int(excluded.sum()), "resumes": resumes,
               "analysed_from_unix": table.start_s + first * step}
-    cols = _masked(table, excluded)
+    cols = MaskedColumns(table.columns, excluded)
     # A pause is the trainer's own intervention: power, utilisation and throughput all drop at once. Its
     # rows (and the settling after it) are the positive control's, not evidence for either direction of
     # coupling: the pair, event, Granger and learning-rate tests leave them out.
     paused = pause_rows(cols.get(T.PAUSE), n, _steps(PAUSE_SETTLE_S, step))
-    control_cols, cols = cols, _masked(table, excluded | paused)
+    control_cols, cols = cols, MaskedColumns(table.columns, excluded | paused)
     # The naive numbers are what a naive look at the whole run gives, start-up included.
     pairs = []
     for pair in PAIRS:
@@ -215,8 +211,9 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     secondary: list[dict] = []
 
     ev: dict = {"status": INSUFFICIENT, "reason": "no collapse series"}
-    if T.COLLAPSED in cols and np.isfinite(cols[T.COLLAPSED]).any():
-        ev = events.spikes_vs_collapses(cols.get(T.GRAD_NORM, absent), cols[T.COLLAPSED], cfg.spike_z,
+    collapsed = cols.get(T.COLLAPSED)  # each masked column is made once where it is used more than once
+    if collapsed is not None and np.isfinite(collapsed).any():
+        ev = events.spikes_vs_collapses(cols.get(T.GRAD_NORM, absent), collapsed, cfg.spike_z,
                                         _steps(cfg.event_window_s, step), cfg.n_surrogates, rng, step)
         ev["window_s"] = ev["window_steps"] * step
         for key in ("precursor", "trigger"):
@@ -233,12 +230,13 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         gr.append(res)
 
     pert = None
-    if T.PERTURBATION in cols and not is_constant(cols[T.PERTURBATION]):
+    bursts = cols.get(T.PERTURBATION)
+    if bursts is not None and not is_constant(bursts):
         window = (_steps(cfg.perturbation_window_s, step) if cfg.perturbation_window_s
-                  else perturbation.default_window(cols[T.PERTURBATION]))
+                  else perturbation.default_window(bursts))
         pert = {"window_s": window * step, "metrics": {}}
         for name in HARDWARE:
-            res = perturbation.triggered_average(cols.get(name, absent), cols[T.PERTURBATION], window, step)
+            res = perturbation.triggered_average(cols.get(name, absent), bursts, window, step)
             pert["metrics"][name] = res
             secondary.append(res)
 
@@ -302,8 +300,11 @@ def positive_control(cols: Mapping[str, np.ndarray], step_s: float, cfg: Setting
         return {"intervention": None, "detected": False,
                 "reason": "this run has no compute intervention (pause bursts), so no positive control"}
     window = perturbation.default_window(pause)
-    tests = {name: perturbation.triggered_average(cols[name], pause, window, step_s)
-             for name in POSITIVE_CONTROL_METRICS if name in cols and np.isfinite(cols[name]).any()}
+    tests = {}
+    for name in POSITIVE_CONTROL_METRICS:
+        metric = cols.get(name)
+        if metric is not None and np.isfinite(metric).any():
+            tests[name] = perturbation.triggered_average(metric, pause, window, step_s)
     _correct(list(tests.values()))
     ran = {k: v for k, v in tests.items() if v.get("p_adjusted") is not None}
     if not ran:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from thermograd.trainer.gradnorm import fsdp1_unsupported, host_floats_or_none, total_grad_norm
+from thermograd.trainer.gradnorm import fsdp1_unsupported, host_floats, total_grad_norm
 from thermograd.trainer.metrics import RankEndpoint, TrainingMetrics
 
 
@@ -194,7 +194,7 @@ class PrometheusCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.metrics is None:
             return
-        loss, grad_norm = host_floats_or_none(self._loss_sum, self._grad_norm)  # one host sync for both
+        loss, grad_norm = host_floats(self._loss_sum, self._grad_norm)  # one host sync for both
         if loss is not None:
             loss /= 1 if self._loss_is_share else self._loss_count
         if loss is None and not self._loss_fallback_announced:

@@ -92,7 +92,7 @@ def global_value(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
-def host_floats(*scalars: torch.Tensor | float | None) -> list[float]:
+def host_floats(*scalars: torch.Tensor | float | None) -> list[float | None]:
     """Several scalar tensors (same device) to Python floats with a single device→host copy.
 
     A plain number passes through as a float and None as None: what a framework hands back is not always a
@@ -102,9 +102,6 @@ def host_floats(*scalars: torch.Tensor | float | None) -> list[float]:
     copied = iter(torch.stack([global_value(s).detach().reshape(()).float() for s in tensors]).tolist()
                   if tensors else ())
     return [next(copied) if isinstance(s, torch.Tensor) else None if s is None else float(s) for s in scalars]
-
-
-host_floats_or_none = host_floats  # the callbacks' name for it: None passes through
 
 
 def _by_mesh(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:

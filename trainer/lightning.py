@@ -40,7 +40,7 @@ from thermograd.trainer.gradnorm import (
     UnsupportedEngineError,
     deepspeed_grad_norm,
     fsdp1_unsupported,
-    host_floats_or_none,
+    host_floats,
     total_grad_norm,
 )
 from thermograd.trainer.metrics import RankEndpoint, TrainingMetrics
@@ -173,7 +173,7 @@ class PrometheusLightningCallback(Callback):
         if self.metrics is None or step == self._published_step:
             return  # an accumulation micro-batch: the optimizer has not stepped yet
         self._published_step = step
-        loss_sum, grad_norm = host_floats_or_none(self._loss_sum, self._grad_norm)  # the step's one host sync
+        loss_sum, grad_norm = host_floats(self._loss_sum, self._grad_norm)  # the step's one host sync
         if self._deepspeed:
             grad_norm = self._deepspeed_norm(trainer.strategy)
         loss_value = None

@@ -193,10 +193,14 @@ class PerturbSchedule:
                 self._forgotten += drop
         return self._starts
 
+    def _kept_index(self, position: float) -> int:
+        """Index in the kept starts of the last burst that started at or before `position` (-1: none kept)."""
+        return bisect.bisect_right(self.burst_starts_until(position), position) - 1
+
     def latest_burst(self, position: float) -> int:
         """Index of the last burst that started at or before `position` (-1: none yet), counted from the
         run's first burst."""
-        local = bisect.bisect_right(self.burst_starts_until(position), position) - 1
+        local = self._kept_index(position)
         return -1 if local < 0 and self._forgotten == 0 else local + self._forgotten
 
     def active(self, step: int, elapsed_s: float) -> bool:
@@ -205,5 +209,5 @@ class PerturbSchedule:
             return any(first <= step <= last for first, last in spec.step_ranges)
         # Step bursts count completed steps (step 1 is position 0), time bursts elapsed seconds.
         position = float(step - 1) if spec.unit == "steps" else elapsed_s
-        index = self.latest_burst(position) - self._forgotten
+        index = self._kept_index(position)
         return index >= 0 and position < self._starts[index] + spec.duration

@@ -95,11 +95,6 @@ class CircularCorrelator:
         return self.correlate(lambda out: np.copyto(out, u), lambda out: np.copyto(out, v))
 
 
-def _circ_cc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """c[s] = sum_t u_t v_{(t+s) mod n} for every shift s (see CircularCorrelator)."""
-    return CircularCorrelator(u.size)(u, v)
-
-
 def _lagged_products(x: np.ndarray, k: int) -> Fill:
     """Writes x_t x_{(t+k) mod n}: np.roll's copies, without them."""
     def fill(out: np.ndarray) -> None:
