@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import shutil
 import signal
@@ -293,6 +294,12 @@ def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, *, sup
         if time.monotonic() > deadline:
             raise StackError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def query_window(start_s: float) -> tuple[float, float]:
+    """Whole seconds from `start_s` to now, rounded outwards. Rounding the end down would end a range query
+    before what the caller has just seen happen (an alert that fired 0.4 s ago) and miss it."""
+    return float(math.floor(start_s)), float(math.ceil(time.time()))
 
 
 def wait_http_ok(url: str, timeout_s: float, *, supervisor: Supervisor | None = None) -> None:

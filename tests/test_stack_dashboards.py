@@ -229,7 +229,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         assert trainer.wait(60) == 0, trainer.tail()
         sl.wait_until(lambda: prom.query('ALERTS{alertname="TrainerTargetDown",alertstate="firing"}'), 60,
                       "TrainerTargetDown to fire", supervisor=supervisor, finished=[trainer])
-        yield Live(prom, float(int(start_s)), float(int(time.time())))
+        yield Live(prom, *sl.query_window(start_s))
 
 
 def _grafana_text(metric: dict[str, str]) -> str:

@@ -48,7 +48,7 @@ class LiveStack:
     exposition: dict[str, str] = field(default_factory=dict)
 
     def window(self) -> tuple[float, float]:
-        return float(int(self.start_s)), float(int(time.time()))
+        return sl.query_window(self.start_s)
 
 
 def fast_alert_rules(out_dir: Path) -> Path:
