@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats = p.add_argument_group("statistics")
     stats.add_argument("--step", help="grid step (default: the targets' scrape interval; for files the slower "
                                       "source's own sampling interval)")
+    stats.add_argument("--max-rows", type=int, default=T.DEFAULT_MAX_ROWS,
+                       help="most grid rows held in memory, about 370 bytes each (default "
+                            f"{T.DEFAULT_MAX_ROWS:,}: 30 days at 1 s, under 1 GB); a longer run from a backend is "
+                            "analysed on the smallest whole multiple of the step that fits")
     stats.add_argument("--max-lag", default="30s", help="lagged cross-correlation range +/- (default 30s)")
     stats.add_argument("--warmup", default="30s",
                        help="leave the run's first part (its start-up transient) out of the tests: this long, "
@@ -123,6 +127,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise InputError(f"--spike-z {args.spike_z:g}: must be a finite number > 0")
     if args.surrogates < 100 or args.surrogates > 1_000_000:
         raise InputError(f"--surrogates {args.surrogates}: must be between 100 and 1000000")
+    if not MIN_MAX_ROWS <= args.max_rows <= MAX_MAX_ROWS:
+        raise InputError(f"--max-rows {args.max_rows}: must be between {MIN_MAX_ROWS} and {MAX_MAX_ROWS}")
     return Settings(max_lag_s=_duration_flag("--max-lag", args.max_lag),
                     warmup_s=_duration_flag("--warmup", args.warmup, allow_zero=True),
                     n_surrogates=args.surrogates, spike_z=args.spike_z,
@@ -162,6 +168,28 @@ def _client(args: argparse.Namespace) -> PromClient:
         basic = (user, password)
     return PromClient(args.prometheus, timeout_s=args.timeout, retries=max(args.retries, 0), bearer_token=token,
                       basic_auth=basic, headers=_headers(args.header), progress=sys.stderr.isatty())
+
+
+MIN_MAX_ROWS, MAX_MAX_ROWS = 1_000, 1_000_000_000
+
+
+def within_row_budget(span_s: float, step_s: float, step_source: str, args: argparse.Namespace,
+                      notes: list[str]) -> tuple[float, str]:
+    """The step, widened to a whole multiple when the run's grid would pass --max-rows (said in a note); a
+    --step the user chose is never widened behind their back: too many rows for it is an error."""
+    wider_s = T.step_within_rows(span_s, step_s, args.max_rows)
+    if wider_s == step_s:
+        return step_s, step_source
+    rows = T.rows_on_grid(span_s, step_s)
+    if args.step:
+        raise InputError(f"--step {args.step} makes the window {rows:,} rows, more than "
+                         f"--max-rows {args.max_rows:,} (about {T.PEAK_BYTES_PER_ROW} bytes of memory each): give a "
+                         "coarser --step or a larger --max-rows")
+    notes.append(f"the window ({span_s / 86400:.2f} days) is {rows:,} rows of {step_s:g} s, more than --max-rows "
+                 f"{args.max_rows:,} (about {T.PEAK_BYTES_PER_ROW} bytes of memory each), so it is analysed on a "
+                 f"{wider_s:g} s grid (levels averaged and flags their max over each step; a lag is then a multiple "
+                 f"of {wider_s:g} s). A larger --max-rows keeps the finer grid, with the memory it takes.")
+    return wider_s, f"{step_source}, widened to {wider_s:g} s by --max-rows"
 
 
 SCRAPE_JOBS = ("exporter", "trainer")  # the stack's job names (prometheus/prometheus.yml)
@@ -205,10 +233,11 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
                                                           notes)
     if repeats and not args.step and repeats > step_s:
         step_s, step_source = repeats, f"collection interval of hardware source {choice.source.name}"
+    step_s, step_source = within_row_budget(end_s - start_s + step_s, step_s, step_source, args, notes)
     start_s = math.floor(start_s / step_s) * step_s  # evaluation timestamps on whole steps
     span_s = end_s - start_s + step_s
     exprs = series_exprs(run.run_id, ident.rank, choice.device.uuid, step_s, scrape_s, choice.source,
-                         choice.device.uuid_label)
+                         choice.device.uuid_label, source_readings_s=interval_s if repeats else scrape_s)
     required = tuple(c for c in REQUIRED if not (choice.source.engine and c == T.RLE))
     table, fetch_notes = fetch_table(client, exprs, start_s, end_s, step_s, required)
     notes += fetch_notes

@@ -44,13 +44,15 @@ def grad_norm_mean_expr(train_sel: str, step_s: float, scrape_s: float) -> str:
 
 
 def series_exprs(run_id: str, rank: str, uuid: str, step_s: float, scrape_s: float, source: Source | None = None,
-                 uuid_label: str = "uuid") -> dict[str, str]:
+                 uuid_label: str = "uuid", source_readings_s: float | None = None) -> dict[str, str]:
     """One expression per column of catalog.SERIES; gauges via last_over_time over one step so a gap
     stays a gap, counters as a per-second rate over the step, histograms as their exact mean.
 
     The device columns come from thermograd's exporter (series.csv) or, for another `source`, from its rows
     of sources.csv, selected by `uuid_label` as that source spells it and scaled into base units; columns the
-    source lacks (rle, a_load, collapsed: the analysis computes them, derived.py) have no expression."""
+    source lacks (rle, a_load, collapsed: the analysis computes them, derived.py) have no expression.
+    `source_readings_s`: how often the foreign source takes a new reading (its collection interval, or the scrape
+    interval when it does not repeat values); by default the step, one reading per row."""
     base = {"train": f"run_id={quote_label(run_id)},rank={quote_label(rank)}",
             "device": f"{uuid_label}={quote_label(uuid)}"}
     foreign = source is not None and source.name != "thermograd"
@@ -59,32 +61,35 @@ def series_exprs(run_id: str, rank: str, uuid: str, step_s: float, scrape_s: flo
         if not (foreign and s.source == "device"):
             out[s.column] = _expr(s.kind, (s.metric,), ",".join(m for m in (base[s.source], s.matchers) if m),
                                   step_s, scrape_s)
-    # A foreign source's readings repeat between its collections and the step is its interval: each row takes
-    # the one reading it holds (its last sample), never a blend of two collections.
+    # A foreign source's readings repeat between its collections and the step is usually its interval: each row
+    # then takes the one reading it holds (its last sample), never a blend of two collections. A step spanning
+    # several readings (a long run widened by --max-rows, a coarse --step) aggregates them as for our series.
     for row in source.rows if foreign else ():
-        out[row.column] = _expr(row.kind, row.metrics, base["device"], step_s, scrape_s, row.scale, aggregate=False)
+        out[row.column] = _expr(row.kind, row.metrics, base["device"], step_s, scrape_s, row.scale,
+                                readings_s=source_readings_s or step_s)
     return out
 
 
-def _gauge_fn(kind: str, step_s: float, scrape_s: float, aggregate: bool) -> str:
-    """How a gauge becomes one value per step. At one scrape per step, its sample. When a step spans several
-    scrapes (a coarse --step, or a hardware source collecting every 30 s), its last sample alone would drop
-    the rest: a flag takes max_over_time (a 4-s pause burst on a 30-s grid is seen, not missed 26 times in
-    30), a level avg_over_time."""
-    if not aggregate or step_s < 2 * scrape_s:
+def _gauge_fn(kind: str, step_s: float, readings_s: float) -> str:
+    """How a gauge becomes one value per step. At one reading per step, its sample. When a step spans several
+    readings (a coarse --step, the trainer's series on the grid of a hardware source collecting every 30 s), its
+    last sample alone would drop the rest: a flag takes max_over_time (a 4-s pause burst on a 30-s grid is
+    seen, not missed 26 times in 30), a level avg_over_time."""
+    if step_s < 2 * readings_s:
         return "last_over_time"
     return "max_over_time" if kind == "state" else "avg_over_time"
 
 
 def _expr(kind: str, metrics: tuple[str, ...], matchers: str, step_s: float, scrape_s: float,
-          scale: float = 1.0, aggregate: bool = True) -> str:
-    """One column's expression: `kind` as in series.csv; a *_max kind takes the largest of several metrics."""
+          scale: float = 1.0, readings_s: float | None = None) -> str:
+    """One column's expression: `kind` as in series.csv; a *_max kind takes the largest of several metrics;
+    `readings_s`: how often the series takes a new value (default: every scrape)."""
     sel = "{" + matchers + "}"
     kind = kind.removesuffix("_max")
     if kind == "histogram_mean":
         return histogram_mean_expr(metrics[0], sel, step_s, scrape_s)
     if kind in ("gauge", "state"):
-        fn, win = _gauge_fn(kind, step_s, scrape_s, aggregate), range_window(step_s)
+        fn, win = _gauge_fn(kind, step_s, readings_s or scrape_s), range_window(step_s)
     else:
         fn, win = _rate_fn(step_s, scrape_s)
     if len(metrics) == 1:

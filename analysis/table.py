@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,23 @@ THROUGHPUT = "throughput"
 UTILIZATION = "utilization"
 SM_CLOCK = "sm_clock"
 THROTTLED = "throttled"
+
+# The row budget. The analysis holds every column of the grid and the statistics' full-length FFTs: about 370
+# bytes per row at its peak (bench_analysis --days 30: 2.59 M rows, 914 MiB for the whole command). A month of
+# 1 s data fits under 1 GB; a longer run goes on a coarser grid instead of taking memory without bound.
+DEFAULT_MAX_ROWS = 30 * 86400
+PEAK_BYTES_PER_ROW = 370
+
+
+def rows_on_grid(span_s: float, step_s: float) -> int:
+    """Rows of a grid of `step_s` covering `span_s` (a hair of float error does not add a row)."""
+    return max(1, math.ceil(span_s / step_s - 1e-9))
+
+
+def step_within_rows(span_s: float, step_s: float, max_rows: int) -> float:
+    """The smallest whole multiple of `step_s` whose grid over `span_s` has at most `max_rows` rows (whole
+    multiples: each row then spans whole scrapes of the finer grid)."""
+    return step_s * math.ceil(rows_on_grid(span_s, step_s) / max_rows)
 
 
 @dataclass

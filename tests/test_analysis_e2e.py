@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -100,6 +101,34 @@ def test_empty_gpu_uuid_falls_back_to_the_only_gpu(prometheus, tmp_path):
     assert report["inputs"]["device"]["uuid"] == "sim-0"
     assert any("only GPU" in n for n in report["notes"])
     assert proc.stdout == ""
+
+
+def test_a_run_past_the_row_budget_goes_on_a_wider_grid_and_says_so(prometheus, tmp_path):
+    """r1's window holds some 3,000 rows of 1 s scrapes: with --max-rows 1000 the step becomes a whole multiple
+    of 1 s that fits (levels averaged, flags their max over each step), the report says why, and the planted
+    coupling is still found."""
+    proc = analysis("--prometheus", prometheus["url"], "--run", "r1", "--max-rows", "1000", "--out", str(tmp_path),
+                    "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    step_s = report["step"]["seconds"]
+    assert step_s > 1 and step_s.is_integer() and "widened" in report["step"]["source"]
+    note = next(n for n in report["notes"] if "--max-rows 1,000" in n)
+    rows = int(re.search(r"is ([\d,]+) rows of 1 s", note).group(1).replace(",", ""))
+    assert rows > 1000 and rows / step_s <= 1000 < rows / (step_s - 1) and f"a {step_s:g} s grid" in note
+    ranges = [q["query"] for q in report["queries"] if q["type"] == "range" and q["purpose"] != "runs"]
+    assert any("avg_over_time(rle_temperature_celsius" in q for q in ranges)
+    assert not any("last_over_time(rle_temperature_celsius" in q for q in ranges)
+    power = next(p for p in report["pairs"] if p["x"] == "grad_norm" and p["y"] == "power")
+    assert power["coupled"]
+
+
+def test_a_chosen_step_past_the_row_budget_is_refused(prometheus, tmp_path):
+    err = one_line_error(analysis("--prometheus", prometheus["url"], "--run", "r1", "--step", "1s", "--max-rows",
+                                  "1000", "--out", str(tmp_path)))
+    assert "--max-rows 1,000" in err and "--step 1s makes the window" in err
+    err = one_line_error(analysis("--prometheus", prometheus["url"], "--max-rows", "10", "--out", str(tmp_path)))
+    assert "--max-rows 10" in err
 
 
 def test_unknown_run_lists_runs(prometheus, tmp_path):

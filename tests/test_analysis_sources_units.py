@@ -209,6 +209,10 @@ def test_foreign_exprs_select_by_the_sources_uuid_label_and_parse(tmp_path: Path
     # (a flag) is seen at any of the step's scrapes, the loss is the step's mean; at one scrape per step, its sample.
     assert exprs["pause"].startswith("max(max_over_time(train_perturbation_active{")
     assert exprs["perturbation"].startswith("max(max_over_time(") and exprs["loss"].startswith("max(avg_over_time(")
+    # A step spanning several of the source's readings (a month-plus run widened by --max-rows) averages them
+    wide = series_exprs("r1", "0", "GPU-ab", 120.0, 1.0, SOURCES["dcgm"], "UUID", source_readings_s=30.0)
+    assert wide["utilization"] == 'max(avg_over_time(DCGM_FI_DEV_GPU_UTIL{UUID="GPU-ab"}[120s])) * 0.01'
+    assert series_exprs("r1", "0", "GPU-ab", 30.0, 1.0, SOURCES["dcgm"], "UUID", source_readings_s=30.0) == exprs
     fine = series_exprs("r1", "0", "sim-0", 1.0, 1.0)
     assert fine["pause"].startswith("max(last_over_time(") and fine["loss"].startswith("max(last_over_time(")
     nv = series_exprs("r1", "0", "ab", 1.0, 1.0, SOURCES["nvidia-smi"])
