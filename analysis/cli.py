@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "source's own sampling interval)")
     stats.add_argument("--max-rows", type=int, default=T.DEFAULT_MAX_ROWS,
                        help="most grid rows held in memory, about 370 bytes each (default "
-                            f"{T.DEFAULT_MAX_ROWS:,}: 30 days at 1 s, under 1 GB); a longer run from a backend is "
+                            f"{T.DEFAULT_MAX_ROWS:,}: 30 days and an hour at 1 s, under 1 GB); a longer run from a backend is "
                             "analysed on the smallest whole multiple of the step that fits")
     stats.add_argument("--max-lag", default="30s", help="lagged cross-correlation range +/- (default 30s)")
     stats.add_argument("--warmup", default="30s",
@@ -173,22 +173,22 @@ def _client(args: argparse.Namespace) -> PromClient:
 MIN_MAX_ROWS, MAX_MAX_ROWS = 1_000, 1_000_000_000
 
 
-def within_row_budget(span_s: float, step_s: float, step_source: str, args: argparse.Namespace,
+def within_row_budget(start_s: float, end_s: float, step_s: float, step_source: str, args: argparse.Namespace,
                       notes: list[str]) -> tuple[float, str]:
-    """The step, widened to a whole multiple when the run's grid would pass --max-rows (said in a note); a
+    """The step, widened to a whole multiple when the window's grid would pass --max-rows (said in a note); a
     --step the user chose is never widened behind their back: too many rows for it is an error."""
-    wider_s = T.step_within_rows(span_s, step_s, args.max_rows)
+    wider_s = T.step_within_rows(start_s, end_s, step_s, args.max_rows)
     if wider_s == step_s:
         return step_s, step_source
-    rows = T.rows_on_grid(span_s, step_s)
+    rows = T.grid_rows(T.aligned_start_s(start_s, step_s), end_s, step_s)
     if args.step:
         raise InputError(f"--step {args.step} makes the window {rows:,} rows, more than "
                          f"--max-rows {args.max_rows:,} (about {T.PEAK_BYTES_PER_ROW} bytes of memory each): give a "
                          "coarser --step or a larger --max-rows")
-    notes.append(f"the window ({span_s / 86400:.2f} days) is {rows:,} rows of {step_s:g} s, more than --max-rows "
-                 f"{args.max_rows:,} (about {T.PEAK_BYTES_PER_ROW} bytes of memory each), so it is analysed on a "
-                 f"{wider_s:g} s grid (levels averaged and flags their max over each step; a lag is then a multiple "
-                 f"of {wider_s:g} s). A larger --max-rows keeps the finer grid, with the memory it takes.")
+    notes.append(f"the window ({(end_s - start_s) / 86400:.2f} days) is {rows:,} rows of {step_s:g} s, more than "
+                 f"--max-rows {args.max_rows:,} (about {T.PEAK_BYTES_PER_ROW} bytes of memory each), so it is analysed "
+                 f"on a {wider_s:g} s grid (levels averaged and flags their max over each step; a lag is then a "
+                 f"multiple of {wider_s:g} s). A larger --max-rows keeps the finer grid, with the memory it takes.")
     return wider_s, f"{step_source}, widened to {wider_s:g} s by --max-rows"
 
 
@@ -233,11 +233,18 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
                                                           notes)
     if repeats and not args.step and repeats > step_s:
         step_s, step_source = repeats, f"collection interval of hardware source {choice.source.name}"
-    step_s, step_source = within_row_budget(end_s - start_s + step_s, step_s, step_source, args, notes)
-    start_s = math.floor(start_s / step_s) * step_s  # evaluation timestamps on whole steps
+    # How often the source takes a new reading: measured, else one per step as chosen so far (the user's --step
+    # for a source too quiet to measure), so only a step the row budget widens blends several.
+    readings_s, chosen_step_s = interval_s or step_s, step_s
+    step_s, step_source = within_row_budget(start_s, end_s, step_s, step_source, args, notes)
+    if step_s != chosen_step_s:
+        hardware_lines = [f"{line}; widened to a {step_s:g} s grid by --max-rows (readings averaged per row)"
+                          for line in hardware_lines]
+    notes += hardware_lines
+    start_s = T.aligned_start_s(start_s, step_s)  # evaluation timestamps on whole steps
     span_s = end_s - start_s + step_s
     exprs = series_exprs(run.run_id, ident.rank, choice.device.uuid, step_s, scrape_s, choice.source,
-                         choice.device.uuid_label, source_readings_s=interval_s if repeats else scrape_s)
+                         choice.device.uuid_label, source_readings_s=readings_s)
     required = tuple(c for c in REQUIRED if not (choice.source.engine and c == T.RLE))
     table, fetch_notes = fetch_table(client, exprs, start_s, end_s, step_s, required)
     notes += fetch_notes
@@ -266,7 +273,7 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
 def source_interval(client: PromClient, choice: Choice, args: argparse.Namespace, start_s: float, end_s: float,
                     scrape_s: float, step_s: float, notes: list[str]) -> tuple[float | None, float | None, list[str]]:
     """(the source's collection interval, the grid step it needs when it repeats values between scrapes,
-    the lines to print); notes say what was found.
+    the lines to print, which the caller adds to the notes once the grid is final).
 
     A source that collects less often than it is scraped (dcgm-exporter: every 30 s by default) repeats each
     value for several scrapes. Those repeats are not observations: on a grid of scrapes they would count one
@@ -289,7 +296,6 @@ def source_interval(client: PromClient, choice: Choice, args: argparse.Namespace
         said += f"; --step {step_s:g} s is kept, so its values repeat within the grid"
     elif repeat_step_s > step_s:
         said += f"; the analysis uses its real interval, a {repeat_step_s:g} s grid, one reading per row"
-    notes.append(said)
     return interval_s, repeat_step_s, [said]
 
 

@@ -29,7 +29,7 @@ from thermograd.analysis.stats.series import INSUFFICIENT
 
 LOG_PATTERNS = ("*.jsonl", "*.json")
 CSV_PATTERN = "*.csv"
-ROW_FIELDS = ("run", "direction", "x", "y", "start", "end", "n", "n_eff", "r", "ci_low", "ci_high", "p_adjusted",
+ROW_FIELDS = ("run", "direction", "x", "y", "start", "end", "step_s", "n", "n_eff", "r", "ci_low", "ci_high", "p_adjusted",
               "peak_lag_s", "peak_r", "lag_p_adjusted", "coupled", "strength", "run_strength")
 
 
@@ -108,7 +108,8 @@ def pair_rows(run_id: str, report: dict) -> list[dict]:
         ci = prim.get("ci") or [None, None]
         rows.append({"run": run_id, "direction": pair.get("direction", ""), "x": pair["x"], "y": pair["y"],
                      "start": report["window"]["start"],
-                     "end": report["window"]["end"], "n": prim.get("n"), "n_eff": prim.get("n_eff"),
+                     "end": report["window"]["end"], "step_s": report["step"]["seconds"], "n": prim.get("n"),
+                     "n_eff": prim.get("n_eff"),
                      "r": prim.get("r"), "ci_low": ci[0], "ci_high": ci[1], "p_adjusted": prim.get("p_adjusted"),
                      "peak_lag_s": lag.get("peak_lag_s"), "peak_r": lag.get("peak_r"),
                      "lag_p_adjusted": lag.get("p_adjusted"), "coupled": pair["coupled"],
@@ -178,9 +179,21 @@ def write_tables(rows: list[dict], pooled: list[dict], meta: dict, out: Path) ->
                                                        allow_nan=False) + "\n")
 
 
-def summary(pooled: list[dict], n_runs: int, skipped: dict[str, str]) -> str:
+def mixed_steps_note(rows: list[dict]) -> str | None:
+    """Runs analysed on different grids (a run past --max-rows is widened; sources collect at their own
+    intervals) pool r of differences over different steps: said, since their r need not be the same effect."""
+    steps = sorted({row["step_s"] for row in rows})
+    if len(steps) < 2:
+        return None
+    return (f"the runs were analysed on grids of {', '.join(f'{s:g} s' for s in steps)} (runs.csv: step_s): each "
+            "r is of step-to-step changes on its own grid, so the pooled r mixes time scales")
+
+
+def summary(pooled: list[dict], n_runs: int, skipped: dict[str, str], note: str | None = None) -> str:
     lines = [f"{n_runs} run(s) analysed" + (f", {len(skipped)} skipped" if skipped else "")
              + "; random-effects meta-analysis of each pair's lag-0 r:"]
+    if note:
+        lines.append(f"Note: {note}.")
     for entry in pooled:
         p = entry["pooled"]
         if p is None:
@@ -227,9 +240,10 @@ def run_all(args: argparse.Namespace, analyse_one: Callable[[argparse.Namespace]
             "runs_skipped": skipped, "settings": vars(cfg),
             "method": ("each run's lag-0 primary r and its Fisher-z 95 % CI (HAC / effective-n standard error) "
                        "-> z and se_z = (atanh hi - atanh lo) / (2 * 1.959964); DerSimonian-Laird random effects; "
-                       "Holm across pairs; the single run's bands on the pooled r")}
+                       "Holm across pairs; the single run's bands on the pooled r"),
+            "mixed_steps": mixed_steps_note(rows)}
     write_tables(rows, pooled, meta, args.out)
     forest_png(rows, pooled, args.out / "forest.png", cfg.equivalence_bound)
     if not args.quiet:
-        print(summary(pooled, len(runs) - len(skipped), skipped))
+        print(summary(pooled, len(runs) - len(skipped), skipped, meta["mixed_steps"]))
     return 0

@@ -14,6 +14,7 @@ import requests
 
 from thermograd.analysis.align import place_into
 from thermograd.analysis.errors import InputError
+from thermograd.analysis.table import grid_rows
 
 
 class BackendUnreachable(InputError):
@@ -242,7 +243,7 @@ class PromClient:
 
         Each chunk's answer is parsed straight into its rows of a preallocated column and dropped, so
         memory is the columns (8 bytes a row) and a few answers in flight, whatever the window's length."""
-        n = int(np.floor((end_s - start_s) / step_s + 1e-9)) + 1
+        n = grid_rows(start_s, end_s, step_s)
         columns = {name: np.full(n, np.nan) for name in exprs}
 
         def place(name: str, row: int, resp: requests.Response) -> None:

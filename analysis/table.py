@@ -26,20 +26,30 @@ THROTTLED = "throttled"
 
 # The row budget. The analysis holds every column of the grid and the statistics' full-length FFTs: about 370
 # bytes per row at its peak (bench_analysis --days 30: 2.59 M rows, 914 MiB for the whole command). A month of
-# 1 s data fits under 1 GB; a longer run goes on a coarser grid instead of taking memory without bound.
-DEFAULT_MAX_ROWS = 30 * 86400
+# 1 s data fits under 1 GB (with an hour to spare: a run's window starts a step early and ends on a partial
+# step); a longer run goes on a coarser grid instead of taking memory without bound.
+DEFAULT_MAX_ROWS = 30 * 86400 + 3600
 PEAK_BYTES_PER_ROW = 370
 
 
-def rows_on_grid(span_s: float, step_s: float) -> int:
-    """Rows of a grid of `step_s` covering `span_s` (a hair of float error does not add a row)."""
-    return max(1, math.ceil(span_s / step_s - 1e-9))
+def grid_rows(start_s: float, end_s: float, step_s: float) -> int:
+    """Rows of Prometheus's range grid: start_s, start_s + step_s, ... up to end_s (a hair of float error
+    does not drop the last one)."""
+    return int(math.floor((end_s - start_s) / step_s + 1e-9)) + 1
 
 
-def step_within_rows(span_s: float, step_s: float, max_rows: int) -> float:
-    """The smallest whole multiple of `step_s` whose grid over `span_s` has at most `max_rows` rows (whole
-    multiples: each row then spans whole scrapes of the finer grid)."""
-    return step_s * math.ceil(rows_on_grid(span_s, step_s) / max_rows)
+def aligned_start_s(start_s: float, step_s: float) -> float:
+    """The grid's first row: `start_s` floored to a whole step, so every row is an evaluation on whole steps."""
+    return math.floor(start_s / step_s) * step_s
+
+
+def step_within_rows(start_s: float, end_s: float, step_s: float, max_rows: int) -> float:
+    """The smallest whole multiple of `step_s` whose grid over [start_s, end_s], start aligned to it, has at
+    most `max_rows` rows (whole multiples: each row then spans whole scrapes of the finer grid)."""
+    multiple = max(1, math.ceil(grid_rows(start_s, end_s, step_s) / max_rows))
+    while grid_rows(aligned_start_s(start_s, multiple * step_s), end_s, multiple * step_s) > max_rows:
+        multiple += 1  # aligning the start can add a row
+    return multiple * step_s
 
 
 @dataclass

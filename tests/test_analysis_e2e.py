@@ -20,6 +20,7 @@ from thermograd.analysis.backfill import (
     write_openmetrics,
 )
 from thermograd.analysis.synthetic import COLLAPSE_DELAY_S, POWER_LAG_S, planted_run
+from thermograd.analysis.table import grid_rows, step_within_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -116,11 +117,21 @@ def test_a_run_past_the_row_budget_goes_on_a_wider_grid_and_says_so(prometheus, 
     note = next(n for n in report["notes"] if "--max-rows 1,000" in n)
     rows = int(re.search(r"is ([\d,]+) rows of 1 s", note).group(1).replace(",", ""))
     assert rows > 1000 and rows / step_s <= 1000 < rows / (step_s - 1) and f"a {step_s:g} s grid" in note
-    ranges = [q["query"] for q in report["queries"] if q["type"] == "range" and q["purpose"] != "runs"]
+    fetched = [q for q in report["queries"] if q["type"] == "range" and q["purpose"] != "runs"]
+    assert all(grid_rows(q["start"], q["end"], q["step"]) <= 1000 and q["start"] % step_s == 0 for q in fetched)
+    ranges = [q["query"] for q in fetched]
     assert any("avg_over_time(rle_temperature_celsius" in q for q in ranges)
     assert not any("last_over_time(rle_temperature_celsius" in q for q in ranges)
     power = next(p for p in report["pairs"] if p["x"] == "grad_norm" and p["y"] == "power")
     assert power["coupled"]
+
+
+def test_the_row_budget_counts_the_row_that_aligning_the_start_adds():
+    # 2,000 rows of 1 s: a 2 s grid aligned to whole steps starts at 1000, one row more than 1,000
+    assert grid_rows(1000, 3000, 2) == 1001 and step_within_rows(1001, 3000, 1, 1000) == 3
+    assert step_within_rows(0, 999, 1, 1000) == 1 and step_within_rows(0, 30 * 86400 - 1, 1, 30 * 86400) == 1
+    assert step_within_rows(0, 60 * 86400 - 1, 1, 30 * 86400 + 3600) == 2
+    assert step_within_rows(0, 90 * 86400, 30, 100_000) == 90  # whole multiples of a 30 s source's interval
 
 
 def test_a_chosen_step_past_the_row_budget_is_refused(prometheus, tmp_path):

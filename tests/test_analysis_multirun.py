@@ -24,7 +24,7 @@ from thermograd.analysis.backfill import (
     write_openmetrics,
 )
 from thermograd.analysis.cli import main
-from thermograd.analysis.multirun import meta_analyse, pooled_verdict
+from thermograd.analysis.multirun import meta_analyse, mixed_steps_note, pooled_verdict
 from thermograd.analysis.pipeline import Settings
 from thermograd.analysis.scenarios import Recording, null_run, planted_run, write_files
 from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
@@ -241,3 +241,10 @@ def test_all_runs_against_a_real_prometheus(tmp_path):
     power = _pairs(out)["grad_norm~power"]["pooled"]
     assert power["k"] == 4 and power["i2"] > 0.9 and power["tau2"] > 0.05  # two coupled, two not
     assert strict_json(out / "runs" / "null-b" / "report.json")["inputs"]["run_id"] == "null-b"
+
+
+def test_runs_on_different_grids_are_said_to_mix_time_scales():
+    rows = [{"step_s": 1.0}, {"step_s": 2.0}, {"step_s": 1.0}]
+    note = mixed_steps_note(rows)
+    assert "1 s, 2 s" in note and "mixes time scales" in note
+    assert mixed_steps_note(rows[::2]) is None
