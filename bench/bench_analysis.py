@@ -32,6 +32,7 @@ from thermograd.analysis.backfill import (  # noqa: E402
     train_series,
 )
 from thermograd.analysis.synthetic import planted_run  # noqa: E402
+from thermograd.analysis.table import aligned_start_s, grid_rows  # noqa: E402
 
 DAY_S = 86400
 CACHE_VERSION = 1
@@ -84,12 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def bench_step_s(points: int) -> float:
-    """The grid step the analysis takes for a run of `points` 1 s samples: the scrape interval, widened by its
-    row budget (--max-rows) past a month."""
+def bench_step_s(start: float, end: float) -> float:
+    """The grid step the analysis takes for the bench run's window of 1 s scrapes: the scrape interval, widened
+    by its row budget (--max-rows) past a month."""
     from thermograd.analysis.table import DEFAULT_MAX_ROWS, step_within_rows
 
-    return step_within_rows(float(points), 1.0, DEFAULT_MAX_ROWS)
+    return step_within_rows(start, end, 1.0, DEFAULT_MAX_ROWS)
 
 
 def bench_exprs(step_s: float) -> dict[str, str]:
@@ -106,7 +107,7 @@ def child(mode: str, url: str, start: float, end: float) -> None:
     from thermograd.analysis.fetch import fetch_table
     from thermograd.analysis.promql import PromClient
 
-    step_s = bench_step_s(int(end - start) + 1)
+    step_s = bench_step_s(start, end)
     client, exprs = PromClient(url, timeout_s=120), bench_exprs(step_s)
     t0 = time.perf_counter()
     if mode == "ours":
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             for mode in passes:
                 passes[mode].append(run_child(mode, url, start, end))
         best = {mode: min(s for s, _ in runs) for mode, runs in passes.items()}
-        step_s = bench_step_s(meta["points_per_series"])
-        rows = -(-meta["points_per_series"] // int(step_s))
+        step_s = bench_step_s(start, end)
+        rows = grid_rows(aligned_start_s(start, step_s), end, step_s)
         result.update({
             "raw_bytes_s": round(best["bytes"], 2), "raw_json_s": round(best["json"], 2),
             "fetch_align_s": round(best["ours"], 2),
