@@ -196,7 +196,7 @@ class PromClient:
 
     def range_chunks(self, start_s: float, end_s: float, step_s: float) -> list[tuple[float, float]]:
         """Chunks on the same grid start + k*step, each at most MAX_POINTS_PER_SERIES points."""
-        n_points = int(np.floor((end_s - start_s) / step_s + 1e-9)) + 1
+        n_points = grid_rows(start_s, end_s, step_s)
         per = MAX_POINTS_PER_SERIES
         return [(start_s + i * step_s, start_s + min(i + per, n_points) * step_s - step_s)
                 for i in range(0, n_points, per)]

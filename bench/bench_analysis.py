@@ -31,6 +31,7 @@ from thermograd.analysis.backfill import (  # noqa: E402
     serve_prometheus,
     train_series,
 )
+from thermograd.analysis.promql import MAX_POINTS_PER_SERIES  # noqa: E402
 from thermograd.analysis.synthetic import planted_run  # noqa: E402
 from thermograd.analysis.table import aligned_start_s, grid_rows  # noqa: E402
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             "fetch_align_over_raw": round(best["ours"] / best["bytes"], 3),
             "fetch_align_peak_rss_mb": round(max(r for _, r in passes["ours"]), 1),
             "raw_bytes_peak_rss_mb": round(max(r for _, r in passes["bytes"]), 1),
-            "step_s": step_s, "range_requests": len(bench_exprs(step_s)) * -(-rows // 11_000),
+            "step_s": step_s, "range_requests": len(bench_exprs(step_s)) * -(-rows // MAX_POINTS_PER_SERIES),
         })
         if not args.fetch_only:
             log("the full analysis (discovery, fetch, statistics, figures)")
