@@ -59,7 +59,7 @@ class SnapshotCollector:
     def __init__(self, get_snapshot: Callable[[], Snapshot],
                  http_stats: Callable[[], dict[str, int]] | None = None) -> None:
         self._get_snapshot = get_snapshot
-        self._http_stats = http_stats  # the endpoint's own counters (exporter.httpserve.HttpStats.snapshot)
+        self._http_stats = http_stats  # the endpoint's own counters (thermograd.endpoint.server.HttpStats.snapshot)
         self._build = {"version": __version__, "python": platform.python_version()}
 
     def collect(self) -> Iterator[Metric]:
@@ -69,8 +69,10 @@ class SnapshotCollector:
 
     def _device_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         info = GaugeMetricFamily("rle_device_info", "One series per device.",
-                                 labels=[*DEVICE_LABELS, "model", "backend", "kind"])
+                                 labels=[*DEVICE_LABELS, "model", "backend", "kind", "heat_source"])
         limit = GaugeMetricFamily("rle_power_limit_watts", "Rated power used for A_load (W).", labels=DEVICE_LABELS)
+        max_clock = GaugeMetricFamily("rle_sm_clock_max_hertz", "The SM clock's maximum (boost) clock.",
+                                      labels=DEVICE_LABELS)
         hardware = {name: _family(name, doc, DEVICE_LABELS) for name, (_, doc) in HARDWARE.items()}
         throttle = GaugeMetricFamily("rle_throttle_active", "1 while that clock-event (throttle) reason is active.",
                                      labels=[*DEVICE_LABELS, "reason"])
@@ -80,8 +82,10 @@ class SnapshotCollector:
         for sample in snap.devices:
             d = sample.info
             labels = [d.device, d.uuid]
-            info.add_metric([*labels, d.model, d.backend, d.kind], 1.0)
+            info.add_metric([*labels, d.model, d.backend, d.kind, d.heat_source], 1.0)
             limit.add_metric(labels, sample.rated_power_w)
+            if d.max_sm_clock_hz is not None:
+                max_clock.add_metric(labels, d.max_sm_clock_hz)
             for name, (attr, _) in HARDWARE.items():
                 value = _hardware_value(sample.reading, attr)
                 if value is not None:
@@ -97,6 +101,7 @@ class SnapshotCollector:
                 events.add_metric(labels, float(sample.collapse_events))
         yield info
         yield limit
+        yield max_clock
         yield from hardware.values()
         yield throttle
         yield from derived.values()
@@ -122,7 +127,7 @@ class SnapshotCollector:
         yield errors
         if self._http_stats is not None:
             http = CounterMetricFamily("rle_exporter_http_errors_total",
-                                       "HTTP endpoint events by reason (client, header_limit, accept, busy).",
+                                       "HTTP endpoint events by reason (docs/metrics.md lists them).",
                                        labels=["reason"])
             for reason, count in self._http_stats().items():
                 http.add_metric([reason], float(count))
