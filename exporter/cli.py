@@ -14,10 +14,14 @@ import threading
 from dataclasses import fields
 from pathlib import Path
 
+from thermograd.commandline import OneLineParser, UsageError
+from thermograd.endpoint.webconfig import load as load_web_config
 from thermograd.exporter import __version__
-from thermograd.exporter.backends import BackendUnavailable, open_backend
+from thermograd.exporter.backends import BackendUnavailable
 from thermograd.exporter.engine import RleConfig
 from thermograd.exporter.labcsv import LabCsvError
+from thermograd.exporter.monitor import HardwareMonitor, MonitorSpec, UnknownDevice, per_device
+from thermograd.exporter.record import RecordError
 
 log = logging.getLogger("thermograd.exporter")
 
@@ -29,15 +33,6 @@ _DETECTOR_FIELDS = {"warmup_s", "peak_decay_per_s", "gate_util_pct", "gate_load_
                     "gate_heating_window_s",
                     "drop_frac", "hold_s", "evidence_sustain_s", "evidence_temp_margin_c",
                     "evidence_power_cap_ratio"}
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(message)
 
 
 def _flag(field_name: str) -> str:
@@ -74,17 +69,8 @@ def parse_device_values(specs: list[str], flag: str, positive: bool) -> dict[str
     return values
 
 
-def resolve_device_values(values: dict[str | None, float], labels: list[str], flag: str) -> dict[str, float]:
-    unknown = [d for d in values if d is not None and d not in labels]
-    if unknown:
-        raise UsageError(f"{flag}: unknown device {unknown[0]!r} (devices: {', '.join(labels)})")
-    resolved = {label: values[None] for label in labels if None in values}
-    resolved.update({d: v for d, v in values.items() if d is not None})
-    return resolved
-
-
 def build_serve_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="thermograd-exporter", description="RLE exporter: GPU/CPU hardware and the RLE index "
+    p = OneLineParser(prog="thermograd-exporter", description="RLE exporter: GPU/CPU hardware and the RLE index "
                 "on a Prometheus endpoint. `thermograd-exporter recompute --help` re-scores a recording.")
     p.add_argument("--backend", choices=["auto", "nvml", "cpu", "sim", "replay"], default="auto")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -96,14 +82,27 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    help="temperature limit for T_sustain (default 83 GPU, 80 CPU); repeatable")
     p.add_argument("--devices", type=int, default=1, help=f"sim: number of simulated GPUs (1-{MAX_SIM_DEVICES})")
     p.add_argument("--seed", type=int, default=0, help="sim: random seed")
-    p.add_argument("--sim-load", default="host",
-                   help="sim: 'host' (host CPU utilization), 'pid:FILE' (CPU use of the process whose id FILE "
-                   "holds, relative to its usual busy rate), a constant load 0-1, or steps 't:load,t:load'")
+    p.add_argument("--sim-load", action="append", default=[], metavar="[DEV=]SPEC",
+                   help="sim: 'host' (host CPU utilization, the default), 'pid:FILE' (CPU use of the process whose "
+                   "id FILE holds and of its children, relative to its usual busy rate), a constant load 0-1, or "
+                   "steps 't:load,t:load'; repeatable, DEV= for one card (e.g. one rank's process per card)")
     p.add_argument("--sim-profile", choices=["default", "demo"], default="default",
                    help="sim: the simulated card's physics; 'demo' (40 C ambient, half the heat capacity) heats "
                    "through the 83 C limit and throttles within a demo-length run (default: default)")
+    p.add_argument("--sim-cooling", action="append", default=[], metavar="[DEV=]F",
+                   help="sim: the fraction of its cooling a card has (1 as built; 0.5 a clogged heat sink: twice as "
+                   "hot above ambient for the same power, throttling under a load its neighbours survive); "
+                   "repeatable, e.g. --sim-cooling 1=0.5")
     p.add_argument("--replay-csv", type=Path, help="replay: an RLE-lab recording")
     p.add_argument("--speed", type=float, default=1.0, help="replay: recording seconds per wall second")
+    p.add_argument("--record", type=Path, metavar="FILE.csv",
+                   help="also write every sample of every device to this CSV as it is taken (a new file: an "
+                   "existing one is never overwritten), in the format thermograd-analysis --rle-csv reads "
+                   "(docs/offline-files.md)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until stopped)")
+    p.add_argument("--web.config.file", dest="web_config_file", type=Path, metavar="FILE",
+                   help="TLS, client certificates and basic auth for the endpoint, in the Prometheus "
+                   "exporter-toolkit's format (docs/web-config.md)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"thermograd exporter {__version__}")
     add_rle_config_flags(p)
@@ -111,7 +110,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 
 def build_recompute_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="thermograd-exporter recompute",
+    p = OneLineParser(prog="thermograd-exporter recompute",
                 description="Re-score an RLE-lab recording with thermograd's RLE engine (adds tg_* columns).")
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--device", required=True, help="the device column value to score, e.g. gpu or cpu")
@@ -132,57 +131,86 @@ def _validate_serve(args: argparse.Namespace) -> None:
         raise UsageError(f"--devices must be 1-{MAX_SIM_DEVICES}, got {args.devices}")
     if not (math.isfinite(args.speed) and args.speed > 0):
         raise UsageError(f"--speed must be > 0, got {args.speed:g}")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise UsageError(f"--duration must be a number of seconds > 0, got {args.duration:g}")
+
+
+def sim_loads(args: argparse.Namespace, parse_load):
+    """--sim-load: one load for every card, or (with DEV=) one per card, the rest heated by the host."""
+    specs: dict[int | None, str] = {}
+    for text in args.sim_load or ["host"]:
+        device, sep, spec = text.partition("=")
+        if sep and device.strip().isdigit():
+            index = int(device)
+            if index >= args.devices:
+                raise UsageError(f"--sim-load: unknown device {device!r} (devices: 0-{args.devices - 1})")
+            specs[index] = spec
+        else:
+            specs[None] = text
+    try:
+        if set(specs) <= {None}:
+            return parse_load(specs.get(None, "host"))
+        return [parse_load(specs.get(i, specs.get(None, "host"))) for i in range(args.devices)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def monitor_spec(args: argparse.Namespace) -> MonitorSpec:
+    """The serve flags, checked (UsageError) and gathered."""
+    from thermograd.exporter.backends.sim import parse_load
+
+    _validate_serve(args)
+    sim_load = sim_loads(args, parse_load)
+    if args.backend == "replay" and args.replay_csv is None:
+        raise UsageError("--backend replay needs --replay-csv PATH")
+    return MonitorSpec(sim_cooling=sim_cooling(args),
+        backend=args.backend, devices=args.devices, seed=args.seed, sim_load=sim_load, sim_profile=args.sim_profile,
+        replay_csv=args.replay_csv, speed=args.speed, sample_hz=args.sample_hz,
+        rated_power_w=parse_device_values(args.rated_power, "--rated-power", positive=True),
+        temp_limit_c=parse_device_values(args.temp_limit, "--temp-limit", positive=False),
+        rle=rle_config_from(args), bind=args.bind, port=args.port, record=args.record,
+        web_config=load_web_config(args.web_config_file) if args.web_config_file else None)
+
+
+def sim_cooling(args: argparse.Namespace) -> dict[int, float]:
+    """--sim-cooling by simulated device index (a plain value: every device)."""
+    values = parse_device_values(args.sim_cooling, "--sim-cooling", positive=True)
+    labels = [str(i) for i in range(args.devices)]
+    try:
+        return {int(label): value for label, value in per_device(values, labels, "--sim-cooling").items()}
+    except UnknownDevice as exc:
+        raise UsageError(str(exc)) from None
+
+
+def open_monitor(spec: MonitorSpec) -> HardwareMonitor:
+    """The monitor, with a taken port said as the one-line error it is."""
+    try:
+        return HardwareMonitor(spec)
+    except UnknownDevice as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {spec.bind}:{spec.port}: {exc.strerror or exc}") from None
 
 
 def serve(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry
-
-    from thermograd.exporter.backends.sim import parse_load
-    from thermograd.exporter.collector import SnapshotCollector
-    from thermograd.exporter.sampler import Sampler
-    from thermograd.exporter.server import make_server, serve_in_thread
-
-    _validate_serve(args)
-    config = rle_config_from(args)
-    power_specs = parse_device_values(args.rated_power, "--rated-power", positive=True)
-    limit_specs = parse_device_values(args.temp_limit, "--temp-limit", positive=False)
+    spec = monitor_spec(args)
+    monitor = open_monitor(spec)
     try:
-        sim_load = parse_load(args.sim_load)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if args.backend == "replay" and args.replay_csv is None:
-        raise UsageError("--backend replay needs --replay-csv PATH")
-
-    backend = open_backend(args.backend, devices=args.devices, seed=args.seed, sim_load=sim_load,
-                           replay_csv=args.replay_csv, speed=args.speed, sim_profile=args.sim_profile)
-    try:
-        labels = [d.device for d in backend.devices()]
-        sampler = Sampler(backend, args.sample_hz, resolve_device_values(power_specs, labels, "--rated-power"),
-                          resolve_device_values(limit_specs, labels, "--temp-limit"), config)
-        registry = CollectorRegistry()
-        try:
-            server = make_server(args.bind, args.port, registry, sampler.healthy)
-        except OSError as exc:
-            raise UsageError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
-        registry.register(SnapshotCollector(lambda: sampler.snapshot, server.stats.snapshot))
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())
-        sampler.start()
-        serve_in_thread(server)
-        host, port = server.server_address[:2]
-        host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
-        log.info("backend %s, %d device(s): %s", backend.name, len(labels),
-                 ", ".join(f"{d.device} ({d.kind}, {d.uuid})" for d in sampler.devices))
-        print(f"exporter: listening on http://{host}:{port}/metrics (backend {backend.name}, "
-              f"{args.sample_hz:g} Hz)", file=sys.stderr, flush=True)
-        stop.wait()
+        monitor.start()
+        heated = {d.heat_source for d in monitor.devices if d.backend == "sim"}
+        for source in heated:
+            log.warning("these GPUs are SIMULATED, heated by %s; their numbers are no measurement of real "
+                        "hardware (--sim-load picks what heats them)", source)
+        recording = f", recording to {spec.record}" if spec.record else ""
+        print(f"exporter: listening on {monitor.url} (backend {monitor.backend.name}, "
+              f"{args.sample_hz:g} Hz{recording})", file=sys.stderr, flush=True)
+        stop.wait(args.duration)
         log.info("shutting down")
-        server.shutdown()
-        server.server_close()
-        sampler.stop()
     finally:
-        backend.close()
+        monitor.close()
     return 0
 
 
@@ -202,6 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s exporter %(levelname)s %(message)s")
         return serve(args)
-    except (UsageError, BackendUnavailable, LabCsvError, ValueError) as exc:
+    except (UsageError, BackendUnavailable, LabCsvError, RecordError, ValueError) as exc:
         print(f"exporter: error: {exc}", file=sys.stderr)
         return 2

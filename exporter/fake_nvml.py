@@ -25,6 +25,7 @@ class FakeGpu:
     memory_used: int = 8 * 1024**3
     memory_total: int = 24 * 1024**3
     sm_mhz: int = 1800
+    max_sm_mhz: int = 1980
     memory_mhz: int = 9500
     fan_pct: int = 55
     energy_mj: int = 123_456_789
@@ -83,6 +84,7 @@ class FakeNvml:
             "nvmlDeviceGetMemoryInfo": lambda g: SimpleNamespace(used=g.memory_used, total=g.memory_total,
                                                                  free=g.memory_total - g.memory_used),
             "nvmlDeviceGetClockInfo": lambda g, clock: getattr(g, clocks[clock]),
+            "nvmlDeviceGetMaxClockInfo": lambda g, clock: g.max_sm_mhz if clock == pynvml.NVML_CLOCK_SM else g.memory_mhz,
             "nvmlDeviceGetFanSpeed": lambda g: g.fan_pct,
             "nvmlDeviceGetTotalEnergyConsumption": lambda g: g.energy_mj,
             "nvmlDeviceGetCurrentClocksThrottleReasons": lambda g: g.reasons_mask,

@@ -44,6 +44,7 @@ class Snapshot:
     duration_sum_s: float = 0.0
     errors: tuple[tuple[str, str, int], ...] = ()  # (device, op, count)
     last_good_s: float | None = None  # monotonic time of the newest round in which a device answered
+    wall_s: float | None = None  # Unix time of this round (a recording's timestamp)
 
 
 @dataclass
@@ -56,9 +57,12 @@ class _Device:
 class Sampler:
     def __init__(self, backend: Backend, sample_hz: float, rated_power_w: dict[str, float],
                  temp_limit_c: dict[str, float], config: RleConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """rated_power_w / temp_limit_c: per device label; missing labels use the device's own defaults."""
+                 clock: Callable[[], float] = time.monotonic,
+                 on_sample: Callable[[Snapshot], None] | None = None) -> None:
+        """rated_power_w / temp_limit_c: per device label; missing labels use the device's own defaults.
+        `on_sample` sees every new snapshot in the sampler's thread (the recorder); it must not raise."""
         self.backend = backend
+        self._on_sample = on_sample
         self.interval_s = 1.0 / sample_hz
         # The engine runs on the device's own clock: a replay at --speed N advances N recorded seconds per
         # wall second, so its windows and heating rates must be measured in recorded time.
@@ -133,7 +137,7 @@ class Sampler:
     def sample_once(self) -> Snapshot:
         """One sampling round over all devices; publishes and returns the new snapshot."""
         started = time.perf_counter()
-        now_s = self.clock()
+        now_s, wall_s = self.clock(), time.time()
         samples = tuple(s for s in (self._read(d, now_s) for d in self._devices) if s is not None)
         duration_s = time.perf_counter() - started
         prev = self.snapshot
@@ -143,9 +147,15 @@ class Sampler:
             devices=samples, samples_total=prev.samples_total + 1, duration_bucket_counts=tuple(buckets),
             duration_sum_s=prev.duration_sum_s + duration_s,
             errors=tuple((dev, op, n) for (dev, op), n in sorted(self._errors.items())),
-            last_good_s=now_s if samples else prev.last_good_s,
+            last_good_s=now_s if samples else prev.last_good_s, wall_s=wall_s,
         )
+        if self._on_sample is not None:
+            self._on_sample(self.snapshot)
         return self.snapshot
+
+    def count_error(self, device: str, op: str) -> None:
+        """An error of something the sampler drives (the recorder), counted in rle_exporter_errors_total."""
+        self._count_error(device, op)
 
     def healthy(self) -> tuple[bool, str]:
         last = self.snapshot.last_good_s

@@ -74,9 +74,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from thermograd.endpoint.server import TEXT, BoundedHTTPServer, serve_in_thread  # noqa: E402
 from thermograd.exporter.backends.base import Reading  # noqa: E402
 from thermograd.exporter.backends.sim import SIM_PROFILES, SimBackend, SimParams, parse_load  # noqa: E402
-from thermograd.exporter.httpserve import TEXT, BoundedHTTPServer, serve_in_thread  # noqa: E402
 
 MIB = 1024**2
 DEFAULT_INTERVAL_S = {"dcgm": 30.0, "nvidia-smi": 0.0}  # the real exporters' defaults

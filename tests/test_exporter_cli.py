@@ -9,9 +9,10 @@ from thermograd.exporter.cli import (
     UsageError,
     build_serve_parser,
     parse_device_values,
-    resolve_device_values,
     rle_config_from,
 )
+from thermograd.exporter.monitor import UnknownDevice
+from thermograd.exporter.monitor import per_device as resolve_device_values
 from thermograd.exporter.sampler import Sampler
 
 
@@ -30,7 +31,7 @@ def test_bad_rated_power(spec):
 
 def test_temp_limit_may_be_any_finite_number_but_device_must_exist():
     assert parse_device_values(["gpu=-10"], "--temp-limit", positive=False) == {"gpu": -10.0}
-    with pytest.raises(UsageError, match="unknown device 'gpu9'"):
+    with pytest.raises(UnknownDevice, match="unknown device 'gpu9'"):
         resolve_device_values({"gpu9": 80.0}, ["gpu", "cpu"], "--temp-limit")
 
 

@@ -110,3 +110,14 @@ def test_replay_faster_than_real_time_keeps_the_recordings_heating_rate(tmp_path
     gpu = sampler.sample_once().devices[0]
     assert gpu.reading.temp_c == 62.0  # recorded 0 s -> 2 s: 60 -> 62 °C, i.e. 1 °C per recorded second
     assert gpu.result.sustain_s == pytest.approx((83.0 - 62.0) / 1.0)
+
+
+def test_the_rapl_hint_says_what_would_help_here(tmp_path, monkeypatch):
+    from thermograd.exporter.backends import cpu
+
+    assert "offers no RAPL counter" in cpu.rapl_hint(tmp_path)  # a VM: nothing to grant
+    (tmp_path / "intel-rapl:0").mkdir()
+    monkeypatch.setattr(cpu.os, "geteuid", lambda: 0)
+    assert "even as root" in cpu.rapl_hint(tmp_path) and "run as root" not in cpu.rapl_hint(tmp_path)
+    monkeypatch.setattr(cpu.os, "geteuid", lambda: 1000)
+    assert "run as root" in cpu.rapl_hint(tmp_path)

@@ -117,32 +117,57 @@ def test_parse_load():
             parse_load(bad)
 
 
-def test_pid_load_follows_one_process_busy_then_idle(tmp_path):
-    """pid:FILE: ~1 while the process computes, ~0 while it idles (a trainer's pause) or is not there yet."""
+def _readings(load, code: str, seconds: float, before=None) -> list[tuple[float, float]]:
+    """(t, load) every 0.2 s for `seconds` while a Python process runs `code` (`before(pid)` once it exists)."""
     import subprocess
     import sys
     import time
 
-    pidfile = tmp_path / "trainer.pid"
-    load = parse_load(f"pid:{pidfile}")
-    assert load(0.0) == 0.0  # no file yet: idle
-    busy_then_idle = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass\ntime.sleep(30)"
-    proc = subprocess.Popen([sys.executable, "-c", busy_then_idle])
+    proc = subprocess.Popen([sys.executable, "-c", code])
     try:
-        pidfile.write_text(str(proc.pid))
+        if before is not None:
+            before(proc.pid)
+        load.pid = proc.pid
         readings, t0 = [], time.monotonic()
-        while time.monotonic() - t0 < 3.2:
+        while time.monotonic() - t0 < seconds:
             readings.append((time.monotonic() - t0, load(time.monotonic())))
             time.sleep(0.2)
     finally:
         proc.kill()
         proc.wait()
+    return readings
+
+
+def test_pid_load_follows_one_process_busy_then_idle(tmp_path):
+    """pid:FILE: ~1 while the process computes, ~0 while it idles (a trainer's pause) or is not there yet."""
+    pidfile = tmp_path / "trainer.pid"
+    load = parse_load(f"pid:{pidfile}")
+    assert load(0.0) == 0.0  # no file yet: idle
+    busy_then_idle = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass\ntime.sleep(30)"
+    readings = _readings(load, busy_then_idle, 3.2, lambda pid: pidfile.write_text(str(pid)))
     busy = [v for t, v in readings if 0.6 < t < 1.3]
     idle = [v for t, v in readings if t > 2.2]
     assert busy and max(busy) > 0.5 and sum(busy) / len(busy) > 0.3, readings
     assert idle and max(idle) < 0.1, readings
     with pytest.raises(ValueError, match="pid:FILE"):
         parse_load("pid:")
+
+
+def test_process_load_counts_the_children_a_launcher_starts():
+    """A launcher (torchrun, a shell) that only waits while its child computes: the child's CPU use heats the
+    card (the whole process tree counts), and the heat source says what it is."""
+    from thermograd.exporter.backends.sim import ProcessLoad
+
+    child = "import time\nend = time.time() + 2.0\nwhile time.time() < end: pass\ntime.sleep(3)"
+    launcher = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {child!r}])"
+    load = ProcessLoad(lambda: getattr(load, "pid", None), "the job's processes")
+    readings = _readings(load, launcher, 3.6)
+    busy = [v for t, v in readings if 0.8 < t < 1.8]
+    idle = [v for t, v in readings if t > 2.8]
+    assert busy and max(busy) > 0.5, readings
+    assert idle and max(idle) < 0.1, readings
+    assert SimBackend(load=load).devices()[0].heat_source == "the job's processes"
+    assert "whole machine" in SimBackend().devices()[0].heat_source  # --sim-load host: said plainly
 
 
 def test_backend_devices_and_scripted_load():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from faultlib import cpu_s, get, one_line_error, reset, rss_mb, run_module, sample, serving, threads
 
-from thermograd.exporter.httpserve import (
+from thermograd.endpoint.server import (
     HEAD_DEADLINE_S,
     IDLE_TIMEOUT_S,
     LISTEN_BACKLOG,

@@ -44,6 +44,8 @@ def test_a_wheel_holds_only_the_thermograd_package(wheel: Path):
     entry_points = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("entry_points.txt"))
     for tool in SUBPACKAGES:
         assert f"thermograd-{tool} = thermograd.{tool}.__main__:main" in entry_points
+    assert "thermograd = thermograd.cli:main" in entry_points  # thermograd run
+    assert "thermograd/endpoint/server.py" in names
 
 
 def test_pyproject_lists_every_package_folder():
@@ -51,7 +53,9 @@ def test_pyproject_lists_every_package_folder():
     listed = set(config["packages"])
     found = {"thermograd"} | {
         "thermograd." + ".".join((sub, *init.parent.relative_to(ROOT / sub).parts))
-        for sub in SUBPACKAGES for init in (ROOT / sub).rglob("__init__.py")}
+        for sub in SUBPACKAGES for init in (ROOT / sub).rglob("__init__.py")} | {
+        ".".join(("thermograd", *init.parent.relative_to(ROOT / "thermograd").parts))  # thermograd/'s own, e.g. endpoint
+        for init in (ROOT / "thermograd").glob("*/__init__.py")}
     assert listed == found
     assert {config["package-dir"][f"thermograd.{sub}"] for sub in SUBPACKAGES} == SUBPACKAGES
 

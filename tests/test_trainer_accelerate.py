@@ -1,4 +1,4 @@
-"""The README's Accelerate loop: `accelerator.clip_grad_norm_` returns the pre-clip norm that
+"""docs/instrumentation.md's Accelerate loop: `accelerator.clip_grad_norm_` returns the pre-clip norm that
 `TrainingMetrics` publishes, every optimizer step (a real `accelerate.Accelerator` on CPU)."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_accelerate_loop_publishes_every_step_with_the_norm_accelerate_clipped(t
 
 def test_host_floats_passes_numbers_and_none_through():
     """accelerate's clip_grad_norm_ under DeepSpeed returns a float (or None before the engine computed a
-    norm): the README's two lines publish it as they do a tensor."""
+    norm): docs/instrumentation.md's two lines publish it as they do a tensor."""
     from thermograd.trainer.gradnorm import host_floats
 
     loss = torch.tensor(2.5)

@@ -158,7 +158,7 @@ def _reduce_a_partial(rank: int, mesh) -> list[float]:
 
 
 def hf_callback_fsdp2(rank: int, out_dir: Path) -> dict:
-    """transformers.Trainer cannot run FSDP2 on CPU (see the README), so this plays Trainer's part around
+    """transformers.Trainer cannot run FSDP2 on CPU (see docs/instrumentation.md), so this plays Trainer's part around
     the HF callback: its forward hook (loss), its end-of-backward norm and its on_step_end publishing,
     on an FSDP2 model whose forward returns {"loss": ...} as a transformers model does."""
     import types

@@ -163,7 +163,7 @@ def test_measure_without_clipping_leaves_gradients_alone(max_norm):
 
 
 def test_plain_pytorch_loop_instrumented_in_two_lines(tmp_path):
-    """The README's example: a user's own loop, TrainingMetrics + clip_and_measure_grad_norm."""
+    """docs/instrumentation.md's example: a user's own loop, TrainingMetrics + clip_and_measure_grad_norm."""
     torch = pytest.importorskip("torch")
     from test_trainer_helpers import read_jsonl, sample, scrape
 

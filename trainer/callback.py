@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from thermograd.endpoint.webconfig import WebConfig
+from thermograd.endpoint.webconfig import resolve as resolve_web_config
 from thermograd.trainer.gradnorm import fsdp1_unsupported, host_floats, total_grad_norm
 from thermograd.trainer.metrics import RankEndpoint, TrainingMetrics
 
@@ -56,26 +58,33 @@ def _uses_deepspeed(args: Any) -> bool:
 class PrometheusCallback(TrainerCallback):
     """Publishes step, loss, pre-clip grad norm, learning rate, epoch and tokens every optimizer step.
 
-    Give a ready `TrainingMetrics` (`metrics=`) or let the callback create one at train start with
-    `port` (+ the process's local rank, so ranks on one host do not collide), `bind`, `run_id`,
-    `log_dir` and `linger_s`; rank and world size come from `TrainingArguments`.
+    Give a ready `TrainingMetrics` (`metrics=`; flushed, not closed, at the end of training: it is yours)
+    or let the callback create one at train start — closed at the end of training — with `port` (+ the
+    process's local rank, so ranks on one host do not collide), `bind`, `run_id`, `log_dir`, `linger_s` and
+    `pauses` (pause bursts, the analysis's positive control); each left as None takes TrainingMetrics'
+    default (under `thermograd run`, the run's). Rank and world size come from `TrainingArguments`.
+    `web_config` (a web config file, docs/web-config.md) serves that endpoint with TLS and/or basic auth;
+    it is read here, so a bad file raises WebConfigError (a ValueError) before training starts.
     """
 
     def __init__(
         self,
         metrics: TrainingMetrics | None = None,
         *,
-        port: int = 9843,
+        port: int | None = None,
         bind: str = "127.0.0.1",
         run_id: str | None = None,
         log_dir: str | None = None,
-        linger_s: float = 0.0,
+        linger_s: float | None = None,
         gpu_uuid: str | None = None,
+        pauses: str | None = None,
+        web_config: str | os.PathLike[str] | WebConfig | None = None,
         stream: Any = None,
     ) -> None:
         self.metrics = metrics
         self._owns_metrics = metrics is None
-        self._endpoint = RankEndpoint(port=port, bind=bind, run_id=run_id, log_dir=log_dir, linger_s=linger_s)
+        self._endpoint = RankEndpoint(port=port, bind=bind, run_id=run_id, log_dir=log_dir, linger_s=linger_s,
+                                      pauses=pauses, web_config=resolve_web_config(web_config))
         self._gpu_uuid = gpu_uuid
         self._stream = stream if stream is not None else sys.stderr
         self._handles: list[Any] = []
@@ -91,10 +100,17 @@ class PrometheusCallback(TrainerCallback):
         self._lr: float | None = None
         self._loss_fallback_announced = False
         self._max_grad_norm = 0.0
+        self._rank_zero = True
+
+    def _say(self, message: str) -> None:
+        """A message once per job (from the process of rank 0), not once per rank."""
+        if self._rank_zero:
+            print(f"PrometheusCallback: {message}", file=self._stream, flush=True)
 
     # ---- set-up / tear-down ----------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._max_grad_norm = float(args.max_grad_norm or 0.0)
+        self._rank_zero = args.process_index == 0
         device = str(args.device)
         if self.metrics is None:
             self.metrics = self._endpoint.open(local_rank=args.local_process_index, rank=args.process_index,
@@ -107,21 +123,18 @@ class PrometheusCallback(TrainerCallback):
         deepspeed = _uses_deepspeed(args)
         fsdp1 = fsdp1_unsupported(model, "use FSDP2: fsdp_config={'fsdp_version': 2}")
         self._install_hooks(model, measure_grad_norm=not (deepspeed or fsdp1))
-        print(
-            f"PrometheusCallback: {self.metrics.url} run_id={self.metrics.run_id} rank={self.metrics.rank}: "
-            "publishing EVERY optimizer step (step, loss, pre-clip grad_norm, learning_rate), "
-            f"independent of logging_steps={args.logging_steps}",
-            file=self._stream, flush=True,
-        )
+        if not deepspeed:  # DeepSpeed's collectives run inside engine.step(), where no hook of ours sees them
+            self.metrics.watch(model)  # compute time apart from waiting on other ranks (trainer/waits.py)
+        ranks = f" (rank 0 of {args.world_size}; each rank serves on its own port)" if args.world_size > 1 else ""
+        self._say(f"{self.metrics.url} run_id={self.metrics.run_id}{ranks}: publishing EVERY optimizer step "
+                  "(step, loss, pre-clip grad_norm, learning_rate), independent of "
+                  f"logging_steps={args.logging_steps}")
         if deepspeed:
-            print(
-                "PrometheusCallback: DeepSpeed is not supported for the gradient norm (DeepSpeed computes it "
-                "inside engine.step(), which Trainer does not hand to callbacks): train_grad_norm is not "
-                "published; Trainer logs grad_norm every logging_steps",
-                file=self._stream, flush=True,
-            )
+            self._say("DeepSpeed is not supported for the gradient norm (DeepSpeed computes it inside "
+                      "engine.step(), which Trainer does not hand to callbacks): train_grad_norm is not "
+                      "published; Trainer logs grad_norm every logging_steps")
         elif fsdp1:
-            print(f"PrometheusCallback: {fsdp1}", file=self._stream, flush=True)
+            self._say(fsdp1)
 
     def _install_hooks(self, model: torch.nn.Module, measure_grad_norm: bool = True) -> None:
         self._handles.append(model.register_forward_hook(self._on_forward, with_kwargs=True))
@@ -134,9 +147,13 @@ class PrometheusCallback(TrainerCallback):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self._owns_metrics and self.metrics is not None:
+        if self.metrics is None:
+            return
+        if self._owns_metrics:
             self.metrics.close()
             self.metrics = None  # a later train() starts a fresh server
+        else:
+            self.metrics.flush()  # the caller's instance: on disk now, closed by its owner
 
     # ---- hooks (run inside forward / backward) -----------------------------------------------
     def _on_forward(self, module, args, kwargs, output) -> None:
@@ -199,11 +216,8 @@ class PrometheusCallback(TrainerCallback):
             loss /= 1 if self._loss_is_share else self._loss_count
         if loss is None and not self._loss_fallback_announced:
             self._loss_fallback_announced = True
-            print(
-                "PrometheusCallback: the model's forward returned no loss; train_loss follows Trainer's "
-                f"logs (every logging_steps={args.logging_steps}); set logging_steps=1 for per-step loss",
-                file=self._stream, flush=True,
-            )
+            self._say(f"the model's forward returned no loss; train_loss follows Trainer's logs (every "
+                      f"logging_steps={args.logging_steps}); set logging_steps=1 for per-step loss")
         clipped = grad_norm is not None and 0 < self._max_grad_norm < grad_norm and math.isfinite(grad_norm)
         self.metrics.observe_step(
             state.global_step, loss, grad_norm, self._lr, tokens=self._tokens, epoch=state.epoch, clipped=clipped,

@@ -9,24 +9,19 @@ import argparse
 import math
 import signal
 import sys
-import threading
-from collections.abc import Callable
 
+from thermograd.commandline import OneLineParser
 from thermograd.trainer.config import JobConfig
 from thermograd.trainer.errors import NonFiniteAbort, UsageError
 from thermograd.trainer.perturb import PerturbError, PerturbSpec, parse_perturb, parse_step_ranges
 from thermograd.trainer.schedule import SCHEDULES
+from thermograd.trainer.stopping import StopControl
 
 MAX_LINGER_S = 86400  # a day; also rejects inf and nan (threading's wait overflows on huge timeouts)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="thermograd-trainer",
         description="Reference GPT-2-architecture training job exposing loss and gradient norm on /metrics.",
     )
@@ -45,13 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help='LR bursts: "every=60s,duration=5s,lr_mult=10,jitter=0.3" or "steps=10-14,30-34,lr_mult=10"; '
                    'pause bursts (the loop idles): "kind=pause,every=20s,duration=4s,jitter=0.3"; repeatable, one '
                    'spec per kind')
-    p.add_argument("--port", type=int, default=9843, help="/metrics port (0: any free port)")
+    p.add_argument("--port", type=int, help="/metrics port (0: any free port; default THERMOGRAD_PORT, else 9843)")
     p.add_argument("--bind", default="127.0.0.1", help="/metrics address")
+    p.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                   help="TLS, client certificates and basic auth for /metrics, in the Prometheus "
+                   "exporter-toolkit's format (docs/web-config.md)")
     p.add_argument("--log-dir", help="step log folder; {run_id} in it is replaced by the run's id, so one "
-                   "command line can run again (default out/trainer/{run_id})")
+                   "command line can run again (default: the run folder of `thermograd run`, else "
+                   "out/trainer/{run_id})")
     p.add_argument("--linger", type=float, default=2.0,
                    help="seconds /metrics stays up after the last step (default 2 = two 1 s scrapes)")
-    p.add_argument("--run-id", help="run_id label (default: generated, printed at start)")
+    p.add_argument("--run-id", help="run_id label (default: THERMOGRAD_RUN_ID, else generated; printed at start)")
     p.add_argument("--gpu-uuid", help="gpu_uuid label (default: NVML UUID of the CUDA device, '' on CPU)")
     p.add_argument("--max-nonfinite", type=int, default=10, help="abort (exit 3) after this many consecutive "
                    "non-finite steps")
@@ -81,6 +80,18 @@ def parse_perturb_args(specs: list[str]) -> dict[str, PerturbSpec]:
     return by_kind
 
 
+def _web_config(path: str | None) -> object:
+    """The loaded web config (a bad file is a usage error now, before torch loads), or None."""
+    if not path:
+        return None
+    from thermograd.endpoint.webconfig import WebConfigError, load
+
+    try:
+        return load(path)
+    except WebConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None) -> JobConfig:
     a = build_parser().parse_args(argv)
     _check(a.steps >= 1, "--steps must be >= 1")
@@ -90,7 +101,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     _check(a.warmup_steps is None or a.warmup_steps >= 0, "--warmup-steps must be >= 0")
     _check(math.isfinite(a.max_grad_norm) and a.max_grad_norm >= 0,
            "--max-grad-norm must be a finite number >= 0 (0 = no clipping)")
-    _check(0 <= a.port <= 65535, "--port must be in 0..65535")
+    _check(a.port is None or 0 <= a.port <= 65535, "--port must be in 0..65535")
     _check(0 <= a.linger <= MAX_LINGER_S, f"--linger must be a number of seconds in 0..{MAX_LINGER_S}")
     _check(a.max_nonfinite >= 1, "--max-nonfinite must be >= 1")
     bursts = parse_perturb_args(a.perturb)
@@ -104,26 +115,8 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         max_grad_norm=a.max_grad_norm, perturb=bursts.get("lr"), pause=bursts.get("pause"), port=a.port, bind=a.bind, log_dir=a.log_dir,
         linger_s=a.linger, run_id=a.run_id, gpu_uuid=a.gpu_uuid, max_nonfinite=a.max_nonfinite,
         inject_nan_steps=inject, instrument=not a.no_instrument, quiet=a.quiet,
+        web_config=_web_config(a.web_config_file),
     )
-
-
-class StopControl:
-    """First SIGINT/SIGTERM: finish the current step, flush, linger. Second: skip the linger."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self._on_second: list[Callable[[], None]] = []
-
-    def on_second_signal(self, callback: Callable[[], None]) -> None:
-        self._on_second.append(callback)
-
-    def handle(self, signum: int, _frame: object) -> None:
-        if not self.stop.is_set():
-            self.stop.set()
-            print(f"trainer: {signal.Signals(signum).name}: finishing the current step", file=sys.stderr, flush=True)
-            return
-        for callback in self._on_second:
-            callback()
 
 
 def main(argv: list[str] | None = None) -> int:

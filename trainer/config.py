@@ -22,9 +22,10 @@ class JobConfig:
     max_grad_norm: float = 1.0  # 0 = no clipping (the pre-clip norm is still measured)
     perturb: PerturbSpec | None = None  # learning-rate bursts (kind=lr)
     pause: PerturbSpec | None = None  # pause bursts (kind=pause): the loop idles, no step is taken
-    port: int = 9843
+    port: int | None = None  # None: THERMOGRAD_PORT, else 9843
     bind: str = "127.0.0.1"
-    log_dir: str | None = None  # '{run_id}' is replaced; None: out/trainer/{run_id}
+    web_config: object = None  # a loaded thermograd.endpoint.webconfig.WebConfig (--web.config.file): TLS / basic auth
+    log_dir: str | None = None  # '{run_id}' is replaced; None: THERMOGRAD_RUN_DIR, else out/trainer/{run_id}
     linger_s: float = 2.0
     run_id: str | None = None
     gpu_uuid: str | None = None

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-
-class UsageError(Exception):
-    """Bad input the user can fix (port in use, missing data, unloadable model): one line, exit 2."""
-
-    exit_code = 2
+from thermograd.commandline import UsageError  # noqa: F401 (bad input: port in use, missing data, a bad model)
 
 
 class NonFiniteAbort(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,17 +20,18 @@ import numpy as np
 
 from thermograd.trainer.config import JobConfig
 from thermograd.trainer.data import WindowSampler, corpus_byte_budget, corpus_files, read_documents
+from thermograd.trainer.environment import RunEnvironment, RunEnvironmentError
 from thermograd.trainer.errors import NonFiniteAbort, UsageError
 from thermograd.trainer.identity import new_run_id
 from thermograd.trainer.metrics import MetricsPortError, TrainingMetrics
-from thermograd.trainer.perturb import PerturbSchedule, PerturbSpec
+from thermograd.trainer.perturb import PerturbSchedule
 from thermograd.trainer.progress import Progress
+from thermograd.trainer.ranks import Ranks, join
 from thermograd.trainer.schedule import default_warmup_steps, lr_factor
+from thermograd.trainer.stopping import StopControl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from thermograd.trainer.cli import StopControl
 
 
 @dataclass
@@ -60,30 +62,43 @@ def _say(stream: TextIO, text: str) -> None:
 DEFAULT_LOG_DIR = "out/trainer/{run_id}"
 
 
-def resolve_log_dir(template: str | None, run_id: str) -> Path:
+def resolve_log_dir(template: str | None, run_id: str, env: RunEnvironment | None = None) -> Path:
     """`{run_id}` in --log-dir becomes the run's id: a container restarted with the same command line
-    (compose's fixed volume path) writes a fresh folder instead of being refused a previous run's."""
+    (compose's fixed volume path) writes a fresh folder instead of being refused a previous run's. Without
+    --log-dir, the run folder `thermograd run` gives (THERMOGRAD_RUN_DIR), else out/trainer/{run_id}."""
+    if template is None and env is not None and env.run_dir is not None:
+        return env.run_dir
     return Path((template or DEFAULT_LOG_DIR).replace("{run_id}", run_id))
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
 def _start_metrics(cfg: JobConfig, run_id: str, log_dir: Path | None) -> TrainingMetrics | None:
     if not cfg.instrument:
         return None
+    many = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
     try:
         return TrainingMetrics(
-            port=cfg.port, bind=cfg.bind, run_id=run_id, model=cfg.model, device="",
-            gpu_uuid="", log_dir=log_dir, max_grad_norm=cfg.max_grad_norm, linger_s=cfg.linger_s,
+            # one endpoint per rank: the ranks of one host on --port + their local rank (0: free ports)
+            port=cfg.port + _local_rank() if cfg.port else cfg.port, bind=cfg.bind, run_id=run_id,
+            model=cfg.model, device="", gpu_uuid="", log_dir=log_dir, max_grad_norm=cfg.max_grad_norm,
+            linger_s=cfg.linger_s,
+            # --perturb kind=pause wins, else THERMOGRAD_PAUSES (thermograd run's), seeded like the LR bursts;
+            # the ranks of one job agree on each burst before they take it (trainer/ranks.py)
+            pauses=cfg.pause, pause_seed=cfg.seed, auto_pause=not many, web_config=cfg.web_config,
         )
     except MetricsPortError as exc:
         raise UsageError(f"{exc.strerror} (is another trainer running? use --port)") from None
+    except ValueError as exc:  # THERMOGRAD_PAUSES malformed
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot write the step log in {log_dir}: {exc.strerror or exc}") from None
 
 
 def run(cfg: JobConfig, control: StopControl | None = None, stream: TextIO | None = None) -> JobResult:
     """Train per `cfg`. Raises UsageError (exit 2) or NonFiniteAbort (exit 3, logs flushed)."""
-    from thermograd.trainer.cli import StopControl
-
     control = control or StopControl()
     stream = stream or sys.stderr
     files = corpus_files(cfg.data)
@@ -91,13 +106,18 @@ def run(cfg: JobConfig, control: StopControl | None = None, stream: TextIO | Non
     if not documents:
         where = ", ".join(cfg.data) if cfg.data else "the Python standard library"
         raise UsageError(f"empty corpus: no text files found in {where}")
-    run_id = cfg.run_id or new_run_id()
+    try:
+        env = RunEnvironment.read()
+    except RunEnvironmentError as exc:
+        raise UsageError(str(exc)) from None
+    run_id = cfg.run_id or env.run_id or new_run_id()
     log_dir = None
     if cfg.instrument:
-        log_dir = resolve_log_dir(cfg.log_dir, run_id)
+        log_dir = resolve_log_dir(cfg.log_dir, run_id, env)
     metrics = _start_metrics(cfg, run_id, log_dir)
     result = JobResult(run_id=run_id, log_dir=log_dir)
     if metrics is not None:
+        control.on_first_signal(metrics.cancel_pause)  # a stopping run takes no (more) pause
         control.on_second_signal(metrics.cancel_linger)
         if not cfg.quiet:
             _say(stream, f"run_id={run_id} metrics {metrics.url} log {log_dir}")
@@ -133,6 +153,7 @@ class _Setup:
     tokens: np.ndarray
     device: str
     autocast: Callable[[], contextlib.AbstractContextManager]
+    ranks: Ranks | None = None  # one rank of several (torchrun): DDP, and stops and pauses agreed
 
 
 @dataclass
@@ -153,27 +174,36 @@ def _build(cfg: JobConfig, documents: list[bytes], metrics: TrainingMetrics | No
     from thermograd.trainer.model import load_model
 
     device = _resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    ranks = join(device)
+    if ranks is not None and device == "cuda":
+        device = ranks.device  # this rank's own GPU
+    torch.manual_seed(cfg.seed)  # every rank starts from the same weights ...
     loaded = load_model(cfg.model, cfg.seq_len)
     model = loaded.model.to(device)
     model.train()
     tokens = loaded.tokenizer.encode_documents(documents)
-    sampler = WindowSampler(len(tokens), cfg.seq_len, cfg.batch_size, cfg.seed)
+    # ... and reads its own share of the data
+    sampler = WindowSampler(len(tokens), cfg.seq_len, cfg.batch_size, cfg.seed + (ranks.rank if ranks else 0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if ranks is not None:
+        model = ranks.wrap(model)
     if metrics is not None:
-        metrics.set_run_info(model=loaded.label, device=device, gpu_uuid=cfg.gpu_uuid)
+        gpu_uuid = None if cfg.gpu_uuid is None else cfg.gpu_uuid.replace("{local_rank}", str(_local_rank()))
+        metrics.set_run_info(model=loaded.label, device=device, gpu_uuid=gpu_uuid,
+                             world_size=ranks.world_size if ranks else 1)
+        metrics.watch(model)  # compute time apart from waiting on the other ranks (trainer/waits.py)
     if not cfg.quiet:
         uuid = metrics.run_info["gpu_uuid"] if metrics is not None else ""
         _say(stream, f"model {loaded.label} ({loaded.n_params / 1e6:.2f} M params) on {device}"
              f"{' gpu_uuid=' + uuid if uuid else ''}; corpus {len(documents)} files, "
              f"{len(tokens):,} tokens ({sampler.n_windows:,} windows of {cfg.seq_len})")
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     if device == "cuda":
         def autocast() -> contextlib.AbstractContextManager:
             return torch.autocast("cuda", dtype=torch.bfloat16)
     else:
         autocast = contextlib.nullcontext
-    return _Setup(model, params, optimizer, sampler, tokens, device, autocast)
+    return _Setup(model, params, optimizer, sampler, tokens, device, autocast, ranks)
 
 
 def _optimizer_step(s: _Setup, lr: float, max_grad_norm: float, poison: bool) -> _StepOutcome:
@@ -199,33 +229,6 @@ def _optimizer_step(s: _Setup, lr: float, max_grad_norm: float, poison: bool) ->
     return outcome
 
 
-class _Pauses:
-    """Pause bursts: at the first step boundary at or after a burst's scheduled start, the loop idles for
-    the burst's duration (a signal cuts it short). The idle time is no step and is in no step's duration."""
-
-    def __init__(self, spec: PerturbSpec, seed: int, metrics: TrainingMetrics | None, control: StopControl) -> None:
-        self.spec = spec
-        self.schedule = PerturbSchedule(spec, seed)
-        self.metrics = metrics
-        self.control = control
-        self.served = -1  # index of the last burst idled for
-        if metrics is not None:
-            metrics.set_perturbation(False, kind="pause")  # the series exists from the start: pauses are scheduled
-
-    def maybe_idle(self, elapsed_s: float) -> None:
-        index = self.schedule.latest_burst(elapsed_s)
-        if index <= self.served or self.control.stop.is_set():
-            return
-        self.served = index
-        if self.metrics is not None:
-            self.metrics.begin_pause()
-        try:
-            self.control.stop.wait(self.spec.duration)
-        finally:
-            if self.metrics is not None:
-                self.metrics.end_pause()
-
-
 def _train(
     cfg: JobConfig,
     documents: list[bytes],
@@ -235,18 +238,35 @@ def _train(
     result: JobResult,
 ) -> None:
     setup = _build(cfg, documents, metrics, stream)
+    try:
+        _steps(cfg, setup, metrics, control, stream, result)
+    finally:
+        if setup.ranks is not None:
+            setup.ranks.leave()
+
+
+def _steps(cfg: JobConfig, setup: _Setup, metrics: TrainingMetrics | None, control: StopControl, stream: TextIO,
+           result: JobResult) -> None:
     warmup = default_warmup_steps(cfg.steps) if cfg.warmup_steps is None else cfg.warmup_steps
     perturb = PerturbSchedule(cfg.perturb, cfg.seed) if cfg.perturb is not None else None
-    pauses = _Pauses(cfg.pause, cfg.seed, metrics, control) if cfg.pause is not None else None
     progress = Progress(cfg.steps, stream)
     consecutive_nonfinite = 0
     t0 = time.monotonic()
     if metrics is not None:
         metrics.begin_step()
     for step in range(1, cfg.steps + 1):
-        if pauses is not None:
-            pauses.maybe_idle(time.monotonic() - t0)
-        if control.stop.is_set():
+        stop = control.stop.is_set()
+        if setup.ranks is not None:  # every rank stops, and pauses, at the same step boundary or none does
+            started_s = time.perf_counter()
+            stop, due = setup.ranks.agree(stop, metrics is not None and metrics.pause_due())
+            if metrics is not None:
+                metrics.add_wait(time.perf_counter() - started_s)  # the agreement waits for the slowest rank too
+            if due and not stop:
+                metrics.pause_if_due(due=True)
+        elif metrics is not None:  # a burst due before the first step (observe_step takes the later ones)
+            metrics.pause_if_due()
+            stop = control.stop.is_set()  # a signal during the pause
+        if stop:
             result.stopped_by_signal = True
             break
         step_start, cpu_start = time.perf_counter(), time.process_time()

@@ -30,12 +30,16 @@ also drives the `lightning.pytorch` one, since Lightning calls callbacks by hook
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override  # typing.override from Python 3.12; Lightning's own choice
 
+from thermograd.endpoint.webconfig import WebConfig
+from thermograd.endpoint.webconfig import resolve as resolve_web_config
 from thermograd.trainer.gradnorm import (
     UnsupportedEngineError,
     deepspeed_grad_norm,
@@ -49,6 +53,11 @@ try:
     from lightning.pytorch import Callback
 except ImportError:  # the standalone package (same API)
     from pytorch_lightning import Callback
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.utilities.types import STEP_OUTPUT
+    from torch.optim import Optimizer
 
 
 def input_ids_tokens(batch: Any) -> int:
@@ -77,29 +86,36 @@ def _is_deepspeed(strategy: Any) -> bool:
 class PrometheusLightningCallback(Callback):
     """Publishes step, loss, pre-clip grad norm, learning rate, epoch and tokens every optimizer step.
 
-    Give a ready `TrainingMetrics` (`metrics=`) or let the callback open one at fit start with `port`
-    (+ the process's local rank, so ranks on one host never collide), `bind`, `run_id`, `log_dir` and
-    `linger_s`; rank and world size come from the Lightning `Trainer`. With several optimizers
-    stepping in one batch (manual optimization), the norm published is the last one's.
+    Give a ready `TrainingMetrics` (`metrics=`; flushed, not closed, at the end of fit: it is yours) or
+    let the callback open one at fit start — closed at the end of fit — with `port` (+ the process's local
+    rank, so ranks on one host never collide), `bind`, `run_id`, `log_dir`, `linger_s` and `pauses` (pause
+    bursts, the analysis's positive control); each left as None takes TrainingMetrics' default (under
+    `thermograd run`, the run's). Rank and world size come from the Lightning `Trainer`. With several
+    optimizers stepping in one batch (manual optimization), the norm published is the last one's.
+    `web_config` (a web config file, docs/web-config.md) serves that endpoint with TLS and/or basic auth;
+    it is read here, so a bad file raises WebConfigError (a ValueError) before fit starts.
     """
 
     def __init__(
         self,
         metrics: TrainingMetrics | None = None,
         *,
-        port: int = 9843,
+        port: int | None = None,
         bind: str = "127.0.0.1",
         run_id: str | None = None,
         log_dir: str | None = None,
-        linger_s: float = 0.0,
+        linger_s: float | None = None,
         gpu_uuid: str | None = None,
+        pauses: str | None = None,
+        web_config: str | os.PathLike[str] | WebConfig | None = None,
         tokens_in_batch: Callable[[Any], int] = input_ids_tokens,
         stream: Any = None,
     ) -> None:
         super().__init__()
         self.metrics = metrics
         self._owns_metrics = metrics is None
-        self._endpoint = RankEndpoint(port=port, bind=bind, run_id=run_id, log_dir=log_dir, linger_s=linger_s)
+        self._endpoint = RankEndpoint(port=port, bind=bind, run_id=run_id, log_dir=log_dir, linger_s=linger_s,
+                                      pauses=pauses, web_config=resolve_web_config(web_config))
         self._gpu_uuid = gpu_uuid
         self._tokens_in_batch = tokens_in_batch
         self._stream = stream if stream is not None else sys.stderr
@@ -108,6 +124,7 @@ class PrometheusLightningCallback(Callback):
         self._measure = True
         self._max_grad_norm: float | None = None
         self._published_step: int | None = None
+        self._rank_zero = True
         self._reset_step()
 
     def _reset_step(self) -> None:
@@ -118,12 +135,16 @@ class PrometheusLightningCallback(Callback):
         self._lr: float | None = None
 
     def _say(self, message: str) -> None:
-        print(f"PrometheusLightningCallback: {message}", file=self._stream, flush=True)
+        """A message once per job (from global rank 0), not once per rank."""
+        if self._rank_zero:
+            print(f"PrometheusLightningCallback: {message}", file=self._stream, flush=True)
 
     # ---- set-up / tear-down ----------------------------------------------------------------
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._rank_zero = trainer.global_rank == 0
         self._max_grad_norm = _clip_norm(trainer)
         self._deepspeed = _is_deepspeed(trainer.strategy)
         if self.metrics is None:
@@ -132,19 +153,26 @@ class PrometheusLightningCallback(Callback):
         self.metrics.set_run_info(model=type(pl_module).__name__, device=str(trainer.strategy.root_device),
                                   gpu_uuid=self._gpu_uuid, world_size=trainer.world_size)
         self._reset_step()
+        ranks = f" (rank 0 of {trainer.world_size}; each rank serves on its own port)" if trainer.world_size > 1 else ""
         self._say(
-            f"{self.metrics.url} run_id={self.metrics.run_id} rank={self.metrics.rank}: publishing EVERY optimizer "
-            "step (step, loss, pre-clip grad_norm, learning_rate), independent of "
+            f"{self.metrics.url} run_id={self.metrics.run_id}{ranks}: publishing EVERY optimizer step (step, loss, "
+            "pre-clip grad_norm, learning_rate), independent of "
             f"log_every_n_steps={getattr(trainer, 'log_every_n_steps', '?')}"
         )
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit" and self._owns_metrics and self.metrics is not None:
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or self.metrics is None:
+            return
+        if self._owns_metrics:
             self.metrics.close()
             self.metrics = None  # a later fit() opens a fresh endpoint
+        else:
+            self.metrics.flush()  # the caller's instance: on disk now, closed by its owner
 
     # ---- per micro-batch / per step ------------------------------------------------------------
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After a checkpoint is restored: a resumed run's first micro-batch must not look like a new step.
         self._published_step = int(trainer.global_step)
         # The strategy has wrapped the model by now (FSDPStrategy wraps after the callbacks' setup).
@@ -153,18 +181,24 @@ class PrometheusLightningCallback(Callback):
         self._measure = fsdp1 is None
         if fsdp1:
             self._say(fsdp1)
+        if self.metrics is not None and not self._deepspeed:  # compute time apart from waiting on other ranks
+            self.metrics.watch(getattr(trainer.strategy, "model", None) or pl_module)
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._tokens += int(self._tokens_in_batch(batch))
 
-    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         self._lr = float(optimizer.param_groups[0]["lr"])
         if self._deepspeed or not self._measure:
             return  # DeepSpeed calls this every micro-batch, p.grad a partition: the engine is read after the step
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self._grad_norm = total_grad_norm(params).detach()
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: STEP_OUTPUT, batch: Any,
+                           batch_idx: int) -> None:
         loss = _loss_tensor(outputs)
         if loss is not None:
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss

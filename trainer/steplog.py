@@ -23,6 +23,7 @@ from typing import Any
 FIELDS = (
     "step", "loss", "grad_norm", "learning_rate", "epoch", "time_unix",
     "tokens", "clipped", "nonfinite", "perturbation", "pause_s", "pause_start_unix",
+    "compute_s", "wait_s", "gpu_uuid", "emulation",
 )
 
 
@@ -38,8 +39,15 @@ def _json_number(value: Any) -> Any:
     return value
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
 def format_record(record: tuple, run_id: str, rank: int) -> str:
-    fields = dict(zip(FIELDS, record, strict=True))
+    """One JSON line. A record of an earlier, shorter layout (no compute_s, wait_s, gpu_uuid) reads as unknown."""
+    if len(record) > len(FIELDS):
+        raise ValueError(f"a step record has {len(record)} fields, at most {len(FIELDS)}")
+    fields = dict(zip(FIELDS, (*record, *(None,) * (len(FIELDS) - len(record))), strict=True))
     obj = {
         "step": fields["step"],
         "loss": _json_number(fields["loss"]),
@@ -54,9 +62,14 @@ def format_record(record: tuple, run_id: str, rank: int) -> str:
         "perturbation": fields["perturbation"],
         "pause_s": round(fields["pause_s"], 6),
         "pause_start_unix": None if fields["pause_start_unix"] is None else round(fields["pause_start_unix"], 6),
+        "compute_s": _rounded(fields["compute_s"]),
+        "wait_s": _rounded(fields["wait_s"]),
+        "gpu_uuid": fields["gpu_uuid"] or "",
         "run_id": run_id,
         "rank": rank,
     }
+    if fields["emulation"]:  # only on a run that emulates (trainer/emulation.py): said on every line
+        obj["emulation"] = fields["emulation"]
     return json.dumps(obj, allow_nan=False, separators=(",", ":"))
 
 
@@ -66,6 +79,7 @@ def log_paths(log_dir: Path, rank: int) -> tuple[Path, Path]:
 
 
 MAX_QUEUED = 100_000  # records (~100 B each): minutes of steps at any speed; past that, drop and count
+FLUSH_TIMEOUT_S = 30.0  # flush() waits this long at most: a writer stuck on a dead disk must not hold training
 
 
 class StepLog:
@@ -88,7 +102,7 @@ class StepLog:
                 raise FileExistsError(errno.EEXIST, f"{path} already holds a run's log; choose another log directory")
         self._run_id = run_id
         self._rank = rank
-        self._queue: queue.Queue[tuple | None] = queue.Queue(max_queued)
+        self._queue: queue.Queue[tuple | threading.Event | None] = queue.Queue(max_queued)
         # Records not on disk, one counter per thread that drops (so neither `+=` races the other).
         self._dropped_full = 0  # training thread: the queue was full
         self._dropped_io = 0  # writer thread: the write failed
@@ -121,6 +135,9 @@ class StepLog:
     def _write_loop(self) -> None:
         try:
             while (record := self._queue.get()) is not None:
+                if isinstance(record, threading.Event):  # flush(): everything queued before it is written
+                    record.set()
+                    continue
                 try:
                     line = format_record(record, self._run_id, self._rank)
                 except Exception as exc:  # noqa: BLE001 - a value json (or a clock) cannot render: skip it, go on.
@@ -151,6 +168,19 @@ class StepLog:
         with contextlib.suppress(OSError):  # no partial line left behind (truncating frees, never needs space)
             os.ftruncate(self._fd, self._size)
 
+    def flush(self) -> None:
+        """Wait until every record appended so far is written, then write `grad_norm_log.json` from the log;
+        the log stays open. Never raises for I/O (like close())."""
+        if self._closed:
+            return
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=FLUSH_TIMEOUT_S)
+        except queue.Full:
+            return
+        if done.wait(FLUSH_TIMEOUT_S):
+            self._write_array()
+
     def close(self) -> None:
         """Drain the queue, close the JSON Lines file and write `grad_norm_log.json` from it."""
         if self._closed:
@@ -168,6 +198,9 @@ class StepLog:
         if self.dropped:
             print(f"trainer: warning: step log {self.jsonl_path}: {self.dropped} record(s) could not be written",
                   file=sys.stderr, flush=True)
+        self._write_array()
+
+    def _write_array(self) -> None:
         try:
             write_json_array(self.jsonl_path, self.array_path)
         except OSError as exc:

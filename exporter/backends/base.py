@@ -19,6 +19,10 @@ class DeviceInfo:
     backend: str
     power_limit_w: float | None  # the default rated power (None: the device does not say)
     temp_limit_c: float  # the default temperature limit for T_sustain
+    # What drives a device that is not physical hardware (the `heat_source` label of rle_device_info): what heats a
+    # simulated GPU, or the recording a replay plays. "" for real hardware.
+    heat_source: str = ""
+    max_sm_clock_hz: float | None = None  # the SM clock's maximum (boost) clock: a throttled clock's reference
 
 
 # What a device can physically report, by Reading field (util %, °C, W, fan fraction). A value outside

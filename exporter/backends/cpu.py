@@ -8,6 +8,7 @@ handled. Anything unreadable is simply absent from the Reading.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -90,6 +91,16 @@ def _cpu_temperature() -> float | None:
     return None
 
 
+def rapl_hint(root: Path) -> str:
+    """What would make RAPL readable here: nothing on a machine without it, not root for root."""
+    if not any(root.glob("intel-rapl:*")):
+        return (f"this machine offers no RAPL counter: {root} has none (a virtual machine, a container without "
+                "/sys/class/powercap, or a CPU without RAPL)")
+    if os.geteuid() == 0:
+        return "energy_uj is not readable even as root: a container may mask /sys/class/powercap; mount it read-only"
+    return "run as root, or grant this user read access to energy_uj"
+
+
 class CpuBackend:
     name = "cpu"
 
@@ -99,7 +110,7 @@ class CpuBackend:
             # RAPL is root-only on current kernels and absent in most VMs: say plainly what that costs.
             log.warning("no readable RAPL package energy counter under %s: CPU power is not exported, so the "
                         "RLE index (rle_efficiency and the other derived series) is not computed for the CPU "
-                        "(run as root, or grant read access to energy_uj)", powercap_root)
+                        "(%s)", powercap_root, rapl_hint(powercap_root))
         if _cpu_temperature() is None:
             log.info("no CPU temperature sensor: CPU temperature is not exported (T_sustain is 600 s)")
         psutil.cpu_percent(interval=None)  # primes the counter: the first call returns 0

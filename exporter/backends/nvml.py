@@ -106,9 +106,13 @@ class NvmlBackend:
         except pynvml.NVMLError as exc:
             log.warning("GPU %d: no enforced power limit (%s); pass --rated-power", index, exc)
             limit_w = None
+        try:
+            max_sm_hz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM) * 1e6
+        except pynvml.NVMLError:  # not offered (some vGPUs): the clock's deficit is then unknown
+            max_sm_hz = None
         return DeviceInfo(device=str(index), uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
                           model=_text(pynvml.nvmlDeviceGetName(handle)), kind="gpu", backend="nvml",
-                          power_limit_w=limit_w, temp_limit_c=DEFAULT_GPU_TEMP_LIMIT_C)
+                          power_limit_w=limit_w, temp_limit_c=DEFAULT_GPU_TEMP_LIMIT_C, max_sm_clock_hz=max_sm_hz)
 
     def devices(self) -> list[DeviceInfo]:
         return list(self._devices)

@@ -24,6 +24,7 @@ class ReplayBackend:
         if not speed > 0:
             raise ValueError(f"--speed must be > 0, got {speed}")
         self.speed = speed
+        self.path = Path(csv_path)
         self.time_scale = speed  # recorded seconds per wall-clock second: the sampler runs the engine on it
         series: dict[str, list[LabRow]] = {}
         for row in iter_rows(Path(csv_path)):
@@ -41,7 +42,8 @@ class ReplayBackend:
             kind = "cpu" if name.startswith("cpu") else "gpu"
             power_w, limit_c = LAB_DEFAULTS[kind]
             infos.append(DeviceInfo(device=name, uuid=f"replay-{name}", model=f"RLE-lab recording ({name})",
-                                    kind=kind, backend="replay", power_limit_w=power_w, temp_limit_c=limit_c))
+                                    kind=kind, backend="replay", power_limit_w=power_w, temp_limit_c=limit_c,
+                                    heat_source=f"the recording {self.path.name}, played back"))
         return infos
 
     def read(self, index: int, now_s: float) -> Reading:

@@ -18,11 +18,12 @@ detector is the same.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,16 @@ class SimGpu:
         )
 
 
+def cooled(params: SimParams, cooling: float) -> SimParams:
+    """The card with `cooling` of its cooling (thermal resistance / cooling, heat capacity kept)."""
+    if not (math.isfinite(cooling) and cooling > 0):
+        raise ValueError(f"a simulated card's cooling must be a number > 0, got {cooling}")
+    if cooling == 1.0:
+        return params
+    return dataclasses.replace(params, thermal_resistance_c_per_w=params.thermal_resistance_c_per_w / cooling,
+                               time_constant_s=params.time_constant_s / cooling)
+
+
 SIM_PROFILES: dict[str, SimParams] = {
     "default": SimParams(),
     "demo": SimParams(ambient_c=40.0, time_constant_s=60.0),
@@ -102,30 +113,63 @@ SIM_PROFILES: dict[str, SimParams] = {
 
 
 class ProcessLoad:
-    """`pid:FILE`: the load is the CPU use of the process whose id FILE holds, relative to its usual busy
-    rate (the 90th percentile of its last 5 min of readings, so one lucky second on a shared machine does
-    not set the scale): ~1 while it computes, ~0 while it idles (a pause) or before FILE exists. Unlike
-    `host`, other work on a shared machine does not heat the card; only the process it stands in for does."""
+    """The load is the CPU use of one process *and every process it started* (a launcher such as torchrun,
+    its ranks, their data-loader workers), relative to its usual busy rate (the 90th percentile of its last
+    5 min of readings, so one lucky second on a shared machine does not set the scale; until a minute of
+    readings exists, at least one core, so a job that starts in a light phase does not read as fully busy
+    before anything heavier has been seen): ~1 while it computes, ~0 while it idles (a pause) or before it
+    exists. Unlike `host`, other work on a shared machine does not
+    heat the card; only the job it stands in for does.
 
-    def __init__(self, path: Path) -> None:
+    `pid_of` names the process each round (None: not started yet, or gone): `pid:FILE` reads it from FILE
+    (`ProcessLoad.from_file`), `thermograd run` hands over its child's."""
+
+    COLD_START_READINGS = 60
+
+    def __init__(self, pid_of: Callable[[], int | None], description: str) -> None:
         import psutil
 
         self._psutil = psutil
-        self.path = path
+        self._pid_of = pid_of
+        self.description = description
         self._pid: int | None = None
         self._last: tuple[float, float] | None = None  # (wall s, CPU s) at the previous reading
         self._rates: deque[float] = deque(maxlen=300)
         self._value = 0.0
         self._at: float | None = None
 
+    @classmethod
+    def from_file(cls, path: Path) -> ProcessLoad:
+        def pid_in_file() -> int | None:
+            try:
+                return int(path.read_text().strip())
+            except (OSError, ValueError):
+                return None
+
+        return cls(pid_in_file, f"the CPU use of the process whose id {path} holds, and of its children")
+
+    def _tree_cpu_s(self, pid: int) -> float:
+        """CPU seconds of the process and its live descendants, with what they reaped from descendants that
+        ended (each ended process counts once: in its parent's children_* once waited for)."""
+        root = self._psutil.Process(pid)
+        total = 0.0
+        for proc in (root, *root.children(recursive=True)):
+            try:
+                times = proc.cpu_times()
+            except self._psutil.Error:  # ended between listing and reading: its parent reaps it next round
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+        return total
+
     def _cpu_s(self) -> float | None:
         try:
-            pid = int(self.path.read_text().strip())
+            pid = self._pid_of()
+            if pid is None:
+                raise ProcessLookupError
             if pid != self._pid:  # a new process: start over
                 self._pid, self._last = pid, None
                 self._rates.clear()
-            times = self._psutil.Process(pid).cpu_times()
-            return times.user + times.system
+            return self._tree_cpu_s(pid)
         except (OSError, ValueError, self._psutil.Error):
             self._pid, self._last = None, None
             return None
@@ -142,12 +186,33 @@ class ProcessLoad:
             rate = max(cpu_s - self._last[1], 0.0) / (now_s - self._last[0])
             self._rates.append(rate)
             busy = sorted(self._rates)[int(0.9 * (len(self._rates) - 1))]
+            if len(self._rates) < self.COLD_START_READINGS:
+                busy = max(busy, 1.0)  # one core: a process driving a GPU computes on at least one
             self._value = min(rate / busy, 1.0) if busy > 0 else 0.0
         self._last = (now_s, cpu_s)
         return self._value
 
 
-def parse_load(spec: str) -> Callable[[float], float] | None:
+class StepLoad:
+    """A load set in advance: a constant, or steps (from t seconds after start, load L)."""
+
+    def __init__(self, steps: list[tuple[float, float]], spec: str) -> None:
+        self.steps = steps
+        self.description = (f"a constant load of {steps[0][1]:g}" if len(steps) == 1 and steps[0][0] == 0
+                            else f"the load steps {spec}")
+
+    def __call__(self, elapsed_s: float) -> float:
+        current = self.steps[0][1]
+        for start_s, value in self.steps:
+            if elapsed_s >= start_s:
+                current = value
+        return current
+
+
+HOST_LOAD = "the whole machine's CPU utilisation (every process on it, not only the training job)"
+
+
+def parse_load(spec: str) -> ProcessLoad | StepLoad | None:
     """'host' -> None (use the host's CPU utilization); 'pid:FILE' -> ProcessLoad; '0.8' -> constant;
     '0:0.1,60:1,300:0.2' -> steps (from t seconds after start, load L). Raises ValueError with a one-line reason."""
     spec = spec.strip()
@@ -156,7 +221,7 @@ def parse_load(spec: str) -> Callable[[float], float] | None:
     if spec.startswith("pid:"):
         if not spec[4:]:
             raise ValueError("--sim-load pid:FILE needs a file that holds a process id")
-        return ProcessLoad(Path(spec[4:]))
+        return ProcessLoad.from_file(Path(spec[4:]))
     try:
         if ":" not in spec:
             value = float(spec)
@@ -168,30 +233,36 @@ def parse_load(spec: str) -> Callable[[float], float] | None:
                          f"got {spec!r}") from None
     if any(not 0.0 <= v <= 1.0 for _, v in steps):
         raise ValueError(f"--sim-load loads must lie in [0, 1], got {spec!r}")
-
-    def load_at(elapsed_s: float) -> float:
-        current = steps[0][1]
-        for start_s, value in steps:
-            if elapsed_s >= start_s:
-                current = value
-        return current
-
-    return load_at
+    return StepLoad(steps, spec)
 
 
 class SimBackend:
     name = "sim"
 
-    def __init__(self, count: int = 1, seed: int = 0, load: Callable[[float], float] | None = None,
-                 params: SimParams | None = None) -> None:
+    def __init__(self, count: int = 1, seed: int = 0,
+                 load: Callable[[float], float] | Sequence[Callable[[float], float]] | None = None,
+                 params: SimParams | None = None, cooling: dict[int, float] | None = None) -> None:
+        """`load`: one load for every card, one per card (a job's ranks, each heating its own GPU), or None for
+        the host's CPU utilisation. `cooling`: per device index, the fraction of its cooling it has (1 as built;
+        0.5 a clogged heat sink: twice the thermal resistance, so the same power heats it twice as far above
+        ambient, and the heat capacity unchanged, so it also heats twice as slowly). Devices not named are as
+        built."""
         self.params = params or SimParams()
-        self._gpus = [SimGpu(self.params, seed=seed * 1000 + i) for i in range(count)]
-        self._load = load
+        loads = list(load) if isinstance(load, Sequence) else [load] * count
+        if len(loads) != count:
+            raise ValueError(f"{len(loads)} loads for {count} simulated GPUs")
+        # What heats each card, said wherever it shows (rle_device_info's heat_source, the analysis's first line).
+        self._heat_sources = [HOST_LOAD if one is None else getattr(one, "description", "a load function")
+                              for one in loads]
+        self.heat_source = self._heat_sources[0] if count else HOST_LOAD
+        self.cooling = {i: 1.0 for i in range(count)} | (cooling or {})
+        self._gpus = [SimGpu(cooled(self.params, self.cooling[i]), seed=seed * 1000 + i) for i in range(count)]
+        self._loads = loads
         self._start_s: float | None = None
         self._last_s: list[float | None] = [None] * count
         self._host_load = 0.0
         self._host_read_s: float | None = None
-        if load is None:
+        if any(one is None for one in loads):  # the host's utilisation heats these
             import psutil
 
             self._psutil = psutil
@@ -200,11 +271,14 @@ class SimBackend:
     def devices(self) -> list[DeviceInfo]:
         return [DeviceInfo(device=str(i), uuid=f"sim-{i}", model="thermograd simulated GPU", kind="gpu",
                            backend="sim", power_limit_w=self.params.power_limit_w,
-                           temp_limit_c=self.params.temp_limit_c) for i in range(len(self._gpus))]
+                           temp_limit_c=self.params.temp_limit_c, heat_source=self._heat_sources[i],
+                           max_sm_clock_hz=self.params.max_sm_clock_hz)
+                for i in range(len(self._gpus))]
 
-    def _load_now(self, now_s: float) -> float:
-        if self._load is not None:
-            return self._load(now_s - self._start_s)
+    def _load_now(self, index: int, now_s: float) -> float:
+        load = self._loads[index]
+        if load is not None:
+            return load(now_s - self._start_s)
         if self._host_read_s != now_s:  # one host reading per round, shared by all devices
             self._host_load = self._psutil.cpu_percent(interval=None) / 100.0
             self._host_read_s = now_s
@@ -216,7 +290,7 @@ class SimBackend:
         last = self._last_s[index]
         self._last_s[index] = now_s
         dt_s = 0.0 if last is None else max(now_s - last, 0.0)
-        return self._gpus[index].step(dt_s, self._load_now(now_s))
+        return self._gpus[index].step(dt_s, self._load_now(index, now_s))
 
     def close(self) -> None:
         pass
