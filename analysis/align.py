@@ -21,7 +21,7 @@ def place_into(out: np.ndarray, t_s: np.ndarray, values: np.ndarray, start_s: fl
 
 def bin_to_grid(t_s: np.ndarray, values: np.ndarray, start_s: float, step_s: float, n: int,
                 how: str = "last") -> np.ndarray:
-    """Row k takes the samples in (t_k - step, t_k]: their last value, mean or sum; none -> NaN.
+    """Row k takes the samples in (t_k - step, t_k]: their last value, mean, sum or max; none -> NaN.
 
     The same convention as last_over_time(x[step]) in PromQL, so offline and online tables agree.
     """
@@ -40,6 +40,10 @@ def bin_to_grid(t_s: np.ndarray, values: np.ndarray, start_s: float, step_s: flo
     if how == "last":
         is_last = np.r_[idx[1:] != idx[:-1], True]  # the latest sample of each row
         out[idx[is_last]] = values[is_last]
+    elif how == "max":  # a one-step spike stays a spike, whatever the number of steps in the row
+        peak = np.full(n, -np.inf)
+        np.maximum.at(peak, idx, values)
+        out[np.isfinite(peak)] = peak[np.isfinite(peak)]
     else:
         sums = np.bincount(idx, weights=values, minlength=n)
         counts = np.bincount(idx, minlength=n)

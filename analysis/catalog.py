@@ -12,7 +12,7 @@ from importlib import resources
 class Series:
     column: str    # the table column
     source: str    # "train" (run_id, rank) or "device" (uuid)
-    kind: str      # gauge | histogram_mean | rate
+    kind: str      # gauge | state | histogram_mean | histogram_upper | peak | rate
     metric: str    # the Prometheus metric (docs/metrics.md)
     matchers: str  # extra label matchers, e.g. kind="pause"
     offline: str   # the field in the step log / the RLE-lab CSV column, or ""
@@ -25,7 +25,7 @@ class Pair:
     y: str
 
 
-KINDS = ("gauge", "state", "histogram_mean", "rate")
+KINDS = ("gauge", "state", "histogram_mean", "histogram_upper", "peak", "rate")
 SOURCES = ("train", "device")
 
 

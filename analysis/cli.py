@@ -23,6 +23,7 @@ from thermograd.analysis.offline import files_to_table
 from thermograd.analysis.pipeline import Settings, analyse
 from thermograd.analysis.plots import coupling_png, crosscorr_png
 from thermograd.analysis.promql import PromClient
+from thermograd.analysis.provenance import Provenance, no_path_verdict
 from thermograd.analysis.repeats import collection_interval_s, grid_step_s
 from thermograd.analysis.report import LAG_NOTE, series_summary, versions, window, write_report
 from thermograd.analysis.selection import (
@@ -31,12 +32,15 @@ from thermograd.analysis.selection import (
     choose_hardware,
     choose_run,
     discover_runs,
+    hardware_down,
+    last_seen_s,
+    no_runs_reason,
     power_limit_w,
     run_identity,
     run_sample_interval_s,
 )
 from thermograd.analysis.timeparse import get_tz, parse_duration_s, parse_instant_s
-from thermograd.analysis.verdict import overall, summary_text
+from thermograd.analysis.verdict import QUESTIONS, overall, summary_text
 from thermograd.exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
 DEFAULT_STEP_S = 15.0  # Prometheus's own default scrape interval, used when the backend hides its config
@@ -98,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--min-effect", type=float, default=0.1,
                        help="smallest |r| called coupling; a significant smaller one is 'negligible' (default 0.1)")
     stats.add_argument("--seed", type=int, default=0, help="random seed for surrogates (default 0)")
+    job = p.add_argument_group("a job of many ranks (its stragglers, their cause and cost: docs/analysis.md)")
+    job.add_argument("--job", nargs="?", const="", metavar="RUN_ID",
+                     help="with --prometheus: every rank of the job RUN_ID (default: the most recent)")
+    job.add_argument("--job-dir", type=Path, metavar="DIR",
+                     help="offline: rank-<k>/steps.jsonl + rank-<k>/hardware.csv for each rank, or the folder "
+                     "thermograd run wrote")
     many = p.add_argument_group("many runs")
     many.add_argument("--all-runs", action="store_true",
                       help="every run in --lookback (or --start/--end) or in --runs-dir, a report each, and a "
@@ -213,7 +223,8 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     if start_s is not None and start_s >= end_s:
         raise InputError("--start must be before --end")
     runs = discover_runs(client, start_s if start_s is not None else end_s - _duration_flag("--lookback", args.lookback), end_s)
-    run = choose_run(runs, args.run)
+    run = choose_run(runs, args.run, "" if runs else no_runs_reason(client.targets(), client.url))
+    run.last_seen_s = last_seen_s(client, run, end_s)
     if step_s is None:
         sampled_s = run_sample_interval_s(client, run)
         step_s, step_source = ((sampled_s, "median spacing of the run's raw samples") if sampled_s
@@ -227,7 +238,11 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
         end_s = min(end_s, run.last_seen_s)
     span_s = end_s - start_s + step_s
     ident = run_identity(client, run.run_id, args.rank, end_s, span_s)
-    choice = choose_hardware(client, ident, args.device, args.hardware_source, end_s, span_s)
+    try:
+        choice = choose_hardware(client, ident, args.device, args.hardware_source, end_s, span_s)
+    except InputError as exc:  # an exporter that is down is the cause to name first
+        down = hardware_down(client.targets())
+        raise InputError(f"{down} ({exc})" if down else str(exc)) from None
     notes += choice.notes
     interval_s, repeats, hardware_lines = source_interval(client, choice, args, start_s, end_s, scrape_s, step_s,
                                                           notes)
@@ -245,12 +260,13 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     span_s = end_s - start_s + step_s
     exprs = series_exprs(run.run_id, ident.rank, choice.device.uuid, step_s, scrape_s, choice.source,
                          choice.device.uuid_label, source_readings_s=readings_s)
-    required = tuple(c for c in REQUIRED if not (choice.source.engine and c == T.RLE))
-    table, fetch_notes = fetch_table(client, exprs, start_s, end_s, step_s, required)
+    table, fetch_notes = fetch_table(client, exprs, start_s, end_s, step_s, REQUIRED)
     notes += fetch_notes
+    provenance = Provenance(choice.device.backend or choice.source.name, choice.device.heat_source,
+                            choice.device.uuid, ident.emulation)
     hardware = {"source": choice.source.name, "requested": args.hardware_source, "joined_by": choice.joined_by,
                 "uuid_label": choice.device.uuid_label, "collection_interval_s": interval_s,
-                "repeats_between_scrapes": repeats is not None}
+                "repeats_between_scrapes": repeats is not None, **provenance.as_report()}
     if choice.source.engine:
         hardware["rle"] = engine_rle(client, args, choice, table, exprs, end_s, span_s, notes)
         hardware_lines.append(notes[-1])
@@ -265,7 +281,7 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
                    "auth": "bearer" if client.bearer_token else ("basic" if client.basic_auth else None)},
         "step": {"seconds": step_s, "source": step_source, "scrape_interval_s": scrape_s},
         "queries": client.queries, "notes": notes, "backend": {"backend": client.build_version()},
-        "hardware_lines": hardware_lines,
+        "hardware_lines": hardware_lines, "provenance": provenance,
     }
     return table, meta
 
@@ -345,10 +361,18 @@ def from_files(args: argparse.Namespace) -> tuple[T.Table, dict]:
     grad = load_grad_log(args.grad_log, tz, notes)
     rle, device = load_rle_csv(args.rle_csv, args.device, tz, notes)
     step_s = _duration_flag("--step", args.step) if args.step else None
+    provenance = Provenance(rle.info.get("backend"), rle.info.get("heat_source", ""), rle.info.get("uuid", device),
+                            grad.info.get("emulation", ""))
+    if provenance.backend is None:
+        notes.append(f"{args.rle_csv} has no backend column, so it does not say what it measured (a real device, "
+                     "a simulation or a replay): the verdicts assume a physical device")
     table = files_to_table(grad, rle, step_s, notes)
     meta = {
+        "provenance": provenance,
         "inputs": {"source": "files", "grad_log": str(args.grad_log), "rle_csv": str(args.rle_csv),
-                   "device": device, "naive_timestamps_tz": args.tz or "UTC"},
+                   "device": device, "naive_timestamps_tz": args.tz or "UTC",
+                   "hardware": {"uuid": rle.info.get("uuid"), "model": rle.info.get("model"),
+                                **provenance.as_report()}},
         "step": {"seconds": table.step_s,
                  "source": "--step" if args.step else "the slower source's own sampling interval (median spacing)",
                  "grid_start_unix": table.start_s},
@@ -369,18 +393,34 @@ def run(args: argparse.Namespace) -> int:
     if not table.has(T.GRAD_NORM):
         where = meta["inputs"].get("grad_log") or f"run {meta['inputs'].get('run_id')} on {meta['inputs'].get('url')}"
         raise InputError(f"{where}: no usable gradient norm (every value is null, NaN or missing)")
+    absent = [name for name in (T.POWER, T.RLE, T.TEMPERATURE, T.UTILIZATION, T.LOSS) if not table.has(name)]
+    if absent:
+        meta["notes"].append(f"no {', '.join(absent)} in the window (a device without a power reading has no RLE "
+                             "either): the pairs that need them are insufficient data; the rest is analysed")
     table = table.trimmed([T.GRAD_NORM, T.LOSS])
     t_fetch = time.perf_counter() - t0
     t0 = time.perf_counter()
     results = analyse(table, cfg)
     t_stats = time.perf_counter() - t0
+    used_s = (results.get("warmup") or {}).get("seconds")
+    if used_s is not None and cfg.warmup_s > 0 and used_s + table.step_s < cfg.warmup_s:
+        meta["notes"].append(f"--warmup {args.warmup} was overridden: {used_s:g} s of start-up were left out, not "
+                             f"{cfg.warmup_s:g} s, because the start-up left out is at most a tenth of the run "
+                             f"({table.n * table.step_s:g} s here)")
     report = {
         "inputs": meta["inputs"], "window": window(table.start_s, table.step_s, table.n), "step": meta["step"],
         "queries": meta["queries"], "versions": {**versions(), **meta.get("backend", {})},
         "notes": [*meta["notes"], *results.pop("notes"), LAG_NOTE],
         "settings": vars(cfg), "series": series_summary(table.columns), **results,
     }
-    report["verdicts"] = {d: overall(results["pairs"], table.step_s, d) for d in DIRECTIONS}
+    report["verdicts"] = {d: overall(results["pairs"], table.step_s, d, results["spike_responses"])
+                          for d in DIRECTIONS}
+    provenance: Provenance = meta["provenance"]
+    for direction in DIRECTIONS:  # never a coupling verdict for a path the run did not have
+        if (reason := provenance.no_path(direction)) is not None:
+            report["verdicts"][direction] = no_path_verdict(direction, QUESTIONS.get(direction, direction), reason)
+    if (description := provenance.first_line()) is not None:
+        report["inputs"]["hardware"]["description"] = description
     report["verdict"] = report["verdicts"]["optimizer_to_hardware"]
     if results["perturbation"] is None:
         del report["perturbation"]
@@ -404,6 +444,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.job is not None or args.job_dir is not None:
+            from thermograd.analysis.jobrun import run_job
+
+            return run_job(args)
         return run_all(args, run) if args.all_runs or args.runs_dir else run(args)
     except InputError as exc:
         print(f"analysis: error: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ class RunIdentity:
     gpu_uuid: str   # train_run_info's, "" when the trainer knows none (CPU, or a GPU it did not look up)
     pod: str        # the trainer's pod and namespace target labels, "" outside Kubernetes
     namespace: str
+    emulation: str = ""  # train_run_info's emulation label: "clock" when the steps emulate a simulated GPU's clock
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Device:
     uuid: str                 # exactly as the source writes it: the selector's value
     names: tuple[str, ...]    # its device-label values (index, device name), what --device may give
     kind: str                 # gpu | cpu (thermograd's rle_device_info; the foreign exporters list GPUs only)
+    backend: str = ""         # thermograd's rle_device_info backend (nvml, cpu, sim, replay); else the source
+    heat_source: str = ""     # what drives a simulated or replayed device (rle_device_info's heat_source)
 
     @property
     def device(self) -> str:
@@ -62,7 +65,8 @@ def _device(source: Source, labels: dict[str, str]) -> Device | None:
     if found is None:
         return None
     names = tuple(labels[n] for n in source.device_labels if labels.get(n))
-    return Device(source.name, found[0], found[1], names, labels.get("kind", "gpu"))
+    return Device(source.name, found[0], found[1], names, labels.get("kind", "gpu"),
+                  labels.get("backend") or source.name, labels.get("heat_source", ""))
 
 
 def _pod_matches(source: Source, labels: dict[str, str], run: RunIdentity) -> bool:

@@ -11,7 +11,9 @@ from thermograd.analysis.errors import InputError
 from thermograd.analysis.promql import PromClient
 from thermograd.analysis.selection import quote_label
 
-REQUIRED = (T.GRAD_NORM, T.LOSS, T.RLE)
+# Only the gradient norm is required: a device without power (a CPU without RAPL) has no RLE, and a job may log
+# no loss; the pairs that need them are then "insufficient data", the rest is analysed.
+REQUIRED = (T.GRAD_NORM,)
 
 
 def range_window(seconds: float) -> str:
@@ -31,6 +33,15 @@ def histogram_mean_expr(base: str, sel: str, step_s: float, scrape_s: float) -> 
     """
     fn, win = _rate_fn(step_s, scrape_s)
     return f"max({fn}({base}_sum{sel}{win})) / max({fn}({base}_count{sel}{win}))"
+
+
+def histogram_upper_expr(base: str, sel: str, step_s: float, scrape_s: float) -> str:
+    """The upper bound of the highest bucket that any observation of the interval fell in: the histogram's
+    upper buckets, read with histogram_quantile(1, ...) (the bound of the highest non-empty bucket). A
+    one-step gradient-norm spike shows at its own size (to the bucket's resolution) where the interval's
+    mean divides it by the steps in the interval; an interval without steps is NaN."""
+    fn, win = _rate_fn(step_s, scrape_s)
+    return f"histogram_quantile(1, sum by (le) ({fn}({base}_bucket{sel}{win})))"
 
 
 def _rate_fn(step_s: float, scrape_s: float) -> tuple[str, str]:
@@ -88,7 +99,11 @@ def _expr(kind: str, metrics: tuple[str, ...], matchers: str, step_s: float, scr
     kind = kind.removesuffix("_max")
     if kind == "histogram_mean":
         return histogram_mean_expr(metrics[0], sel, step_s, scrape_s)
-    if kind in ("gauge", "state"):
+    if kind == "histogram_upper":
+        return histogram_upper_expr(metrics[0], sel, step_s, scrape_s)
+    if kind == "peak":
+        fn, win = "max_over_time", range_window(step_s)
+    elif kind in ("gauge", "state"):
         fn, win = _gauge_fn(kind, step_s, readings_s or scrape_s), range_window(step_s)
     else:
         fn, win = _rate_fn(step_s, scrape_s)

@@ -23,6 +23,8 @@ class Samples:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     # Named lists of (start, end) Unix-second intervals, e.g. the trainer's pauses (no step happens inside).
     intervals: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # Text that describes the source as a whole, e.g. a hardware recording's uuid, backend and heat_source.
+    info: dict[str, str] = field(default_factory=dict)
 
     @property
     def range_s(self) -> tuple[float, float]:
@@ -31,7 +33,10 @@ class Samples:
 
 _ABSENT = object()
 GRAD_FIELDS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "learning_rate",
-               "perturbation": "perturbation", "tokens": "tokens", "pause_s": "pause_s"}
+               "perturbation": "perturbation", "tokens": "tokens", "pause_s": "pause_s",
+               "compute_s": "compute_s", "wait_s": "wait_s", "step": "step"}
+# Text the trainer's log carries on every line: who the rank is, its GPU, and whether its clock is emulated.
+GRAD_TEXT_FIELDS = ("run_id", "rank", "gpu_uuid", "emulation")
 
 
 def _number(value: object, where: str, name: str, required: bool) -> float:
@@ -129,12 +134,16 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
         raise InputError(f"{path}: cannot read: {exc}") from None
     times, cols = [], {k: [] for k in GRAD_FIELDS}
     pauses: list[tuple[float, float]] = []
+    info: dict[str, str] = {}
     for where, rec in _grad_records(path, text, notes):
         if not isinstance(rec, dict):
             raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
         if "grad_norm" not in rec and "loss" not in rec:
             continue  # e.g. a run header or summary line in a JSON Lines log
         times.append(_record_time(rec, where, tz, units_seen))
+        for name in GRAD_TEXT_FIELDS:
+            if name not in info and rec.get(name) not in (None, ""):
+                info[name] = str(rec[name])
         pert = rec.get("perturbation")
         if isinstance(pert, dict):  # a burst description rather than a flag: its presence means active
             rec = {**rec, "perturbation": bool(pert.get("active", True))}
@@ -148,7 +157,8 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
     if not times:
         raise InputError(f"{path}: no records with grad_norm")
     _note_units(units_seen, path, notes)
-    out = Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()}, {"pause": pauses})
+    out = Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()}, {"pause": pauses},
+                  info)
     out.columns["step_duration"] = step_durations(out.t_s, out.columns["pause_s"])
     return out
 
@@ -173,16 +183,42 @@ def step_durations(t_s: np.ndarray, pause_s: np.ndarray) -> np.ndarray:
 # column -> (CSV columns accepted, factor to the table's unit).
 OPTIONAL_RLE_COLUMNS = {"utilization": (("util_pct",), 0.01),
                         "sm_clock": (("sm_clock_hz",), 1.0), "sm_clock_mhz": (("sm_clock_mhz", "gpu_clock_mhz"), 1e6),
+                        "sm_clock_max": (("sm_clock_max_hz",), 1.0),
                         "throttled": (("throttled", "throttle_active"), 1.0)}
 RLE_COLUMNS = {"rle": "rle_smoothed", "temperature": "temp_c", "power": "power_w", "a_load": "a_load",
                "collapsed": "collapse"}
+# Device-wide text of the exporter's recording (--record): who the device is and what drives it.
+DEVICE_TEXT_COLUMNS = ("uuid", "model", "kind", "backend", "heat_source", "host")
+HARDWARE_EPOCH_FIELDS = ("time_unix", "timestamp_shared")
 
 
-def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
-                 notes: list[str] | None = None) -> tuple[Samples, str]:
-    """Rows of one device from an RLE-lab CSV (several devices per file); returns (samples, device)."""
-    notes = [] if notes is None else notes
-    units_seen: set[str] = set()
+def _pick_device(path: Path, rows: list[tuple[int, dict]], wanted: str | None) -> str:
+    """The `device` value to read: --device as a device label or a uuid (any case, with or without GPU-);
+    without it, `gpu`, the only GPU (a recording's `kind` column) or the only device."""
+    from thermograd.analysis.devices import normalise_uuid
+
+    labels = {row["device"]: row for _, row in rows}  # label -> its first row
+    if wanted is not None:
+        if wanted in labels:
+            return wanted
+        by_uuid = [d for d, row in labels.items() if row.get("uuid") and
+                   normalise_uuid(row["uuid"]) == normalise_uuid(wanted)]
+        if by_uuid:
+            return by_uuid[0]
+        raise InputError(f"{path}: device {wanted!r} not in the file (devices: {_listing(labels)})")
+    gpus = [d for d, row in labels.items() if (row.get("kind") or "") == "gpu"]
+    for choice in (["gpu"] if "gpu" in labels else [], gpus, list(labels)):
+        if len(choice) == 1:
+            return choice[0]
+    raise InputError(f"{path}: several devices ({_listing(labels)}); pick one with --device")
+
+
+def _listing(labels: dict[str, dict]) -> str:
+    return ", ".join(f"{d} ({row['uuid']})" if row.get("uuid") else d for d, row in sorted(labels.items()))
+
+
+def _hardware_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and numbered rows of an RLE-lab CSV or a recording, checked for the columns read here."""
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
@@ -191,7 +227,7 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in ("device", *RLE_COLUMNS.values()) if c not in header]
-        if "timestamp" not in header and "timestamp_shared" not in header:
+        if "timestamp" not in header and not any(c in header for c in HARDWARE_EPOCH_FIELDS):
             missing.insert(0, "timestamp")
         if missing:
             raise InputError(f"{path}:1: missing column(s) {', '.join(missing)}")
@@ -201,18 +237,16 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
             raise InputError(f"{path}: not a readable CSV: {exc}") from None
     # The lab's monitor leaves trailing CPU-only columns off its GPU rows, so a short row is fine as long
     # as it reaches every column read here; one that does not is truncated (a file still being written).
-    needed = [c for c in ("timestamp", "timestamp_shared", "device", *RLE_COLUMNS.values()) if c in header]
+    needed = [c for c in ("timestamp", *HARDWARE_EPOCH_FIELDS, "device", *RLE_COLUMNS.values()) if c in header]
     for lineno, row in rows:
         if any(row.get(c) is None for c in needed):
             got = sum(v is not None for k, v in row.items() if k is not None)
             raise InputError(f"{path}:{lineno}: truncated row ({got} of the header's {len(header)} fields)")
-    devices = sorted({row["device"] for _, row in rows})
-    if device is None:
-        device = "gpu" if "gpu" in devices else (devices[0] if len(devices) == 1 else None)
-        if device is None:
-            raise InputError(f"{path}: several devices ({', '.join(devices)}); pick one with --device")
-    elif device not in devices:
-        raise InputError(f"{path}: device {device!r} not in the file (devices: {', '.join(devices)})")
+    return header, rows
+
+
+def _device_samples(path: Path, header: list[str], rows: list[tuple[int, dict[str, str]]], device: str,
+                    tz: tzinfo, units_seen: set[str]) -> Samples:
     times, cols = [], {k: [] for k in RLE_COLUMNS}
     optional = {col: (next(c for c in names if c in header), factor)
                 for col, (names, factor) in OPTIONAL_RLE_COLUMNS.items() if any(c in header for c in names)}
@@ -222,9 +256,9 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
         if row["device"] != device:
             continue
         where = f"{path}:{lineno}"
-        if row.get("timestamp_shared") not in (None, ""):
-            times.append(epoch_seconds(_number(row["timestamp_shared"], where, "timestamp_shared", True), where,
-                                       "timestamp_shared", units_seen))
+        epoch = next((name for name in HARDWARE_EPOCH_FIELDS if row.get(name) not in (None, "")), None)
+        if epoch is not None:
+            times.append(epoch_seconds(_number(row[epoch], where, epoch, True), where, epoch, units_seen))
         else:
             try:
                 times.append(parse_iso_s(row.get("timestamp") or "", tz))
@@ -236,9 +270,35 @@ def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
             cols[col].append(_number(row.get(key), where, key, False) * factor)
     if not times:
         raise InputError(f"{path}: no rows for device {device!r}")
-    _note_units(units_seen, path, notes)
     arrays = {k: np.asarray(v, dtype=float) for k, v in cols.items()}
     mhz = arrays.pop("sm_clock_mhz", None)  # scaled to Hz on reading; a Hz column wins
     if mhz is not None:
         arrays.setdefault("sm_clock", mhz)
-    return Samples(np.asarray(times), arrays), device
+    first = next(row for _, row in rows if row["device"] == device)
+    info = {name: first[name] for name in DEVICE_TEXT_COLUMNS if first.get(name)}
+    return Samples(np.asarray(times), arrays, info=info)
+
+
+def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
+                 notes: list[str] | None = None) -> tuple[Samples, str]:
+    """Rows of one device from an RLE-lab CSV (several devices per file); returns (samples, device)."""
+    notes = [] if notes is None else notes
+    units_seen: set[str] = set()
+    header, rows = _hardware_rows(path)
+    device = _pick_device(path, rows, device)
+    samples = _device_samples(path, header, rows, device, tz, units_seen)
+    _note_units(units_seen, path, notes)
+    return samples, device
+
+
+def load_hardware_devices(path: Path, tz: tzinfo, notes: list[str] | None = None) -> dict[str, Samples]:
+    """Every device of a hardware CSV, by its uuid (or its device label where the file has no uuid column)."""
+    notes = [] if notes is None else notes
+    units_seen: set[str] = set()
+    header, rows = _hardware_rows(path)
+    out = {}
+    for device in dict.fromkeys(row["device"] for _, row in rows):
+        samples = _device_samples(path, header, rows, device, tz, units_seen)
+        out[samples.info.get("uuid", device)] = samples
+    _note_units(units_seen, path, notes)
+    return out

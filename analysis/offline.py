@@ -117,7 +117,8 @@ def main_cluster(samples: Samples, what: str, notes: list[str]) -> Samples:
 def files_to_table(grad: Samples, rle: Samples, step_s: float | None = None,
                    notes: list[str] | None = None) -> T.Table:
     """Grad norm per row is the mean of the steps in (t - step, t] (like the histogram's mean),
-    with the last value alongside; hardware columns take the last sample in the row."""
+    with the last value and the largest alongside (the loss's largest too); hardware columns take the last
+    sample in the row."""
     notes = [] if notes is None else notes
     grad, rle = main_cluster(grad, "training log", notes), main_cluster(rle, "RLE CSV", notes)
     step_s = step_s or choose_step_s(grad, rle)
@@ -140,7 +141,10 @@ def files_to_table(grad: Samples, rle: Samples, step_s: float | None = None,
     t_train = centred(grad.t_s, start, step_s, notes)
     cols[T.GRAD_NORM] = bin_to_grid(t_train, grad.columns["grad_norm"], start, step_s, n, how="mean")
     cols[T.GRAD_NORM_LAST] = bin_to_grid(t_train, grad.columns["grad_norm"], start, step_s, n)
+    # every step's value is in the log: the spikes of the event-locked tests are found per step, not in row means
+    cols[T.GRAD_NORM_MAX] = bin_to_grid(t_train, grad.columns["grad_norm"], start, step_s, n, how="max")
     cols[T.LOSS] = bin_to_grid(t_train, grad.columns["loss"], start, step_s, n)
+    cols[T.LOSS_MAX] = bin_to_grid(t_train, grad.columns["loss"], start, step_s, n, how="max")
     if np.isfinite(grad.columns["perturbation"]).any():
         cols[T.PERTURBATION] = bin_to_grid(t_train, grad.columns["perturbation"], start, step_s, n)
     if "step_duration" in grad.columns:

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
 
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import DIRECTIONS, PAIRS
+from thermograd.analysis.direction import lead
+from thermograd.analysis.startup import DEVICE_SETTLE_SERIES, SETTLE_SERIES, startup_rows
 from thermograd.analysis.stats import correlation, events, granger, lagged, perturbation
 from thermograd.analysis.stats.multiple import holm
-from thermograd.analysis.stats.series import INSUFFICIENT, LONG_GAP_S, is_constant, segment_bounds, stationary
+from thermograd.analysis.stats.series import (
+    INSUFFICIENT,
+    LONG_GAP_S,
+    is_constant,
+    stationary,
+)
+from thermograd.analysis.stats.spike_response import Events, SpikeResponse, spike_response, training_events
 from thermograd.analysis.stats.throttle import throttle_cost
 
 HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
@@ -20,7 +28,6 @@ HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
 POSITIVE_CONTROL_METRICS = (T.UTILIZATION, T.POWER, T.RLE)
 THROTTLE_BLOCK_S = 60.0
 PAUSE_SETTLE_S = 2.0
-WIND_DOWN_S = 5.0
 POWER_FOR_MDE = 0.8
 Z_POWER = float(stats.norm.ppf(POWER_FOR_MDE))
 
@@ -43,33 +50,20 @@ class Settings:
     min_effect: float = 0.1
     # The seed's "independent systems" band: |r| < 0.3. Claimed only when an equivalence test shows it.
     equivalence_bound: float = 0.3
+    # The spike-triggered responses' smallest effect of interest, in standard deviations of the high-passed
+    # metric: "independent" needs each response shown inside +/- this (the metric moving after spikes by less
+    # than its own spread); a significant response smaller than response_min_sd is negligible.
+    response_bound_sd: float = 1.0
+    response_min_sd: float = 0.25
+    # A spike for the spike-triggered responses: a change beyond this robust z (a Gaussian series makes one
+    # in ~16,000 rows; at --spike-z 3, one in 370, and those noise excursions are no spikes: they dilute the
+    # real ones and leave the responses' equivalence unsettled in runs without any).
+    response_spike_z: float = 4.0
     seed: int = 0
 
 
 def _steps(seconds: float, step_s: float) -> int:
     return max(1, int(round(seconds / step_s)))
-
-
-def startup_rows(train: np.ndarray, step_s: float, warmup_s: float) -> tuple[np.ndarray, int]:
-    """Rows to leave out of the tests: the run's first `warmup_s` and the same after every resume
-    from a gap of LONG_GAP_S or more in the training series, each at most a tenth of its segment
-    (a short run keeps most of its samples; a start-up transient lasts seconds, not minutes).
-    Returns (mask, number of resumes)."""
-    n = train.size
-    mask = np.zeros(n, dtype=bool)
-    present = np.isfinite(train)
-    if warmup_s <= 0 or not present.any():
-        return mask, 0
-    first, last = segment_bounds(present, _steps(LONG_GAP_S, step_s))
-    starts = np.unique(first[present])
-    for s in starts:
-        length = int(last[s] - s + 1)
-        mask[s: s + min(_steps(warmup_s, step_s), length // 10)] = True
-    # and the wind-down before each long gap: the job stopping drops power and throughput together
-    for e in np.unique(last[present])[:-1]:
-        mask[max(0, e - _steps(WIND_DOWN_S, step_s) + 1): e + 1] = True
-    mask[: int(np.flatnonzero(present)[0])] = True  # before the first step there is nothing to test
-    return mask, int(starts.size - 1)
 
 
 def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: float, cfg: Settings,
@@ -89,6 +83,8 @@ def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: f
         lag["max_lag_note"] = (f"scan narrowed from +/-{requested * step_s:g} s to +/-{max_lag * step_s:g} s: "
                                f"the run is too short for the full range")
     lag["peak_lag_s"] = None if lag["peak_lag_steps"] is None else lag["peak_lag_steps"] * step_s
+    if lag.get("lag_set_steps"):
+        lag["lag_set_s"] = [k * step_s for k in lag["lag_set_steps"]]
     lag["lags_s"] = [k * step_s for k in range(-lag["max_lag_steps"], lag["max_lag_steps"] + 1)]
     return {"x": names[0], "y": names[1], "naive": correlation.naive(*(naive_xy or (x, y))),
             "primary": prim, "lag": lag, "coupled": False, "strength": None, "_equivalence": res["equivalence"]}
@@ -161,6 +157,80 @@ def _pair_verdict(pair: dict, family: int, step_s: float, cfg: Settings) -> None
         _detectable(pair, eq, equiv, family, step_s, cfg)
 
 
+def strength_from_sd(ci: list[float], spread_ratio: float) -> str:
+    """A response's band from its CI's bound nearest zero in standard deviations of the metric: above 2 strong,
+    above 1 moderate, else weak (what the data show at least)."""
+    lo, hi = (v * spread_ratio for v in ci)
+    nearest = 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))
+    return "strong" if nearest > 2 else "moderate" if nearest > 1 else "weak"
+
+
+def _response_verdict(res: dict, cfg: Settings) -> None:
+    """coupled / negligible / none / inconclusive / insufficient data for one spike-triggered response."""
+    res["coupled"] = False
+    if res["status"] != "ok":
+        res["strength"] = INSUFFICIENT
+        return
+    sd_units = abs(res["effect_sd_units"] or 0.0)
+    if res.get("p_adjusted") is not None and res["p_adjusted"] < cfg.alpha:
+        ratio = sd_units / abs(res["effect"]) if res["effect"] else 0.0
+        res["coupled"] = sd_units >= cfg.response_min_sd
+        res["strength"] = strength_from_sd(res["ci"], ratio) if res["coupled"] else "negligible"
+        return
+    res["strength"] = "none" if res["equivalence"]["equivalent"] else "inconclusive"
+
+
+SPIKE_TRAINS = ((T.GRAD_NORM, T.GRAD_NORM_MAX), (T.LOSS, T.LOSS_MAX))  # each with its per-step largest value
+RESPONSE_METRICS = (T.POWER, T.TEMPERATURE, T.UTILIZATION, T.SM_CLOCK, T.RLE)
+
+
+def response_masks(table: T.Table, train: np.ndarray, cfg: Settings) -> dict[str, np.ndarray]:
+    """For each spike train, the rows its spike-triggered responses leave out: the start-up until the train's own
+    series and the device (DEVICE_SETTLE_SERIES) have settled, the wind-downs, and the pauses with their settling.
+
+    A response compares each spike's window with the seconds just before it, so it needs the spikes' series and
+    the device settled, not the other training series: in a 3-minute run the loss's early descent (a bend the
+    run-wide start-up waits out, up to a third of the run) held back the first of its three gradient-norm spikes."""
+    step = table.step_s
+    paused = pause_rows(table.columns.get(T.PAUSE), table.n, _steps(PAUSE_SETTLE_S, step))
+    out = {}
+    for name, _ in SPIKE_TRAINS:
+        own = tuple(table.columns[c] for c in (name, *DEVICE_SETTLE_SERIES) if c in table.columns)
+        out[name] = startup_rows(train, step, cfg.warmup_s, own)[0] | paused
+    return out
+
+
+def spike_events(cols: Mapping[str, np.ndarray], name: str, peak: str, z_threshold: float) -> Events:
+    """The spikes (and jumps) of a training series: from its largest step value per row where the table has it
+    (a one-step spike is not diluted by the row's other steps), else from the series itself."""
+    series = cols.get(peak)
+    if series is None or not np.isfinite(series).any():
+        series = cols.get(name)
+    if series is None or not np.isfinite(series).any():
+        return Events.none()
+    return training_events(series, z_threshold)
+
+
+def spike_responses(cols_of: Mapping[str, Mapping[str, np.ndarray]], step_s: float, cfg: Settings,
+                    rng: np.random.Generator) -> list[dict]:
+    """The spike-triggered response of every hardware metric to the gradient-norm and the loss spikes: tests of
+    the optimizer -> hardware family. `cols_of[name]`: the columns with the rows that train's tests leave out
+    blanked (response_masks)."""
+    out = []
+    for name, peak in SPIKE_TRAINS:
+        cols = cols_of[name]
+        spikes = spike_events(cols, name, peak, cfg.response_spike_z)
+        for metric in RESPONSE_METRICS:
+            values = cols.get(metric)
+            if values is None or not np.isfinite(values).any():
+                res = SpikeResponse(name, metric, reason=f"no {metric} series")
+            else:
+                res = spike_response(values, spikes, (name, metric), step_s, _steps(cfg.max_lag_s, step_s),
+                                     cfg.n_surrogates, rng, cfg.response_bound_sd, cfg.alpha)
+            out.append({**asdict(res), "direction": "optimizer_to_hardware"})
+    return out
+
+
 def _correct(tests: list[dict]) -> None:
     """Holm over one family; each test dict gets its p_adjusted."""
     tests = [t for t in tests if t.get("p") is not None]
@@ -191,7 +261,8 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     step, n = table.step_s, table.n
     absent = np.full(n, np.nan)
     train = table.columns.get(T.GRAD_NORM, table.columns.get(T.LOSS, absent))
-    excluded, resumes = startup_rows(train, step, cfg.warmup_s)
+    settle = tuple(table.columns[c] for c in SETTLE_SERIES if c in table.columns)
+    excluded, resumes = startup_rows(train, step, cfg.warmup_s, settle)
     first = int(np.argmax(~excluded)) if (~excluded).any() else n
     warmup = {"seconds": first * step, "rows_excluded": int(excluded.sum()), "resumes": resumes,
               "analysed_from_unix": table.start_s + first * step}
@@ -222,11 +293,15 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         secondary.append(ev["point_biserial"])
 
     gr = []
+    throttled = cols.get(T.THROTTLED)
+    measured = throttled is not None and not is_constant(throttled)
     for pair in PAIRS:
+        given = (T.THROTTLED, throttled) if measured and T.THROTTLED not in (pair.x, pair.y) else None
         res = granger.granger_both_ways(cols.get(pair.x, absent), cols.get(pair.y, absent),
-                                        min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)), step)
+                                        min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)), step, given)
         res.update(x=pair.x, y=pair.y, direction=pair.direction)
         secondary += [res[k] for k in ("x_to_y", "y_to_x") if res.get(k)]
+        secondary += [res["given"][k] for k in ("x_to_y", "y_to_x") if (res.get("given") or {}).get(k)]
         gr.append(res)
 
     pert = None
@@ -241,20 +316,31 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
             secondary.append(res)
 
     control = positive_control(control_cols, step, cfg)
+    responses = spike_responses({name: MaskedColumns(table.columns, mask) for name, mask in
+                                 response_masks(table, train, cfg).items()}, step, cfg, rng)
     _correct(secondary)
+    for res in gr:
+        res["precedence"] = granger_precedence(res, cfg.alpha)
     families = {}
     for direction in DIRECTIONS:
         mine = [p for p in pairs if p["direction"] == direction]
-        tests = [t for p in mine for t in (p["primary"], p["lag"])]
+        events_here = [r for r in responses if r["direction"] == direction]
+        tests = [t for p in mine for t in (p["primary"], p["lag"])] + events_here
         _correct(tests)
         families[direction] = sum(t.get("p") is not None for t in tests)
+        families[f"{direction}_spike_responses"] = sum(r.get("p") is not None for r in events_here)
         for pair in mine:
             _pair_verdict(pair, families[direction], step, cfg)
+            if pair["coupled"]:
+                pair["lead"] = lead(pair, step).as_dict()
+        for res in events_here:
+            _response_verdict(res, cfg)
     families["secondary"] = sum(t.get("p") is not None for t in secondary)
     families["positive_control"] = len(control.get("tests", {}))
-    notes = [f"Holm correction in separate families: each direction's lag-0 and lagged tests "
-             f"({', '.join(f'{d}: {families[d]}' for d in DIRECTIONS)}), the {families['secondary']} secondary "
-             "tests (events, Granger, learning-rate bursts) and the positive control."]
+    notes = [f"Holm correction in separate families: each direction's lag-0 and lagged tests and, for optimizer -> "
+             f"hardware, the spike-triggered responses ({', '.join(f'{d}: {families[d]}' for d in DIRECTIONS)}), "
+             f"the {families['secondary']} secondary tests (events, Granger, learning-rate bursts) and the positive "
+             "control."]
     if max(families[d] for d in DIRECTIONS) / (cfg.n_surrogates + 1) >= cfg.alpha:
         notes.append(f"With {cfg.n_surrogates} Monte Carlo draws the lagged tests cannot reach alpha={cfg.alpha} "
                      "after correction: raise --surrogates.")
@@ -272,8 +358,25 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     cost = throttle_cost(control_cols.get(T.THROUGHPUT, absent), control_cols.get(T.THROTTLED, absent),
                          control_cols.get(T.COLLAPSED, absent), paused.astype(float), step,
                          _steps(THROTTLE_BLOCK_S, step))
-    return {"pairs": pairs, "events": ev, "granger": gr, "perturbation": pert, "positive_control": control,
-            "throttle_cost": cost, "warmup": warmup, "notes": notes, "families": families}
+    return {"pairs": pairs, "spike_responses": responses, "events": ev, "granger": gr, "perturbation": pert,
+            "positive_control": control, "throttle_cost": cost, "warmup": warmup, "notes": notes,
+            "families": families}
+
+
+def granger_precedence(res: dict, alpha: float) -> list[dict]:
+    """Each way one series significantly precedes the other (Holm p < alpha), and whether the measured common
+    cause explains it (the conditional test given it is not significant)."""
+    out = []
+    for key, (a, b) in (("x_to_y", (res["x"], res["y"])), ("y_to_x", (res["y"], res["x"]))):
+        test = res.get(key) or {}
+        if test.get("p_adjusted") is None or test["p_adjusted"] >= alpha:
+            continue
+        given = res.get("given") or {}
+        cond = given.get(key) or {}
+        explained = cond.get("p_adjusted") is not None and cond["p_adjusted"] >= alpha
+        out.append({"precedes": a, "follows": b, "p_adjusted": test["p_adjusted"], "given": given.get("series"),
+                    "p_adjusted_given": cond.get("p_adjusted"), "explained_by_common_cause": explained})
+    return out
 
 
 def pause_rows(pause: np.ndarray | None, n: int, settle_rows: int) -> np.ndarray:

@@ -18,7 +18,16 @@ from thermograd.analysis.table import grid_rows
 
 
 class BackendUnreachable(InputError):
-    """No usable answer after every retry (connection error, timeout or 5xx)."""
+    """No usable answer after every retry (connection error, timeout or 5xx), or a refusal no retry can mend."""
+
+
+# A refused connection (nothing listens there) or a host name that does not resolve is no passing fault:
+# retrying them only delays the one useful message. Timeouts, resets and 5xx answers are retried.
+_PERMANENT = ("Connection refused", "[Errno 111]", "Name or service not known", "nodename nor servname")
+
+
+def _permanent(exc: requests.RequestException) -> bool:
+    return isinstance(exc, requests.ConnectionError) and any(text in str(exc) for text in _PERMANENT)
 
 MAX_POINTS_PER_SERIES = 11_000  # Prometheus refuses range queries above 11,000 points per series
 
@@ -80,6 +89,11 @@ class PromClient:
             try:
                 resp = self._get_within_deadline(endpoint, params)
             except requests.RequestException as exc:
+                if _permanent(exc):
+                    why = "refused the connection (nothing listens there)" if "refused" in str(exc) or "111" in str(
+                        exc) else "names a host that does not resolve"
+                    raise BackendUnreachable(f"{self.url} {why}: is Prometheus running, and is --prometheus its base "
+                                             "URL (e.g. http://127.0.0.1:9090)?") from None
                 last_error = f"{type(exc).__name__}: {_first_line(str(exc))}"
             else:
                 if resp.status_code < 500:
@@ -97,8 +111,10 @@ class PromClient:
         try:
             body = resp.json()
         except ValueError as exc:
-            raise InputError(f"{endpoint} answered HTTP {resp.status_code} with non-JSON: "
-                             f"{_first_line(resp.text)!r}") from exc
+            raise InputError(f"{self.url} is not a Prometheus HTTP API: {endpoint} answered HTTP {resp.status_code} "
+                             f"with {_first_line(resp.text)!r}, not JSON. Give --prometheus the base URL of "
+                             "Prometheus (or Thanos, Mimir, VictoriaMetrics), e.g. http://127.0.0.1:9090, not an "
+                             "exporter's or a trainer's /metrics") from exc
         if not isinstance(body, dict):
             raise InputError(f"{endpoint} answered HTTP {resp.status_code} with JSON that is not a Prometheus "
                              f"API answer (a {type(body).__name__}, not an object)")
@@ -137,6 +153,32 @@ class PromClient:
                 return parse_duration_s(stripped.split(":", 1)[1].strip())
         return None
 
+    def _active_targets(self) -> list | None:
+        """/api/v1/targets' activeTargets as served; None where the backend does not serve them (VictoriaMetrics,
+        Mimir)."""
+        try:
+            data = self._get("/api/v1/targets", {"state": "active"})
+        except BackendUnreachable:
+            raise
+        except InputError:
+            return None
+        targets = data.get("activeTargets")
+        return targets if isinstance(targets, list) else None
+
+    def targets(self) -> list[dict] | None:
+        """The active scrape targets: job, scrape URL, health and last error of each (None: not served)."""
+        targets = self._active_targets()
+        if targets is None:
+            return None
+        out = []
+        for target in targets:
+            if isinstance(target, dict):
+                labels = target.get("labels") if isinstance(target.get("labels"), dict) else {}
+                out.append({"job": labels.get("job", target.get("scrapePool", "")),
+                            "url": str(target.get("scrapeUrl", "")), "health": str(target.get("health", "")),
+                            "last_error": str(target.get("lastError") or "")})
+        return out
+
     def job_scrape_interval_s(self, jobs: tuple[str, ...]) -> float | None:
         """The longest scrapeInterval of the active targets of `jobs` (/api/v1/targets), or None.
 
@@ -145,13 +187,7 @@ class PromClient:
         """
         from thermograd.analysis.timeparse import parse_duration_s
 
-        try:
-            data = self._get("/api/v1/targets", {"state": "active"})
-        except BackendUnreachable:
-            raise
-        except InputError:
-            return None
-        targets = data.get("activeTargets")
+        targets = self._active_targets()
         try:
             intervals = [parse_duration_s(t["scrapeInterval"]) for t in targets or []
                          if t.get("labels", {}).get("job") in jobs and t.get("scrapeInterval")]

@@ -23,7 +23,7 @@ from scipy.signal import lfilter
 from thermograd.analysis.load_files import Samples, step_durations
 
 NULL_KINDS = ("ar1", "trends", "spikes", "volatility", "gaps", "jitter", "slow_2s", "slow_15s",
-              "phase_offset", "restart", "paused")
+              "phase_offset", "restart", "paused", "idle_start", "loader_drift")
 PLANTED_KINDS = ("gaussian", "spiky")
 START_UNIX_S = 1_767_225_600.0  # 2026-01-01: any epoch works; a realistic one exercises float precision
 RATED_W = 250.0
@@ -36,6 +36,7 @@ class Recording:
     kind: str
     duration_s: float
     planted: dict | None = None  # {"x", "y", "lag_s", "r"} for a planted coupling
+    loader_tau_s: float = 0.0  # the time constant of the loader speed's drift (loader_drift runs)
 
 
 def ar1_unit(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:
@@ -62,6 +63,9 @@ class _Plan:
     restart: bool = False
     step_noise: float = 0.1  # per-step gradient-norm noise on top of the per-second process
     pause_every_s: float = 0.0  # the trainer idles 4 s this often (0: never); power and utilisation drop
+    idle_start: bool = False  # the device leaves idle and the optimizer's first fast descent as the run starts
+    loader_tau_s: float = 0.0  # a loader-bound job whose speed drifts with this time constant (0: steady)
+    throttle_len_s: tuple[float, float] = (5.0, 60.0)  # hot spells (unrelated to the training) last this long
 
 
 def _plan(kind: str, duration_s: float, rng: np.random.Generator) -> _Plan:
@@ -90,6 +94,11 @@ def _plan(kind: str, duration_s: float, rng: np.random.Generator) -> _Plan:
         p.restart = True
     elif kind == "paused":
         p.pause_every_s = float(rng.uniform(15, 40))
+    elif kind == "idle_start":
+        p.idle_start = True
+    elif kind == "loader_drift":  # time constants from 10 s to 5 min, log-uniform; hot spells of minutes too
+        p.loader_tau_s = float(np.exp(rng.uniform(np.log(10.0), np.log(300.0))))
+        p.throttle_len_s = (20.0, 180.0)
     elif kind not in NULL_KINDS:
         raise ValueError(f"unknown null kind {kind!r} (known: {', '.join(NULL_KINDS)})")
     return p
@@ -155,7 +164,7 @@ def _latent(n: int, plan: _Plan, rng: np.random.Generator) -> dict[str, np.ndarr
     power = (150.0 + on * rng.uniform(-30, 30) * _shape(t, n, str(rng.choice(["ramp", "sigmoid", "warmup"])), rng)
              + 6.0 * vol * ar1_unit(n, rng.uniform(0.6, 0.95), rng))
     collapsed = _episodes(n, rng.uniform(200, 600), 5, 40, rng)
-    throttled = _episodes(n, rng.uniform(100, 400), 5, 60, rng)  # hot spells, unrelated to the training
+    throttled = _episodes(n, rng.uniform(100, 400), *plan.throttle_len_s, rng)  # hot spells, unrelated to training
     sm_clock = 1.8e9 * (1 - 0.25 * throttled) + 2e7 * vol * ar1_unit(n, rng.uniform(0.5, 0.95), rng)
     utilization = np.clip(0.95 + 0.02 * vol * ar1_unit(n, 0.7, rng), 0, 1)
     rle = (0.6 + on * 0.2 * _shape(t, n, "decay", rng) + 0.05 * vol * ar1_unit(n, rng.uniform(0.7, 0.95), rng)
@@ -177,9 +186,39 @@ def _latent(n: int, plan: _Plan, rng: np.random.Generator) -> dict[str, np.ndarr
         temp[idle] = 40.0 + cooled * np.exp(-(idle - r0) / 60.0)
         after = np.arange(r1, n)
         temp[after] += (temp[r1 - 1] - temp[r1]) * np.exp(-(after - r1) / 90.0) if r1 < n else 0.0
-    return {"grad_norm": grad, "loss": loss, "perturbation": perturbation.astype(float), "temperature": temp,
-            "power": power, "collapsed": collapsed, "rle": rle, "throttled": throttled, "sm_clock": sm_clock,
-            "utilization": utilization, "_restart": plan_restart if plan.restart else None}
+    out = {"grad_norm": grad, "loss": loss, "perturbation": perturbation.astype(float), "temperature": temp,
+           "power": power, "collapsed": collapsed, "rle": rle, "throttled": throttled, "sm_clock": sm_clock,
+           "utilization": utilization, "_restart": plan_restart if plan.restart else None}
+    if plan.idle_start:
+        _from_idle(out, t, rng)
+    return out
+
+
+def _from_idle(series: dict[str, np.ndarray], t: np.ndarray, rng: np.random.Generator) -> None:
+    """A run that starts from an idle device: power, temperature, clocks and utilisation climb from their
+    idle values (power and temperature over tens of seconds to minutes) while the gradient norm and the loss
+    fall fast; each transient has its own time constant and nothing else is shared."""
+    def fade(lo: float, hi: float) -> np.ndarray:
+        return np.exp(-t / rng.uniform(lo, hi))
+
+    series["power"] -= rng.uniform(90, 200) * fade(10, 60)
+    series["temperature"] -= rng.uniform(20, 40) * fade(30, 120)
+    series["sm_clock"] += (0.6e9 - 1.8e9) * fade(1, 10)
+    series["utilization"] *= 1.0 - fade(1, 5)
+    series["rle"] += rng.uniform(-0.3, 0.3) * fade(10, 60)
+    series["grad_norm"] += rng.uniform(5, 30) * fade(5, 60)
+    series["loss"] += rng.uniform(2, 8) * fade(5, 60)
+
+
+def drifting_steps(duration_s: float, interval_s: float, tau_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Step end times of a loader-bound job whose speed drifts: the log step time is an AR(1) with time
+    constant `tau_s` (sd 0.25), plus 2 % jitter per step."""
+    drift = 0.25 * ar1_unit(int(duration_s) + 2, float(np.exp(-1.0 / tau_s)), rng)
+    times, now = [], 0.0
+    while now < duration_s - 1:
+        now += interval_s * float(np.exp(drift[int(now)])) * (1.0 + 0.02 * rng.standard_normal())
+        times.append(now)
+    return np.asarray(times[:-1])
 
 
 def _times(duration_s: float, interval_s: float, phase_s: float, jitter_s: float,
@@ -214,7 +253,8 @@ def _sample(latent: dict[str, np.ndarray], t: np.ndarray, names: tuple[str, ...]
 
 def _recording(latent: dict, plan: _Plan, duration_s: float, kind: str, rng: np.random.Generator,
                quantise_temperature: bool) -> Recording:
-    t_train = _times(duration_s, plan.step_interval_s, 0.0, plan.step_jitter_s, rng)
+    t_train = (drifting_steps(duration_s, plan.step_interval_s, plan.loader_tau_s, rng) if plan.loader_tau_s
+               else _times(duration_s, plan.step_interval_s, 0.0, plan.step_jitter_s, rng))
     if plan.train_gap_s > 0:
         if latent.get("_restart"):
             g0, g1 = latent["_restart"]
@@ -268,7 +308,9 @@ def null_run(kind: str, duration_s: float, seed: int) -> Recording:
     plan = _plan(kind, duration_s, rng)
     n = int(duration_s) + 1
     latent = _latent(n, plan, rng)
-    return _recording(latent, plan, duration_s, kind, rng, quantise_temperature=bool(rng.random() < 0.5))
+    rec = _recording(latent, plan, duration_s, kind, rng, quantise_temperature=bool(rng.random() < 0.5))
+    rec.loader_tau_s = plan.loader_tau_s
+    return rec
 
 
 def planted_run(kind: str, duration_s: float, lag_s: int, r: float, seed: int) -> Recording:

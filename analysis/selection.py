@@ -19,10 +19,10 @@ from thermograd.analysis.devices import (
     matches,
 )
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.promql import PromClient, matrix_to_arrays
+from thermograd.analysis.promql import PromClient
 from thermograd.analysis.timeparse import iso_utc
 
-RUN_POINTS = 1000  # resolution of the run-discovery scan over the look-back period
+LAST_SEEN_PRECISION_S = 1.0  # how close to its last sample a run's window ends (then trimmed to the data)
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Run:
     run_id: str
     start_time_s: float
     first_seen_s: float
-    last_seen_s: float
+    last_seen_s: float | None = None  # found for the run analysed (last_seen_s()), not for every run listed
 
 
 def quote_label(value: str) -> str:
@@ -38,24 +38,52 @@ def quote_label(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def discover_runs(client: PromClient, start_s: float, end_s: float) -> dict[str, Run]:
-    """Every run with samples in [start, end]: its start time and where its series were seen.
+def window(seconds: float) -> str:
+    """A PromQL range of whole seconds covering `seconds`."""
+    from thermograd.analysis.fetch import range_window  # fetch imports this module: resolved at call time
 
-    One range query of max_over_time over a coarse step finds runs however short they were
-    (an instant query would miss anything older than the 5-minute staleness window).
-    """
-    step = max((end_s - start_s) / RUN_POINTS, 1.0)
-    expr = f"max by (run_id) (max_over_time(train_run_start_time_seconds[{int(np.ceil(step))}s]))"
-    results = client.query_range({"runs": expr}, start_s, end_s, step)["runs"]
-    by_run: dict[str, list[dict]] = {}
-    for series in results:
-        by_run.setdefault(series["metric"].get("run_id", ""), []).append(series)
+    return range_window(float(np.ceil(seconds)))
+
+
+def discover_runs(client: PromClient, start_s: float, end_s: float) -> dict[str, Run]:
+    """Every run with samples in [start, end], with its start time (train_run_start_time_seconds's value).
+
+    One instant query whose window is written out (`max_over_time(...[end - start])` at `end`), not a range query:
+    a store that aligns range queries to their step or caches them (VictoriaMetrics with its default flags, the
+    query frontends of Thanos and Mimir) can move a coarse step's last point to before a short, recent run, so a
+    run that has just ended would not be found. An instant query is not aligned and finds any run however short."""
+    expr = f"max by (run_id) (max_over_time(train_run_start_time_seconds{window(end_s - start_s)}))"
     runs = {}
-    for run_id, series in by_run.items():
-        t_s, vals = matrix_to_arrays(series)
-        if t_s.size:
-            runs[run_id] = Run(run_id, float(np.nanmin(vals)), float(t_s.min() - step), float(t_s.max()))
+    for series in client.instant(expr, end_s, "runs in the look-back window"):
+        try:
+            start_time_s = float(series["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        run_id = series["metric"].get("run_id", "")
+        if np.isfinite(start_time_s):
+            runs[run_id] = Run(run_id, start_time_s, start_time_s)
     return runs
+
+
+def last_seen_s(client: PromClient, run: Run, end_s: float, precision_s: float = LAST_SEEN_PRECISION_S) -> float:
+    """The time of the run's last sample at or before `end`, to `precision_s` (rounded up), by bisection with
+    instant queries whose windows are written out: are there samples in (t, end]? No range query, so no store's
+    alignment or caching of range steps can move it. About log2((end - start) / precision) queries."""
+    sel = f"train_run_start_time_seconds{{run_id={quote_label(run.run_id)}}}"
+
+    def any_after(t_s: float) -> bool:
+        return bool(client.instant(f"count_over_time({sel}{window(end_s - t_s)})", end_s, "the run's last sample"))
+
+    low, high = min(run.start_time_s, end_s) - precision_s, end_s  # samples after low; none after high
+    if not any_after(low):
+        return end_s  # none since its start time (a clock far off): keep the whole window
+    while high - low > precision_s:
+        middle = (low + high) / 2
+        if any_after(middle):
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 SAMPLE_SPACING_WINDOW_S = 600.0  # the run's first ten minutes show its scrape interval
@@ -68,10 +96,46 @@ def run_sample_interval_s(client: PromClient, run: Run) -> float | None:
     return client.sample_interval_s(selectors, at_s, max(at_s - run.first_seen_s, 1.0))
 
 
-def choose_run(runs: dict[str, Run], wanted: str | None) -> Run:
+def _target_list(targets: list[dict]) -> str:
+    return ", ".join(f"{t['job']} {t['url']} ({t['health'] or 'unknown'}"
+                     + (f": {t['last_error']}" if t["last_error"] else "") + ")" for t in targets[:6])
+
+
+def _is_trainer(target: dict) -> bool:
+    return "train" in target["job"].lower()
+
+
+def no_runs_reason(targets: list[dict] | None, url: str) -> str:
+    """Why no run was found, from what Prometheus scrapes (None: the backend does not list its targets)."""
+    window = ("no train_run_start_time_seconds series in the look-back window; widen it with --lookback or give "
+              "--start/--end")
+    if targets is None:
+        return f"no training runs found ({window}; is your training job's /metrics scraped?)"
+    trainers = [t for t in targets if _is_trainer(t)]
+    if not trainers:
+        return (f"no training runs found: Prometheus at {url} scrapes no trainer (its targets: "
+                f"{_target_list(targets) or 'none'}). Add your job's /metrics endpoint (TrainingMetrics serves "
+                "http://127.0.0.1:9843/metrics by default) to a scrape job named trainer, as "
+                "prometheus/prometheus-local.yml does, or let `thermograd run --prometheus` do it all")
+    if all(t["health"] != "up" for t in trainers):
+        return (f"no training runs found: every trainer target is down now ({_target_list(trainers)}) and none "
+                f"left a run in the window ({window}): is the job running, and on that port?")
+    return f"no training runs found: the trainer targets are up ({_target_list(trainers)}) but {window}"
+
+
+def hardware_down(targets: list[dict] | None) -> str | None:
+    """The hardware exporters' targets that are down, said with their last scrape error (None: none down)."""
+    down = [t for t in targets or [] if not _is_trainer(t) and t["job"] != "prometheus" and t["health"] != "up"]
+    if not down:
+        return None
+    return (f"the hardware exporter's target is down ({_target_list(down)}): is thermograd-exporter (or your GPU "
+            "exporter) running there?")
+
+
+def choose_run(runs: dict[str, Run], wanted: str | None, no_runs: str = "") -> Run:
     if not runs:
-        raise InputError("no training runs found (no train_run_start_time_seconds series in the look-back "
-                         "window; widen it with --lookback or give --start/--end)")
+        raise InputError(no_runs or "no training runs found (no train_run_start_time_seconds series in the "
+                         "look-back window; widen it with --lookback or give --start/--end)")
     if wanted is None:
         return max(runs.values(), key=lambda r: r.start_time_s)
     if wanted not in runs:
@@ -101,7 +165,7 @@ def run_identity(client: PromClient, run_id: str, rank: str | None, end_s: float
     labels = ranks[rank]
     pod, namespace = (first_label(labels, names) for names in (TRAINER_POD_LABELS, TRAINER_NAMESPACE_LABELS))
     return RunIdentity(run_id, rank, labels.get("gpu_uuid", ""), pod[1] if pod else "",
-                       namespace[1] if namespace else "")
+                       namespace[1] if namespace else "", labels.get("emulation", ""))
 
 
 HARDWARE_SOURCES = ("auto", *SOURCES)  # --hardware-source; auto tries SOURCES in their order

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from thermograd.analysis.catalog import DIRECTIONS
+from thermograd.analysis.direction import lead_text
 from thermograd.analysis.stats.series import INSUFFICIENT
 
 _ORDER = {"strong": 3, "moderate": 2, "weak": 1}
@@ -32,46 +34,120 @@ QUESTIONS = {"optimizer_to_hardware": "does what the optimizer does show up in t
              "hardware_to_training": "does the hardware's heat (clocks, temperature, power, throttling) slow training?"}
 
 
-def overall(pairs: list[dict], step_s: float, direction: str = "optimizer_to_hardware") -> dict:
+def overall(pairs: list[dict], step_s: float, direction: str = "optimizer_to_hardware",
+            responses: list[dict] | None = None) -> dict:
     """One of the seed's answers for one direction of the run: coupled (with strength), negligible, none
-    (independence shown by an equivalence test), inconclusive, or insufficient data."""
-    verdict = _answer([p for p in pairs if p.get("direction", direction) == direction], step_s)
+    (independence shown by an equivalence test for every test of the family), inconclusive, or insufficient
+    data. `responses`: the spike-triggered responses (pipeline.spike_responses), tests of their direction."""
+    mine = [p for p in pairs if p.get("direction", direction) == direction]
+    events = [r for r in responses or [] if r.get("direction") == direction]
+    verdict = _answer(mine, events, step_s)
     return {"direction": direction, "question": QUESTIONS.get(direction, direction), **verdict}
 
 
-def _answer(pairs: list[dict], step_s: float) -> dict:
-    coupled = [p for p in pairs if p["coupled"]]
-    if coupled:
-        best = max(coupled, key=lambda p: _ORDER.get(p["strength"], 0))
-        names = ", ".join(f"{p['x']}~{p['y']}" for p in coupled)
-        summary = (f"Coupled ({best['strength']}): {names} survive(s) Holm correction on stationary series "
-                   f"with |r| of at least the smallest effect of interest; lags are resolved to the {step_s:g} s step.")
-        return {"coupled": True, "strength": best["strength"], "summary": summary}
-    informative = [p for p in pairs if p["strength"] != INSUFFICIENT]
+def verdicts(result: dict, step_s: float) -> dict[str, dict]:
+    """Both directions' verdicts of one analysis result (pipeline.analyse)."""
+    return {d: overall(result["pairs"], step_s, d, result.get("spike_responses")) for d in DIRECTIONS}
+
+
+def _answers_question(pair: dict) -> bool:
+    return (pair.get("lead") or {}).get("answers_question", True)
+
+
+def response_text(res: dict) -> str:
+    """'grad_norm spikes -> power -38.2 [-45.1, -31.3] 3-7 s after 14 spikes' (the metric's units)."""
+    lo, hi = res["lag_window_s"]
+    window = f"{lo:g} s" if lo == hi else f"{lo:g}-{hi:g} s"
+    return (f"{res['spikes']} spikes -> {res['metric']} {res['effect']:+.3g} [{res['ci'][0]:+.3g}, "
+            f"{res['ci'][1]:+.3g}] {window} after {res['n_spikes']} spikes")
+
+
+def _pair_name(pair: dict) -> str:
+    lead = pair.get("lead")
+    return f"{pair['x']}~{pair['y']}" + (f" ({lead_text(pair)})" if lead else "")
+
+
+def _other_way(other: list[dict]) -> str:
+    names = "; ".join(f"{_pair_name(p)}: {p['lead']['why']}" for p in other)
+    return (f"{len(other)} coupling(s) found here do not answer this question: {names}. Which way each effect "
+            f"runs: {', '.join(p['lead']['runs'] for p in other)}.")
+
+
+def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
+    this_way = [p for p in pairs if p["coupled"] and _answers_question(p)]
+    other = [p for p in pairs if p["coupled"] and not _answers_question(p)]
+    found = [r for r in responses if r["coupled"]]
+    effects = [{"pair": f"{p['x']}~{p['y']}", **p["lead"]} for p in [*this_way, *other] if p.get("lead")]
+    effects += [{"pair": f"{r['spikes']} spikes~{r['metric']}", "leader": r["spikes"], "runs": "training -> hardware",
+                 "answers_question": True, "lag_range_s": r["lag_window_s"], "why": "the response follows the spikes"}
+                for r in found]
+    if this_way or found:
+        best = max([*this_way, *found], key=lambda p: _ORDER.get(p["strength"], 0))
+        parts = []
+        if this_way:
+            parts.append(f"{', '.join(_pair_name(p) for p in this_way)} survive(s) Holm correction on stationary "
+                         f"series with |r| of at least the smallest effect of interest")
+        if found:
+            parts.append("spike-triggered response(s) survive Holm correction: "
+                         + "; ".join(response_text(r) for r in found))
+        summary = (f"Coupled ({best['strength']}): {'; '.join(parts)}; lags are resolved to the {step_s:g} s step."
+                   + (f" {_other_way(other)}" if other else ""))
+        return {"coupled": True, "strength": best["strength"], "summary": summary, "effects": effects}
+    if other:
+        return {"coupled": False, "strength": "inconclusive", "effects": effects,
+                "summary": (f"Not coupled this way: {_other_way(other)} No effect that runs this way was found, but "
+                            "with these couplings present the run cannot show independence either.")}
+    tests = [*pairs, *responses]
+    informative = [p for p in tests if p["strength"] != INSUFFICIENT]
     if not informative:
         return {"coupled": False, "strength": INSUFFICIENT,
                 "summary": "Insufficient data: every pair has too few samples or a constant series."}
-    inconclusive = [p for p in informative if p["strength"] == "inconclusive"]
-    if inconclusive:
-        longest = max(p.get("run_length_to_settle_s") or np.inf for p in inconclusive)
-        mde = max(p.get("minimal_detectable_r") or 0.0 for p in inconclusive)
-        names = ", ".join(f"{p['x']}~{p['y']}" for p in inconclusive)
-        return {"coupled": False, "strength": "inconclusive",
-                "summary": (f"Inconclusive: no coupling was found, but this run cannot show independence either "
-                            f"({names}: the equivalence test does not put |r| below 0.3). Couplings of |r| >= "
-                            f"{mde:.2f} would have been detected with 80 % power; {_duration(longest)} of data "
-                            f"would settle it.")}
-    negligible = [p for p in informative if p["strength"] == "negligible"]
+    inconclusive = [p for p in pairs if p["strength"] == "inconclusive"]
+    unsettled = [r for r in responses if r["strength"] == "inconclusive"]
+    if inconclusive or unsettled:
+        return {"coupled": False, "strength": "inconclusive", "summary": _inconclusive(inconclusive, unsettled)}
+    negligible = [p for p in tests if p["strength"] == "negligible"]
     if negligible:
-        names = ", ".join(f"{p['x']}~{p['y']}" for p in negligible)
+        names = ", ".join(_test_name(p) for p in negligible)
         return {"coupled": False, "strength": "negligible",
                 "summary": (f"Negligible: {names} move(s) together significantly, but by less than the smallest "
-                            f"effect of interest (|r| < min-effect): reported, not called coupled.")}
-    skipped = [f"{p['x']}~{p['y']}" for p in pairs if p["strength"] == INSUFFICIENT]
+                            f"effect of interest (|r| < min-effect, or a response under a quarter of the metric's "
+                            f"sd): reported, not called coupled.")}
+    skipped = [_test_name(p) for p in tests if p["strength"] == INSUFFICIENT]
+    ran = [r for r in responses if r["strength"] == "none"]
+    bound = ran[0]["equivalence"]["bound_sd"] if ran else None
     return {"coupled": False, "strength": "none",
             "summary": ("Independent systems: for every pair an equivalence test shows |r| < 0.3 at every lag "
-                        "scanned (the seed's band), and no test survives Holm correction"
+                        "scanned (the seed's band)"
+                        + (f", every spike-triggered response is shown within +/-{bound:g} sd of its metric at every "
+                           "window" if ran else "")
+                        + ", and no test survives Holm correction"
                         + (f" ({', '.join(skipped)}: insufficient data)." if skipped else "."))}
+
+
+def _test_name(test: dict) -> str:
+    return f"{test['spikes']} spikes~{test['metric']}" if "spikes" in test else f"{test['x']}~{test['y']}"
+
+
+def _inconclusive(pairs: list[dict], responses: list[dict]) -> str:
+    """What the run could not show, and what would settle it: a longer run for the correlations, more spikes for
+    the spike-triggered responses."""
+    parts = []
+    if pairs:
+        longest = max(p.get("run_length_to_settle_s") or np.inf for p in pairs)
+        mde = max(p.get("minimal_detectable_r") or 0.0 for p in pairs)
+        parts.append(f"{', '.join(_test_name(p) for p in pairs)}: the equivalence test does not put |r| below 0.3. "
+                     f"Couplings of |r| >= {mde:.2f} would have been detected with 80 % power; "
+                     f"{_duration(longest)} of data would settle it")
+    if responses:
+        spikes = max(r.get("spikes_to_settle") or 0 for r in responses)
+        longest = max(r.get("run_length_to_settle_s") or np.inf for r in responses)
+        bound = responses[0]["equivalence"]["bound_sd"]
+        parts.append(f"{', '.join(_test_name(r) for r in responses)}: the spike-triggered response is not shown "
+                     f"within +/-{bound:g} sd of the metric at every window; about {spikes} spikes "
+                     f"({_duration(longest)} at this run's spike rate) would settle it")
+    return ("Inconclusive: no coupling was found, but this run cannot show independence either ("
+            + "; ".join(parts) + ").")
 
 
 def _pair_lines(pair: dict, alpha: float) -> list[str]:
@@ -82,8 +158,9 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
     ci = prim.get("ci") or [None, None]
     lag_s = lag.get("peak_lag_s")
     lag_found = lag.get("p_adjusted") is not None and lag["p_adjusted"] < alpha
-    lead = "" if not (lag_s and lag_found) else (f"; {pair['x']} leads by {lag_s:g} s" if lag_s > 0 else
-                                                 f"; {pair['y']} leads by {-lag_s:g} s")
+    lead = (f"; {lead_text(pair)}, so the effect runs {pair['lead']['runs']}" if pair.get("lead") else
+            "" if not (lag_s and lag_found) else (f"; {pair['x']} leads by {lag_s:g} s" if lag_s > 0 else
+                                                  f"; {pair['y']} leads by {-lag_s:g} s"))
     verdict = (f"COUPLED ({pair['strength']})" if pair["coupled"] else
                {"negligible": "negligible (significant, |r| below the smallest effect of interest)",
                 "none": "none (equivalence shown: |r| < 0.3 at every lag)",
@@ -108,9 +185,58 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
                      "no coupling of the step-to-step movements survives.")
     if lag.get("max_lag_note"):
         lines.append(f"  Lagged test: {lag['max_lag_note']}.")
+    if pair.get("lead") and not pair["lead"]["answers_question"]:
+        lines.append(f"  Not an answer to this direction's question: {pair['lead']['why']}.")
     if pair["coupled"] and nr is not None and abs(nr) < 0.3:
         lines.append("  The naive level correlation is small, but the step-to-step movements go together "
                      "(possibly with a delay), which the naive number cannot see.")
+    return lines
+
+
+UNITS = {"power": " W", "temperature": " C", "sm_clock": " Hz", "utilization": " (share busy)", "rle": ""}
+
+
+def _response_lines(responses: list[dict]) -> list[str]:
+    """One line per spike-triggered response: its effect in the metric's units, CI, lag window, spikes, verdict."""
+    lines = []
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for res in responses:
+        if res["status"] != "ok":  # one line per spike series and reason, not one per metric
+            skipped.setdefault((res["spikes"], str(res.get("reason"))), []).append(res["metric"])
+    lines += [f"- {spikes} spikes -> {', '.join(metrics)}: insufficient data ({reason})."
+              for (spikes, reason), metrics in skipped.items()]
+    for res in responses:
+        name = f"- {res['spikes']} spikes -> {res['metric']}"
+        if res["status"] != "ok":
+            continue
+        lo, hi = res["lag_window_s"]
+        unit = UNITS.get(res["metric"], "")
+        eq = res.get("equivalence") or {}
+        verdict = (f"COUPLED ({res['strength']})" if res["coupled"] else
+                   {"negligible": f"negligible (significant, under {res.get('min_sd', 0.25):g} sd of the metric)",
+                    "none": f"none (shown within +/-{eq.get('bound_sd', 1):g} sd at every window)",
+                    "inconclusive": f"inconclusive (not shown within +/-{eq.get('bound_sd', 1):g} sd; about "
+                                    f"{res.get('spikes_to_settle')} spikes would settle it)"}.get(res["strength"], ""))
+        window = f"{lo:g} s" if lo == hi else f"{lo:g}-{hi:g} s"
+        lines.append(f"{name}: {res['effect']:+.3g}{unit} [95% CI {res['ci'][0]:+.3g}, {res['ci'][1]:+.3g}] "
+                     f"{window} after {res['n_spikes']} {res['train']} ({res['effect_sd_units'] or 0:+.2f} sd), "
+                     f"Holm p = {_fmt_p(res.get('p_adjusted'))} -> {verdict}.")
+    return lines
+
+
+def _granger_lines(granger: list[dict]) -> list[str]:
+    """The significant Granger results, labelled as precedence, with what a measured common cause explains."""
+    lines = []
+    for res in granger:
+        for found in res.get("precedence") or []:
+            line = (f"- precedence (Granger: the past of one helps predict the other; not cause): {found['precedes']} "
+                    f"precedes {found['follows']} (Holm p = {_fmt_p(found['p_adjusted'])})")
+            if found["explained_by_common_cause"]:
+                line += (f"; given {found['given']} (a measured common cause) it does not (Holm p = "
+                         f"{_fmt_p(found['p_adjusted_given'])}): {found['given']} explains both")
+            elif found.get("p_adjusted_given") is not None:
+                line += f"; still so given {found['given']} (Holm p = {_fmt_p(found['p_adjusted_given'])})"
+            lines.append(line + ".")
     return lines
 
 
@@ -139,7 +265,9 @@ def _cost_line(cost: dict | None) -> str:
 
 def summary_text(report: dict) -> str:
     verdicts = report.get("verdicts") or {"optimizer_to_hardware": report["verdict"]}
-    lines = []
+    # What was measured comes first: simulated or replayed hardware is named before any verdict.
+    first = ((report.get("inputs") or {}).get("hardware") or {}).get("description")
+    lines = [first] if first else []
     for direction, v in verdicts.items():
         lines.append(f"thermograd analysis, {direction.replace('_', ' ')} ({v.get('question', '')}): {v['summary']}")
     lines.append(_control_line(report.get("positive_control")))
@@ -152,6 +280,8 @@ def summary_text(report: dict) -> str:
             continue
         for pair in mine:
             lines += _pair_lines(pair, report["settings"]["alpha"])
+    lines += _response_lines(report.get("spike_responses") or [])
+    lines += _granger_lines(report.get("granger") or [])
     ev = report.get("events") or {}
     if ev.get("status") == "ok":
         lines.append(f"- spikes vs collapses: {ev['n_spikes']} spikes, {ev['n_collapses']} collapse onsets; "

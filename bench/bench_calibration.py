@@ -7,7 +7,10 @@ whole `analyse()`; the false-positive rate of every test (raw p < alpha where th
 verdict (`coupled` true) is reported with a Wilson 95 % interval. Goal (issue 8): every test's FPR within
 0.02-0.07 and the verdict's <= 0.07, for every kind. Power: planted coupling r ~ 0.3 on the differences,
 lags 0-5 s, Gaussian and spiky innovations, 600 s runs; goal >= 80 % detected with the right sign and
-the lag within +/-1 step.
+the lag within +/-1 step. Issue 16 (bench/calibration_effects.py): spike-triggered drops and rises of power,
+spike-carried lagged couplings in 3-minute runs (goal >= 90 % detected with the right sign and lag window, never
+`none`), throughput leading power (the hardware -> training verdict never coupled), throttling that slows the
+steps (found at lag 0 in >= 90 %), and the throttle cost's coverage on loaders whose speed drifts (>= 93 %).
 
 Prints one JSON object on stdout (progress on stderr). `--quick` is a smaller run for a smoke check.
 """
@@ -26,14 +29,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thermograd.analysis.catalog import DIRECTIONS  # noqa: E402
 from thermograd.analysis.offline import files_to_table  # noqa: E402
 from thermograd.analysis.pipeline import Settings, analyse  # noqa: E402
 from thermograd.analysis.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
-from thermograd.analysis.verdict import overall  # noqa: E402
+from thermograd.analysis.verdict import verdicts  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import calibration_effects as effects  # noqa: E402
 
 LENGTHS_S = (90, 180, 300, 600, 900, 1800, 3600)
 LONG_LENGTHS_S = (4 * 3600, 86400)  # a day of 1 s data costs seconds per run: fewer of these
+KIND_LENGTHS_S = {"idle_start": (120, 180, 180, 240, 300, 600)}  # runs from idle: the short ones are the risk
 ALPHA = 0.05
 FPR_GOAL = (0.02, 0.07)
 VERDICT_GOAL = 0.07
@@ -72,6 +78,8 @@ def test_pvalues(result: dict) -> tuple[dict[str, list[float]], dict[str, list[s
     for key in ("trigger", "precursor"):
         add(f"event_{key}", ev.get(key) if ev.get("status") == "ok" else None, ev.get("reason", "no collapse series"))
     add("point_biserial", ev.get("point_biserial"), ev.get("reason", "no collapse series"))
+    for res in result.get("spike_responses", []):
+        add("spike_response", res)
     pert = result.get("perturbation")
     if pert is None:
         skipped.setdefault("perturbation", []).append("no learning-rate bursts in the run")
@@ -83,17 +91,20 @@ def test_pvalues(result: dict) -> tuple[dict[str, list[float]], dict[str, list[s
 def _analyse(rec, cfg: Settings) -> tuple[dict, dict]:
     table = files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"])
     result = analyse(table, cfg)
-    return result, {d: overall(result["pairs"], table.step_s, d) for d in DIRECTIONS}
+    return result, verdicts(result, table.step_s)
 
 
 def null_job(args: tuple[str, int, int, int]) -> dict:
     kind, length, seed, n_surr = args
-    result, verdicts = _analyse(null_run(kind, length, seed), Settings(n_surrogates=n_surr, seed=seed))
-    v, hw = verdicts["optimizer_to_hardware"], verdicts["hardware_to_training"]
+    rec = null_run(kind, length, seed)
+    result, both = _analyse(rec, Settings(n_surrogates=n_surr, seed=seed))
+    v, hw = both["optimizer_to_hardware"], both["hardware_to_training"]
     p_values, skipped = test_pvalues(result)
+    covered, z = effects.cost_coverage(result) if rec.loader_tau_s else (None, None)
     return {"kind": kind, "length_s": length, "p": p_values, "skipped": skipped, "coupled": bool(v["coupled"]),
             "strength": v["strength"], "coupled_hw": bool(hw["coupled"]), "strength_hw": hw["strength"],
-            "control": result["positive_control"].get("detected")}
+            "control": result["positive_control"].get("detected"), "tau_s": rec.loader_tau_s,
+            "cost_covered": covered, "cost_z": z}
 
 
 def power_job(args: tuple[str, int, int, int, int]) -> dict:
@@ -180,7 +191,8 @@ def summarise_power(rows: list[dict]) -> dict:
     return out
 
 
-TEST_COLUMNS = ("lag0", "lagged", "granger", "event_trigger", "event_precursor", "point_biserial", "perturbation")
+TEST_COLUMNS = ("lag0", "lagged", "spike_response", "granger", "event_trigger", "event_precursor", "point_biserial",
+                "perturbation")
 
 
 def _cell(test: dict | None) -> str:
@@ -203,13 +215,38 @@ def markdown(result: dict) -> str:
               "|---|" + "---|" * len(lags)]
     for kind, v in result["power"].items():
         lines.append(f"| {kind} | " + " | ".join(f"{v[lag]['right_sign_and_lag']:.2f}" for lag in lags) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + effects_markdown(result))
+
+
+def effects_markdown(result: dict) -> list[str]:
+    """The README's issue-16 tables: spike effects, directions, the throttle cost's coverage."""
+    lines = ["", "| planted effect | runs | right sign and lag | by the spike response | by the pair | called none |",
+             "|---|---|---|---|---|---|"]
+    for name, v in (result.get("spike_effects") or {}).items():
+        lines.append(f"| {name} | {v['runs']} | {v['right_sign_and_lag']:.2f} | {v['by_spike_response']:.2f} | "
+                     f"{v['by_pair']:.2f} | {v['called_none']:.2f} |")
+    lines += ["", "| direction kind | runs | hardware slows training | throttling found at lag 0 | training-side "
+              "coupling reported | Granger training -> device (explained by throttled, no caveat) |",
+              "|---|---|---|---|---|---|"]
+    for name, v in (result.get("directions") or {}).items():
+        lines.append(f"| {name} | {v['runs']} | {v['hardware_slows_training']:.2f} | "
+                     f"{v['throttle_found_at_lag_0']:.2f} | {v['training_leads_or_same_step_reported']:.2f} | "
+                     f"{v['granger_training_precedes_device']} ({v['of_which_explained_by_throttled']}, "
+                     f"{v['of_which_without_caveat']}) |")
+    lines += ["", "| loader drift time constant | runs | CI covers the true cost | sd of the standardised error |",
+              "|---|---|---|---|"]
+    for band, v in (result.get("throttle_cost_coverage") or {}).items():
+        sd = v.get("sd_standardised_error")
+        lines.append(f"| {band} | {v['runs']} | {v['coverage']:.3f} | {'–' if sd is None else f'{sd:.2f}'} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=200, help="null runs per kind (default 200)")
     p.add_argument("--power-runs", type=int, default=50, help="planted runs per kind and lag (default 50)")
+    p.add_argument("--effect-runs", type=int, default=50,
+                   help="runs per spike effect and per direction kind (issue 16; default 50)")
     p.add_argument("--kinds", default=",".join(NULL_KINDS), help="comma-separated null kinds")
     p.add_argument("--lengths", default=",".join(str(v) for v in LENGTHS_S), help="run lengths in seconds")
     p.add_argument("--long-runs", type=int, default=10, help="extra runs per kind of the long lengths (default 10)")
@@ -229,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         runs, power_runs, lengths = 40, 20, [v for v in lengths if v <= 3600]
     kinds = [k for k in args.kinds.split(",") if k]
     long_lengths = [int(v) for v in args.long_lengths.split(",") if v] if not args.quick else []
-    jobs = [(kind, lengths[i % len(lengths)], 1000 * j + i, args.surrogates)
+    def length_of(kind: str, i: int) -> int:
+        own = KIND_LENGTHS_S.get(kind, lengths)
+        return own[i % len(own)]
+
+    jobs = [(kind, length_of(kind, i), 1000 * j + i, args.surrogates)
             for j, kind in enumerate(kinds) for i in range(runs)]
     jobs += [(kind, long_lengths[i % len(long_lengths)], 1000 * j + 900 + i, args.surrogates)
              for j, kind in enumerate(kinds) for i in range(args.long_runs if long_lengths else 0)]
@@ -246,18 +287,31 @@ def main(argv: list[str] | None = None) -> int:
             if done % 100 == 0:
                 print(f"bench_calibration: {done}/{len(jobs)} null runs", file=sys.stderr, flush=True)
         power_rows = list(pool.map(power_job, pjobs, chunksize=4))
+        effect_runs = 20 if args.quick else args.effect_runs
+        ejobs = [(name, 700_000 + 1000 * j + i, args.surrogates) for j, name in enumerate(effects.SPIKE_EFFECTS)
+                 for i in range(effect_runs)]
+        djobs = [(name, 800_000 + 1000 * j + i, args.surrogates) for j, name in enumerate(effects.DIRECTION_KINDS)
+                 for i in range(effect_runs)]
+        effect_rows = list(pool.map(effects.effect_job, ejobs, chunksize=2))
+        direction_rows = list(pool.map(effects.direction_job, djobs, chunksize=2))
     null = summarise_null(null_rows)
     power = summarise_power(power_rows)
+    spike_effects = effects.summarise_effects(effect_rows)
+    directions = effects.summarise_directions(direction_rows)
+    coverage = effects.summarise_coverage(null_rows)
     out = {
         "alpha": ALPHA, "goal": {"test_fpr": FPR_GOAL, "verdict_fpr_max": VERDICT_GOAL,
                                  "power_right_sign_and_lag_min": POWER_GOAL},
         "runs_per_kind": runs + (args.long_runs if long_lengths else 0), "lengths_s": lengths + long_lengths,
         "surrogates": args.surrogates,
-        "null": null, "power": power,
+        "null": null, "power": power, "spike_effects": spike_effects, "directions": directions,
+        "throttle_cost_coverage": coverage,
         "all_within_goal": (all(k["verdict_within_goal"] and all(t["within_goal"] for t in k["tests"].values()
                                                                   if t["within_goal"] is not None)
                                 for k in null.values())
-                            and all(v["within_goal"] for lags in power.values() for v in lags.values())),
+                            and all(v["within_goal"] for lags in power.values() for v in lags.values())
+                            and all(v["within_goal"] for v in [*spike_effects.values(), *directions.values()])
+                            and (coverage["all"]["runs"] == 0 or coverage["all"]["coverage"] >= 0.93)),
         "wall_s": round(time.perf_counter() - t0, 1), "workers": args.workers,
     }
     print(json.dumps(out, indent=2))

@@ -90,7 +90,7 @@ def _observe_cost_us(n: int = 20000) -> dict[str, float]:
             generate_latest(metrics.registry)
         render_us = (time.perf_counter() - start) / 200 * 1e6
         metrics.close()
-    record = (1, 2.5, 0.8, 1e-3, 0.1, time.time(), 1024, False, False, False, 0.0, None)
+    record = (1, 2.5, 0.8, 1e-3, 0.1, time.time(), 1024, False, False, False, 0.0, None, 0.05, 0.001, "GPU-x")
     start = time.perf_counter()
     for _ in range(n):
         format_record(record, "run", 0)

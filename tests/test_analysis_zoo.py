@@ -23,7 +23,7 @@ STRENGTHS = {"strong", "moderate", "weak", "negligible", "none", "inconclusive",
 def verdict_of(rec, **settings) -> tuple[dict, dict]:
     table = files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"])
     result = analyse(table, Settings(**settings))
-    return result, overall(result["pairs"], table.step_s)
+    return result, overall(result["pairs"], table.step_s, responses=result["spike_responses"])
 
 
 @pytest.mark.parametrize(("kind", "duration_s", "runs", "max_coupled"), [
@@ -101,7 +101,9 @@ def test_independence_is_claimed_only_with_an_equivalence_bound():
 
 def test_verdict_and_secondary_tests_are_separate_holm_families():
     result, _ = verdict_of(null_run("ar1", 900, 3))
-    assert result["families"]["optimizer_to_hardware"] == 10  # lag 0 and lagged, five pairs
+    responses = result["families"]["optimizer_to_hardware_spike_responses"]
+    assert 0 < responses <= 10  # grad-norm and loss spikes against five metrics, where the run has spikes
+    assert result["families"]["optimizer_to_hardware"] == 10 + responses  # lag 0 and lagged, five pairs
     assert result["families"]["hardware_to_training"] == 16  # eight pairs: clocks, heat, power, throttling
     assert result["families"]["secondary"] > 10
     assert any("separate families" in note for note in result["notes"])

@@ -347,6 +347,8 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
     lag0.update(status="ok", r=float(r_lin[i0]), ci=ci0, n_eff=neff0, se_z=se0, p=p0, n_surrogates=n_surr,
                 t=float(t_stat[0]), surrogates=method, statistic=stat, bandwidth=bw, scale=scale,
                 covolatility=covolatility0)
+    lag_set = taus[lag_confidence_set(t_stat[taus % n] / scale, corr, active, ip)]
+    lagged.update(lag_set_steps=[int(v) for v in lag_set])
     lagged.update(status="ok", peak_lag_steps=peak, peak_r=float(r_lin[ip]), ci=cip, se_z=sep, n_eff=neffp,
                   p=p_max, n_surrogates=n_surr, surrogates=method, statistic=f"max over lags of |{stat}|",
                   band_95=band_t * float(np.sqrt(var[0])) / max(float(count[0]), 1.0), ccf=[float(v) for v in r_lin])
@@ -357,6 +359,38 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
     equivalence = {"z": np.arctanh(r_lin), "se_z": se_lags / (1 - r_lin ** 2), "se0_r": float(se_lags[i0]),
                    "n": n_both}
     return {"lag0": lag0, "lagged": lagged, "equivalence": equivalence}
+
+
+def lag_confidence_set(t: np.ndarray, corr: np.ndarray, active: np.ndarray, reported: int,
+                       z: float = Z_95) -> np.ndarray:
+    """Indices of the lags that may be the peak: multiple comparisons with the best (Hsu 1984).
+
+    Parameters
+    ----------
+    t : the studentised statistic at each lag of the scan (signed).
+    corr : the statistics' correlation between lags under independence (`lag_correlation`).
+    active : the lags that took part in the scan (enough pairs).
+    reported : the index of the reported peak lag, always in the set.
+    z : one-sided critical value of each comparison with the best lag.
+
+    Returns
+    -------
+    The indices of the lags whose statistic, with the peak's sign, lies within z standard errors of the
+    best one's (the standard error of a difference of two statistics is sqrt(2 - 2 corr)): the lags the data
+    cannot tell from the peak. A coupling whose set lies on one side of zero has a leader; one whose set
+    holds zero is simultaneous within its uncertainty.
+
+    References
+    ----------
+    Hsu, J. C. (1984). Constrained simultaneous confidence intervals for multiple comparisons with the
+    best. Annals of Statistics 12, 1136-1144.
+    """
+    score = np.where(active, np.sign(t[reported] or 1.0) * t, -np.inf)
+    best = int(np.argmax(score))
+    sd = np.sqrt(np.maximum(2.0 - 2.0 * corr[:, best], 1e-12))
+    keep = active & (score[best] - score <= z * sd)
+    keep[reported] = True
+    return np.flatnonzero(keep)
 
 
 def lagged_test(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int,

@@ -43,9 +43,16 @@ def burst_lengths(active: np.ndarray) -> list[int]:
 
 def default_window(active: np.ndarray) -> int:
     """Twice the median burst length (>= 5 steps): long enough for a delayed response, short enough
-    that the burst is not diluted by unperturbed time."""
+    that the burst is not diluted by unperturbed time; and no longer than the median time between bursts,
+    so that a dense schedule's window before an onset does not reach back into the previous burst (which
+    would read the burst's own effect as the baseline and shrink it)."""
     lengths = burst_lengths(active)
-    return max(5, 2 * int(np.median(lengths))) if lengths else 30
+    if not lengths:
+        return 30
+    s = np.asarray(active, dtype=float)
+    gaps = burst_lengths(np.where(np.isfinite(s), 1.0 - s, np.nan))
+    longest = int(np.median(gaps)) if gaps else None
+    return max(5, min(2 * int(np.median(lengths)), longest or 2 * int(np.median(lengths))))
 
 
 def usable_onsets(metric: np.ndarray, active: np.ndarray, window: int, step_s: float) -> np.ndarray:

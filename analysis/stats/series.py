@@ -121,11 +121,32 @@ def stationary(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
         return d
     bounds = segment_bounds(finite, rows_for(LONG_GAP_S, step_s))
     d = d - rolling_linear_trend(d, rows_for(HIGHPASS_S / 2, step_s), bounds)
+    return d / local_scale(d, bounds, step_s)
+
+
+def local_scale(d: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], step_s: float) -> np.ndarray:
+    """The local noise scale of differences `d`: their running mean absolute value over VOLATILITY_S within
+    each segment, floored at a quarter of its median (a flat stretch is not blown up); the median where the
+    window holds nothing."""
+    finite = np.isfinite(d)
     scale = rolling_mean(np.abs(d), rows_for(VOLATILITY_S / 2, step_s), bounds)
     typical = np.nanmedian(scale[finite]) if finite.any() else 0.0
     if not typical > 0:
         typical = float(np.nanmean(np.abs(d))) or 1.0
-    return d / np.maximum(np.nan_to_num(scale, nan=typical), 0.25 * typical)
+    return np.maximum(np.nan_to_num(scale, nan=typical), 0.25 * typical)
+
+
+def volatility_standardised(level: np.ndarray, step_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A level divided by the local noise scale of its differences (`local_scale`, relative to its median), and
+    that relative scale: a stretch where every series is noisier at once (early training, a settling device)
+    counts like any other."""
+    d = first_difference(level)
+    finite = np.isfinite(d)
+    if finite.sum() < 3:
+        return level, np.ones(level.shape)
+    scale = local_scale(d, segment_bounds(finite, rows_for(LONG_GAP_S, step_s)), step_s)
+    relative = scale / float(np.median(scale[finite]))
+    return level / relative, relative
 
 
 def highpass_level(x: np.ndarray, step_s: float = 1.0, width_s: float = HIGHPASS_S) -> np.ndarray:

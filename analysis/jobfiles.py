@@ -1,0 +1,173 @@
+"""`--job-dir DIR`: a job's ranks and GPUs from files, on one grid (the inputs of stats/stragglers.py).
+
+Two layouts are read: one folder per rank, `DIR/rank-<k>/` holding that rank's step log (`steps*.jsonl`, whose
+lines carry the rank's `gpu_uuid`) and its GPU's recording (`*.csv`, thermograd-exporter's `--record` format); or
+the folder `thermograd run` writes (`steps.jsonl`, `steps.rank<k>.jsonl` and one `hardware.csv` holding every
+GPU). Each rank is joined to its GPU by uuid; a recording may hold several GPUs (one per node).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from pathlib import Path
+
+import numpy as np
+
+from thermograd.analysis.align import bin_to_grid
+from thermograd.analysis.devices import normalise_uuid
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.load_files import Samples, load_grad_log, load_hardware_devices
+from thermograd.analysis.stats.stragglers import GpuRows, RankRows, StepMatrix, all_nan_is_nan
+
+MAX_JOB_CELLS = 50_000_000  # ranks x rows held at once (8 bytes each, a few arrays): a few hundred MB
+MAX_STEP_CELLS = 20_000_000  # ranks x steps for the step-by-step cost; past it, the cost is counted on rows
+
+
+@dataclass
+class JobInputs:
+    start_s: float
+    step_s: float
+    n: int
+    ranks: list[RankRows]
+    gpus: dict[str, GpuRows]
+    step: np.ndarray  # the job's wall step time per row: the median over ranks of compute + wait
+    steps: StepMatrix | None = None  # the job step by step (the steps every rank logged)
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, list[str]] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)  # backend, heat_source, emulation of the job
+
+
+def find_job_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(step logs, hardware recordings) of a job folder, in either layout."""
+    if not folder.is_dir():
+        raise InputError(f"--job-dir {folder}: not a directory")
+    rank_dirs = sorted(p for p in folder.glob("rank-*") if p.is_dir())
+    roots = rank_dirs or [folder]
+    logs = sorted({f for root in roots for f in root.glob("steps*.jsonl") if f.is_file()})
+    csvs = sorted({f for root in roots for f in root.glob("*.csv") if f.is_file()})
+    if not logs:
+        raise InputError(f"--job-dir {folder}: no step logs (expected rank-<k>/steps.jsonl for each rank, or the "
+                         "steps*.jsonl that thermograd run writes)")
+    if not csvs:
+        raise InputError(f"--job-dir {folder}: no hardware recordings (expected rank-<k>/hardware.csv, recorded "
+                         "with thermograd-exporter --record, or hardware.csv)")
+    return logs, csvs
+
+
+def choose_step_s(logs: list[Samples]) -> float:
+    """Rows long enough that a rank's row usually holds a few steps: twice the median step time, at least 1 s,
+    to two significant digits."""
+    durations = np.concatenate([s.columns["compute_s"] + np.nan_to_num(s.columns["wait_s"]) for s in logs])
+    durations = durations[np.isfinite(durations) & (durations > 0)]
+    typical = float(np.median(durations)) if durations.size else 1.0
+    return max(1.0, float(f"{2 * typical:.2g}"))
+
+
+def load_job(folder: Path, tz: tzinfo, step_s: float | None = None) -> JobInputs:
+    """Every rank's step log and every GPU's recording under `folder`, on one grid."""
+    log_paths, csv_paths = find_job_files(folder)
+    notes: list[str] = []
+    logs = [load_grad_log(path, tz, notes) for path in log_paths]
+    for path, log in zip(log_paths, logs, strict=True):
+        if not np.isfinite(log.columns["compute_s"]).any():
+            raise InputError(f"{path}: no compute_s in its steps: a job's analysis needs each rank's compute time "
+                             "(TrainingMetrics.watch(model), which both callbacks call; thermograd >= this version)")
+    devices: dict[str, Samples] = {}
+    for path in csv_paths:
+        for uuid, samples in load_hardware_devices(path, tz, notes).items():
+            devices[normalise_uuid(uuid)] = samples
+    step_s = step_s or choose_step_s(logs)
+    start = min(float(log.t_s.min()) for log in logs)
+    end = max(float(log.t_s.max()) for log in logs)
+    n = int(math.ceil((end - start) / step_s)) + 1
+    if n * len(logs) > MAX_JOB_CELLS:
+        raise InputError(f"{len(logs)} ranks x {n:,} rows of {step_s:g} s exceed {MAX_JOB_CELLS:,} cells: give a "
+                         "coarser --step")
+    start = math.floor(start / step_s) * step_s
+    ranks, steps, seen_uuids = [], [], set()
+    provenance: dict[str, str] = {}
+    for path, log in zip(log_paths, logs, strict=True):
+        rank = int(log.info.get("rank", len(ranks)))
+        uuid = log.info.get("gpu_uuid", "")
+        compute = bin_to_grid(log.t_s, log.columns["compute_s"], start, step_s, n, how="mean")
+        tokens = bin_to_grid(log.t_s, np.nan_to_num(log.columns["tokens"]), start, step_s, n, how="sum")
+        wall = log.columns["compute_s"] + np.nan_to_num(log.columns["wait_s"])
+        steps.append(bin_to_grid(log.t_s, wall, start, step_s, n, how="mean"))
+        device = devices.get(normalise_uuid(uuid)) if uuid else None
+        node = device.info.get("host", "") if device is not None else ""
+        ranks.append(RankRows(rank, uuid, node, compute, tokens))
+        seen_uuids.add(normalise_uuid(uuid))
+        if log.info.get("emulation"):
+            provenance["emulation"] = log.info["emulation"]
+        if not uuid:
+            notes.append(f"{path}: its steps name no gpu_uuid: rank {rank}'s GPU is unknown")
+        elif device is None:
+            notes.append(f"rank {rank}'s GPU {uuid} is in no recording under {folder}")
+    gpus = {}
+    for key, samples in devices.items():
+        if key not in seen_uuids:
+            continue
+        uuid = next(r.gpu_uuid for r in ranks if normalise_uuid(r.gpu_uuid) == key)
+        gpus[uuid] = _gpu_rows(uuid, samples, start, step_s, n)
+        for name in ("backend", "heat_source"):
+            if samples.info.get(name):
+                provenance.setdefault(name, samples.info[name])
+                if provenance[name] != samples.info[name]:
+                    provenance[name] = "each GPU its own (see the recordings' heat_source)"
+    with all_nan_is_nan():
+        step = np.nanmedian(np.vstack(steps), axis=0)
+    order = sorted(range(len(ranks)), key=lambda i: ranks[i].rank)
+    by_step = step_matrix([logs[i] for i in order], [devices.get(normalise_uuid(ranks[i].gpu_uuid)) for i in order])
+    if by_step is None:
+        notes.append("the ranks' steps could not be matched one to one (or are too many): the tokens lost are counted "
+                     "on the grid's rows")
+    return JobInputs(start, step_s, n, [ranks[i] for i in order], gpus, step, by_step, notes,
+                     {"step_logs": [str(p) for p in log_paths], "recordings": [str(p) for p in csv_paths]},
+                     provenance)
+
+
+def step_matrix(logs: list[Samples], devices: list[Samples | None]) -> StepMatrix | None:
+    """The steps every rank logged (matched by step number), with each rank's GPU's throttle state at the step's
+    end (its last reading before it); None when too few steps match or the matrix would be too large."""
+    numbers = [log.columns["step"] for log in logs]
+    if any(not np.isfinite(n).all() for n in numbers):
+        return None
+    common = numbers[0]
+    for other in numbers[1:]:
+        common = np.intersect1d(common, other)
+    if common.size < 10 or common.size * len(logs) > MAX_STEP_CELLS:
+        return None
+    compute = np.empty((len(logs), common.size))
+    wall = np.empty((len(logs), common.size))
+    throttled = np.full((len(logs), common.size), np.nan)
+    tokens = np.zeros(common.size)
+    for r, (log, device) in enumerate(zip(logs, devices, strict=True)):
+        _, first = np.unique(log.columns["step"], return_index=True)  # a step logged twice (a restart): the first
+        index = first[np.searchsorted(log.columns["step"][first], common)]
+        compute[r] = log.columns["compute_s"][index]
+        wall[r] = compute[r] + np.nan_to_num(log.columns["wait_s"][index])
+        tokens += np.nan_to_num(log.columns["tokens"][index])
+        flags = device.columns.get("throttled") if device is not None else None
+        if flags is not None and device.t_s.size:
+            order = np.argsort(device.t_s, kind="stable")
+            at = np.searchsorted(device.t_s[order], log.t_s[index], side="right") - 1
+            throttled[r] = np.where(at >= 0, flags[order][np.clip(at, 0, None)], np.nan)
+    with all_nan_is_nan():
+        step_s = np.nanmedian(wall, axis=0)
+    return StepMatrix(compute, step_s, tokens, throttled)
+
+
+def _gpu_rows(uuid: str, samples: Samples, start: float, step_s: float, n: int) -> GpuRows:
+    cols = samples.columns
+    absent = np.full(samples.t_s.size, np.nan)
+    clock, maximum = cols.get("sm_clock", absent), cols.get("sm_clock_max", absent)
+    if not np.isfinite(maximum).any() and np.isfinite(clock).any():
+        with all_nan_is_nan():
+            maximum = np.full_like(clock, np.nanmax(clock))  # the highest clock seen: the deficit from there
+    ratio = np.where(maximum > 0, clock / maximum, np.nan)
+    return GpuRows(uuid,
+                   throttled=bin_to_grid(samples.t_s, cols.get("throttled", absent), start, step_s, n, how="max"),
+                   clock_ratio=bin_to_grid(samples.t_s, ratio, start, step_s, n, how="mean"),
+                   temperature=bin_to_grid(samples.t_s, cols.get("temperature", absent), start, step_s, n, how="mean"))

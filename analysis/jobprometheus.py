@@ -1,0 +1,135 @@
+"""`--job [RUN_ID]` against Prometheus or VictoriaMetrics: a job's ranks and GPUs on one grid, reduced by the
+backend. Each query aggregates per rank (or per GPU) over each row (`sum by (rank) (increase(...[row]))`), so a
+1,024-rank day comes back as 1,024 series of a few thousand points, never as every sample; the job's GPUs are
+selected by a join with its own train_run_info (their uuids never spelled out in a query)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from thermograd.analysis.align import place_on_grid
+from thermograd.analysis.devices import normalise_uuid
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.fetch import range_window
+from thermograd.analysis.jobfiles import MAX_JOB_CELLS, JobInputs
+from thermograd.analysis.promql import PromClient, matrix_to_arrays
+from thermograd.analysis.selection import choose_run, discover_runs, last_seen_s, no_runs_reason, quote_label
+from thermograd.analysis.stats.stragglers import GpuRows, RankRows, all_nan_is_nan
+from thermograd.analysis.timeparse import parse_instant_s
+
+MAX_ROWS = 5000  # rows of a job's grid by default: a day in 18 s rows, a 10-minute job in its scrape interval
+THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal|hw_thermal|hw_power_brake"
+
+
+def _row_step_s(span_s: float, scrape_s: float, wanted_s: float | None, ranks: int) -> float:
+    """The grid's row: --step, else the scrape interval, widened to whole seconds until the job fits MAX_ROWS
+    rows and MAX_JOB_CELLS cells."""
+    if wanted_s:
+        return wanted_s
+    rows = min(MAX_ROWS, MAX_JOB_CELLS // max(ranks, 1))
+    return max(scrape_s, float(math.ceil(span_s / rows)))
+
+
+def _per_rank(client: PromClient, expr: str, start_s: float, end_s: float, step_s: float, n: int,
+              label: str = "rank") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    by_key: dict[str, list[dict]] = {}
+    for series in client.query_range({"job": expr}, start_s, end_s, step_s)["job"]:
+        by_key.setdefault(series["metric"].get(label, ""), []).append(series)
+    for key, series in by_key.items():
+        t_s, values = matrix_to_arrays(series)
+        out[key] = place_on_grid(t_s, values, start_s, step_s, n)
+    return out
+
+
+def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple[JobInputs, dict]:
+    from thermograd.analysis.cli import SCRAPE_JOBS, _client, _duration_flag
+
+    client = _client(args)
+    end_s = parse_instant_s(args.end) if args.end else time.time()
+    start_s = parse_instant_s(args.start) if args.start else end_s - _duration_flag("--lookback", args.lookback)
+    runs = discover_runs(client, start_s, end_s)
+    run = choose_run(runs, args.job or None, "" if runs else no_runs_reason(client.targets(), client.url))
+    run.last_seen_s = last_seen_s(client, run, end_s)
+    job_start, job_end = run.start_time_s, run.last_seen_s
+    span_s = job_end - job_start
+    scrape_s = client.job_scrape_interval_s(SCRAPE_JOBS) or client.scrape_interval_s() or 1.0
+    run_sel = f"run_id={quote_label(run.run_id)}"
+    infos = client.instant(f"last_over_time(train_run_info{{{run_sel}}}{range_window(span_s + scrape_s)})", job_end,
+                           "the job's ranks")
+    gpu_of: dict[str, str] = {}
+    for labels in (s["metric"] for s in infos):
+        if labels.get("gpu_uuid") or labels.get("rank", "") not in gpu_of:
+            gpu_of[labels.get("rank", "")] = labels.get("gpu_uuid", "")
+    if len(gpu_of) < 2:
+        raise InputError(f"run {run.run_id!r} has {len(gpu_of)} rank(s) in train_run_info: a job's analysis compares "
+                         "ranks (give --job the run id its ranks share)")
+    step_s = _row_step_s(span_s, scrape_s, step_s, len(gpu_of))
+    grid_start = math.floor((job_start - step_s) / step_s) * step_s
+    n = int(math.floor((job_end - grid_start) / step_s)) + 1
+    window = range_window(max(step_s, 2 * scrape_s))
+
+    def mean_per_step(base: str) -> str:
+        return (f"sum by (rank) (increase({base}_sum{{{run_sel}}}{window})) / "
+                f"sum by (rank) (increase({base}_count{{{run_sel}}}{window}) > 0)")
+
+    compute = _per_rank(client, mean_per_step("train_step_compute_seconds"), grid_start, job_end, step_s, n)
+    if not compute:
+        raise InputError(f"run {run.run_id!r}: no train_step_compute_seconds (each rank's compute time: "
+                         "TrainingMetrics.watch(model), which both callbacks call)")
+    tokens = _per_rank(client, f"sum by (rank) (rate(train_tokens_total{{{run_sel}}}{window})) * {step_s:g}",
+                       grid_start, job_end, step_s, n)
+    step_rows = _per_rank(client, f"quantile(0.5, {mean_per_step('train_step_duration_seconds')})", grid_start,
+                          job_end, step_s, n, label="")
+    # The job's GPUs, joined server-side to its own train_run_info (the uuid as the trainer spells it).
+    job_gpus = (f"max by (uuid) (label_replace(train_run_info{{{run_sel},gpu_uuid!=\"\"}}, \"uuid\", \"$1\", "
+                f"\"gpu_uuid\", \"(.+)\"))")
+
+    def per_gpu(inner: str) -> str:
+        return f"max by (uuid) ({inner}) * on (uuid) group_left () {job_gpus}"
+
+    throttled = _per_rank(client, per_gpu(f"max_over_time(rle_throttle_active{{reason=~\"{THROTTLE_REASONS}\"}}"
+                                          f"{range_window(step_s)})"), grid_start, job_end, step_s, n, label="uuid")
+    clock = _per_rank(client, per_gpu(f"avg_over_time(rle_sm_clock_hertz{range_window(step_s)})"), grid_start,
+                      job_end, step_s, n, label="uuid")
+    maximum = {s["metric"].get("uuid", ""): float(s["value"][1]) for s in client.instant(
+        f"max by (uuid) (max_over_time(rle_sm_clock_max_hertz{range_window(span_s + scrape_s)}))", job_end,
+        "the GPUs' maximum clocks")}
+    temperature = _per_rank(client, per_gpu(f"avg_over_time(rle_temperature_celsius{range_window(step_s)})"),
+                            grid_start, job_end, step_s, n, label="uuid")
+    devices = {normalise_uuid(s["metric"].get("uuid", "")): s["metric"] for s in client.instant(
+        f"last_over_time(rle_device_info{range_window(span_s + scrape_s)})", job_end, "the GPUs' exporters")}
+    absent = np.full(n, np.nan)
+    ranks, gpus, notes = [], {}, []
+    provenance: dict[str, str] = {}
+    for rank in sorted(gpu_of, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0, r)):
+        uuid = gpu_of[rank]
+        labels = devices.get(normalise_uuid(uuid), {})
+        node = labels.get("instance", "").rsplit(":", 1)[0]
+        ranks.append(RankRows(int(rank) if rank.isdigit() else len(ranks), uuid, node, compute.get(rank, absent),
+                              tokens.get(rank, absent)))
+        if uuid and uuid in throttled:
+            peak = maximum.get(uuid)
+            with all_nan_is_nan():
+                peak = peak if peak else float(np.nanmax(clock.get(uuid, absent))) if uuid in clock else None
+            ratio = clock.get(uuid, absent) / peak if peak else absent
+            gpus[uuid] = GpuRows(uuid, throttled[uuid], ratio, temperature.get(uuid, absent))
+            for name in ("backend", "heat_source"):
+                if labels.get(name):
+                    provenance.setdefault(name, labels[name])
+                    if provenance[name] != labels[name]:
+                        provenance[name] = "each GPU its own (see rle_device_info's heat_source)"
+        elif uuid:
+            notes.append(f"rank {rank}'s GPU {uuid} has no rle_throttle_active series in the window (is its "
+                         "thermograd-exporter scraped?)")
+    emulation = {s["metric"].get("emulation", "") for s in infos} - {""}
+    if emulation:
+        provenance["emulation"] = sorted(emulation)[0]
+    step = step_rows.get("", absent)
+    inputs = JobInputs(grid_start, step_s, n, ranks, gpus, step, None, notes,
+                       {"queries": [q["query"] for q in client.queries]}, provenance)
+    return inputs, {"source": "prometheus", "url": client.url, "run_id": run.run_id}

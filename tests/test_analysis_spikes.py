@@ -1,0 +1,220 @@
+"""Issue 16: spike-triggered responses, `none` only with every test bounded, which way an effect runs, Granger as
+precedence with a measured common cause, the throttle cost's block length, start-up that follows the series."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from thermograd.analysis.align import bin_to_grid
+from thermograd.analysis.direction import HARDWARE_TO_TRAINING, leader_of
+from thermograd.analysis.fetch import series_exprs
+from thermograd.analysis.offline import files_to_table
+from thermograd.analysis.pipeline import Settings, analyse
+from thermograd.analysis.scenario_effects import (
+    common_cause_run,
+    spike_lagged_run,
+    spike_response_run,
+    throughput_leads_run,
+)
+from thermograd.analysis.scenarios import ar1_unit, null_run, write_files
+from thermograd.analysis.startup import settled_rows, startup_rows
+from thermograd.analysis.stats import lagged
+from thermograd.analysis.stats.spike_response import noise_threshold, training_events
+from thermograd.analysis.stats.throttle import ar1_block_length, optimal_block_length
+from thermograd.analysis.verdict import summary_text, verdicts
+
+
+def analysed(rec, seed: int = 0) -> tuple[dict, dict]:
+    table = files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"])
+    result = analyse(table, Settings(seed=seed))
+    return result, verdicts(result, table.step_s)
+
+
+def power_response(result: dict, spikes: str = "grad_norm") -> dict:
+    return next(r for r in result["spike_responses"] if (r["spikes"], r["metric"]) == (spikes, "power"))
+
+
+@pytest.mark.parametrize("effect_w", [-40.0, 20.0])
+def test_a_spike_triggered_power_change_is_found_in_watts_with_its_window_and_spikes(effect_w):
+    """Issue 16: each spike followed 3 s later by a 5 s change of power; before, `none` in 3 of 10 runs."""
+    for seed in range(4):
+        rec = spike_response_run(600, 40 + seed, effect_w)
+        result, both = analysed(rec, seed)
+        verdict, res = both["optimizer_to_hardware"], power_response(result)
+        assert verdict["coupled"] and verdict["strength"] != "none"
+        assert res["coupled"] and res["p_adjusted"] < 0.05 and res["train"] == "spikes"
+        assert np.sign(res["effect"]) == np.sign(effect_w) and 0.4 < res["effect"] / effect_w < 1.5
+        assert res["ci"][0] <= res["effect"] <= res["ci"][1] and 0 not in np.sign(res["ci"])
+        lo, hi = res["lag_window_s"]
+        assert lo <= 7 + 1 and hi >= 3 - 1  # inside the planted 3-7 s, to the step
+        assert 3 <= res["n_spikes"] <= rec.planted["n_spikes"] + 2
+        assert "after" in verdict["summary"] and "spikes" in verdict["summary"]
+
+
+def test_a_small_spike_triggered_effect_is_never_called_independent():
+    for seed in range(4):
+        _, both = analysed(spike_response_run(600, 60 + seed, -8.0), seed)
+        assert both["optimizer_to_hardware"]["strength"] != "none"
+
+
+def test_a_three_spike_lagged_coupling_in_three_minutes_is_not_called_independent():
+    found = 0
+    for seed in range(6):
+        result, both = analysed(spike_lagged_run(180, 300 + seed, "pulse"), seed)
+        assert both["optimizer_to_hardware"]["strength"] != "none"
+        found += both["optimizer_to_hardware"]["coupled"]
+    assert found >= 3  # the bench measures the rate (README); three spikes are near the limit of any test
+
+
+def test_spike_responses_stay_near_alpha_on_independent_runs():
+    rates = []
+    for kind in ("spikes", "volatility", "jitter"):
+        for seed in range(8):
+            result, both = analysed(null_run(kind, (300, 600)[seed % 2], 500 + seed), seed)
+            rates += [r["p"] < 0.05 for r in result["spike_responses"] if r["p"] is not None]
+            assert not any(r["coupled"] for r in result["spike_responses"]), (kind, seed)
+    assert len(rates) > 100 and np.mean(rates) <= 0.09, np.mean(rates)
+
+
+def test_none_needs_every_spike_response_bounded_and_says_what_would_settle_it():
+    rec = null_run("ar1", 600, 7)
+    result, both = analysed(rec)
+    pairs_none = all(p["strength"] == "none" for p in result["pairs"] if p["direction"] == "optimizer_to_hardware")
+    unsettled = [r for r in result["spike_responses"] if r["strength"] == "inconclusive"]
+    verdict = both["optimizer_to_hardware"]
+    if unsettled:
+        assert verdict["strength"] == "inconclusive" and "spikes" in verdict["summary"]
+        assert all(r["spikes_to_settle"] > r["n_spikes"] and not r["equivalence"]["equivalent"] for r in unsettled)
+    elif pairs_none:
+        assert verdict["strength"] == "none"
+    long_run, long_both = analysed(null_run("ar1", 3600, 7))
+    ran = [r for r in long_run["spike_responses"] if r["status"] == "ok"]
+    assert ran and all(r["equivalence"]["equivalent"] for r in ran)
+    assert long_both["optimizer_to_hardware"]["strength"] == "none"
+
+
+def hardware_side(rec, seed: int, pair: tuple[str, str]) -> tuple[dict, dict, dict]:
+    """(result, the hardware -> training verdict, the pair) of one recording."""
+    result, both = analysed(rec, seed)
+    return result, both["hardware_to_training"], next(p for p in result["pairs"] if (p["x"], p["y"]) == pair)
+
+
+def test_throughput_leading_power_never_answers_that_the_hardware_slows_training():
+    """Issue 16: a stalled loader idles the device; before, 'hardware -> training: coupled' in 3 of 3 runs."""
+    for seed in range(3):
+        _, hw, power = hardware_side(throughput_leads_run(900, 70 + seed), seed, ("power", "throughput"))
+        assert hw["coupled"] is False
+        assert power["coupled"] and power["lead"]["runs"] != HARDWARE_TO_TRAINING
+        assert power["lead"]["answers_question"] is False
+        assert "do not answer this question" in hw["summary"]
+
+
+def test_throttling_that_slows_steps_is_found_with_the_hardware_first_and_granger_is_precedence():
+    for seed in range(3):
+        result, hw, clock = hardware_side(common_cause_run(600, 80 + seed), seed, ("sm_clock", "step_duration"))
+        assert hw["coupled"] is True
+        assert clock["coupled"] and clock["lead"]["answers_question"]
+        assert min(abs(v) for v in clock["lead"]["lag_range_s"]) <= 1
+        for g in result["granger"]:
+            assert "precedence, not cause" in g["label"]
+            for found in g["precedence"]:
+                if found["precedes"] in ("step_duration", "throughput") and found["follows"] == "temperature":
+                    assert found["given"] == "throttled" and found["p_adjusted_given"] is not None
+
+
+def test_the_summary_says_which_way_each_effect_runs(tmp_path):
+    log, csv = write_files(common_cause_run(600, 81), tmp_path)
+    from thermograd.analysis.cli import main
+
+    assert main(["--grad-log", str(log), "--rle-csv", str(csv), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    effects = report["verdicts"]["hardware_to_training"]["effects"]
+    assert effects and all(e["runs"] in ("training -> hardware", "hardware -> training", "simultaneous")
+                           for e in effects)
+    text = summary_text(report)
+    assert "so the effect runs hardware -> training" in text and "precedence (Granger" in text
+    assert all(r["direction"] == "optimizer_to_hardware" for r in report["spike_responses"])
+
+
+def test_lag_confidence_set_puts_a_leader_only_where_the_set_is_one_sided():
+    corr = lagged.lag_correlation(np.array([1.0, -0.5]), np.array([1.0, -0.5]), 5)
+    active = np.ones(11, dtype=bool)
+    t = np.zeros(11)
+    t[5 + 2] = 9.0  # lag +2 far above the rest
+    kept = lagged.lag_confidence_set(t, corr, active, 7) - 5
+    assert kept.tolist() == [2] and leader_of(kept.tolist(), "x", "y") == "x"
+    t[5] = 8.5  # lag 0 nearly as large: cannot be told apart
+    kept = lagged.lag_confidence_set(t, corr, active, 7) - 5
+    assert 0 in kept and leader_of(kept.tolist(), "x", "y") is None
+    assert leader_of([-3, -2], "x", "y") == "y"
+
+
+def test_training_events_tell_spikes_from_jumps_and_ignore_noise():
+    rng = np.random.default_rng(1)
+    series = 5 + 0.3 * rng.standard_normal(2000)
+    series[500] += 6.0                       # a one-step spike up
+    series[900:] += 4.0                      # a jump up that stays
+    series[1400] -= 5.0                      # a one-step spike down
+    events = training_events(series, 4.0)
+    got = dict(zip(events.rows.tolist(), zip(events.signs.tolist(), events.pulse.tolist(), strict=True), strict=True))
+    assert got == {500: (1.0, True), 900: (1.0, False), 1400: (-1.0, True)}
+    assert np.all(np.abs(events.weights) >= 1)
+    assert training_events(5 + 0.3 * rng.standard_normal(86400), 4.0).size <= 2  # noise makes no spikes
+    assert 3.2 < noise_threshold(600) < 3.5 and 4.4 < noise_threshold(86400) < 4.7
+
+
+def test_spikes_come_per_step_offline_and_from_the_histograms_upper_buckets_online():
+    t = np.array([0.2, 0.7, 1.2, 1.7])
+    values = np.array([1.0, 9.0, 2.0, 1.0])
+    assert bin_to_grid(t, values, 1.0, 1.0, 2, how="max").tolist() == [9.0, 2.0]
+    assert bin_to_grid(t, values, 1.0, 1.0, 2, how="mean").tolist() == [5.0, 1.5]
+    rec = spike_response_run(300, 1, -40.0)
+    table = files_to_table(rec.train, rec.hardware)
+    assert np.nanmax(table.columns["grad_norm_max"] - table.columns["grad_norm"]) > 1.0
+    exprs = series_exprs("r1", "0", "GPU-1", 1.0, 1.0)
+    assert exprs["grad_norm_max"].startswith("histogram_quantile(1, sum by (le) (irate(train_step_grad_norm_bucket{")
+    assert exprs["loss_max"].startswith("max(max_over_time(train_loss{")
+
+
+def test_the_throttle_cost_block_follows_the_drift():
+    rng = np.random.default_rng(2)
+    white = rng.standard_normal(2000)
+    drift = ar1_unit(2000, float(np.exp(-1 / 80)), rng)
+    assert optimal_block_length(white) < 5 and ar1_block_length(white) < 5
+    assert ar1_block_length(drift) > 5 * optimal_block_length(white) and ar1_block_length(drift) > 60
+
+
+def test_the_throttle_cost_ci_covers_a_drifting_loaders_zero_cost():
+    covered, runs = 0, 0
+    for seed in range(40):
+        result, _ = analysed(null_run("loader_drift", (900, 1800)[seed % 2], 9100 + seed), seed)
+        ci = result["throttle_cost"].get("ci_tokens_lost")
+        if ci and result["throttle_cost"]["impaired_s"]:
+            runs += 1
+            covered += ci[0] <= 0 <= ci[1]
+            assert result["throttle_cost"]["block_s"] >= 10
+    assert runs >= 30 and covered / runs >= 0.85  # the bench measures the rate by time constant (README)
+
+
+def test_the_start_up_follows_the_series():
+    t = np.arange(180.0)
+    rng = np.random.default_rng(3)
+    ramp = 150 - 120 * np.exp(-t / 25) + 3 * rng.standard_normal(180)
+    flat = 150 + 3 * rng.standard_normal(180)
+    assert 30 < settled_rows(ramp, 1.0) <= 120 and settled_rows(flat, 1.0) < 15
+    grad = 2 + 0.3 * rng.standard_normal(180)
+    mask, _ = startup_rows(grad, 1.0, 30.0, (ramp,))
+    assert 30 < mask.sum() <= 60  # longer than the fixed 18 s (a tenth), at most a third
+    assert startup_rows(grad, 1.0, 30.0, (flat,))[0].sum() == 18
+    assert startup_rows(grad, 1.0, 0.0, (ramp,))[0].sum() == 0  # --warmup 0 keeps all
+
+
+def test_short_runs_from_idle_are_not_called_coupled():
+    coupled = 0
+    for seed in range(16):
+        _, both = analysed(null_run("idle_start", 180, 600 + seed), seed)
+        coupled += any(v["coupled"] for v in both.values())
+    assert coupled <= 2, coupled
