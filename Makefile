@@ -2,8 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch is pinned exactly: any other spec pulls a multi-GB CUDA build.
+# The CPU build of torch is pinned exactly: here that file is on disk; elsewhere PyPI's torch is the multi-GB CUDA
+# build, and TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU build from PyTorch's own index.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
@@ -13,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[all,dev]'
 	@touch $@
 
@@ -32,7 +34,7 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 demo: install system-deps
-	$(BIN)/python scripts/demo.py $(if $(KEEP),--keep,) $(DEMO_ARGS)
+	$(BIN)/python scripts/demo.py $(if $(KEEP),--keep,) $(if $(RANKS),--ranks $(RANKS),) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out

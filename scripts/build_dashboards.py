@@ -26,11 +26,12 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import prometheus, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import heatmap, prometheus, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import heatmap as heatmap_models
 from grafana_foundation_sdk.models import prometheus as prom_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,6 +79,24 @@ SOURCES_RUN_GPU_FIRST = (
 RUN_GPU_FIRST = f"sort_desc(({RUN_GPU} and on (uuid) {_SOURCE_GPUS}) or on (uuid) 0 * max by (uuid) ({_SOURCE_GPUS}))"
 # Most recent run first, so the dashboard opens on the run in progress (or the last one).
 RUNS_NEWEST_FIRST = "sort_desc(max by (run_id) (max_over_time(train_run_start_time_seconds[$__range])))"
+# Ranks of a job (they share its run_id), the slowest first: its highest compute-time ratio to the job's
+# median rank in the time range. The straggler panels default to it.
+RANKS_SLOWEST_FIRST = ('sort_desc(max by (rank) (max_over_time('
+                       'rank:train_step_compute_seconds:ratio_to_median1m{run_id="$run"}[$__range])))')
+# Each rank of the run with its GPU's uuid (train_run_info's gpu_uuid): joins a device series to ranks.
+RANK_GPUS = 'group by (run_id, rank, uuid) (label_replace(train_run_info{run_id="$run"}, "uuid", "$1", "gpu_uuid", "(.+)"))'
+
+
+def on_rank_gpus(device_series: str, ranks: str = "", per_uuid: str = "one") -> str:
+    """`device_series` for each rank of the run, labelled with the rank. `per_uuid="one"`: one series per uuid
+    (e.g. of one source), so several ranks may share a GPU; `"many"`: several per uuid (e.g. one per throttle
+    reason), so `ranks` must select ranks of distinct GPUs (one rank) and the rank's label is copied across."""
+    rank_gpus = RANK_GPUS.replace('run_id="$run"', f'run_id="$run",{ranks}') if ranks else RANK_GPUS
+    if per_uuid == "many":
+        return f"{device_series} * on (uuid) group_left (run_id, rank) {rank_gpus}"
+    return f"{rank_gpus} * on (uuid) group_left () {device_series}"
+
+
 # The thermal and power reasons (GPUThrottlingActive's and power capping), by whichever exporter.
 THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal|hw_thermal|hw_power_brake|thermal_violation|power_violation"
 
@@ -129,13 +148,14 @@ class Panel:
     targets: list[Query]
     width: int = 12
     height: int = 8
-    kind: str = "timeseries"  # or "state-timeline", "table"
+    kind: str = "timeseries"  # or "state-timeline", "table", "heatmap"
     unit: str = "short"
     description: str = ""
     right_axes: Sequence[RightAxis] = field(default_factory=tuple)
 
     def builder(self, panel_id: int, grid: dm.GridPos) -> cogbuilder.Builder[dm.Panel]:
-        panel = {"timeseries": _timeseries, "state-timeline": _state_timeline, "table": _table}[self.kind]()
+        panel = {"timeseries": _timeseries, "state-timeline": _state_timeline, "table": _table,
+                 "heatmap": _ratio_heatmap}[self.kind]()
         for i, query in enumerate(self.targets):
             panel.with_target(query.builder(chr(ord("A") + i)))
         for axis in self.right_axes:
@@ -159,6 +179,15 @@ def _timeseries() -> timeseries.Panel:
 def _state_timeline() -> statetimeline.Panel:
     return (statetimeline.Panel().show_value(cm.VisibilityMode.NEVER).merge_values(True).row_height(0.8)
             .legend(_legend()))
+
+
+def _ratio_heatmap() -> heatmap.Panel:
+    """Rows = series as the query returns them (one per rank), colour = the value: 1 (the job's median rank)
+    pale, 1.5 and more dark red. Not calculated into buckets: each cell is the series' own value."""
+    colors = (heatmap.HeatmapColorOptions().mode(heatmap_models.HeatmapColorMode.SCHEME).scheme("Oranges")
+              .scale(heatmap_models.HeatmapColorScale.LINEAR).steps(64).min(1.0).max(1.5).fill("dark-orange"))
+    return (heatmap.Panel().calculate(False).color(colors).cell_gap(1)
+            .cell_values(heatmap.CellValues().unit("x").decimals(2)).show_legend())
 
 
 def _table() -> table.Panel:
@@ -232,6 +261,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel], varia
 
 def coupling_dashboard() -> dict:
     run, dev, hw = 'run_id="$run"', 'uuid="$uuid"', 'source="$source",uuid="$uuid"'
+    source, rank = 'source="$source"', 'rank="$rank"'
     panels = [
         Panel("Training loss", queries((f"train_loss{{{run}}}", "loss, rank {{rank}}")),
               description="Loss of the last optimizer step, per rank."),
@@ -289,6 +319,39 @@ def coupling_dashboard() -> dict:
               description="Thermal and power throttling show as clock drops (see Throttle reasons)."),
         Panel("Firing alerts", [Query('ALERTS{alertstate="firing"}', instant=True, table=True)],
               kind="table", width=8),
+        # The job's row: ranks in lockstep (DDP, FSDP2) wait for the slowest; which rank is it, and is it its GPU?
+        Panel("Job: compute time per step ÷ the job's median rank (ranks × time)", queries(
+            (f"rank:train_step_compute_seconds:ratio_to_median1m{{{run}}}", "rank {{rank}}")),
+            kind="heatmap", width=24, height=10,
+            description="One row per rank of the run, coloured by its compute time per step (its step less its "
+                        "waits on collectives, 1-min mean) over the median rank's: 1 is the job's pace, 1.25 a rank "
+                        "25 % slower. Wall step times cannot show this: the ranks wait for each other. "
+                        "thermograd-analysis --job names the stragglers with a test and tells a thermal or power "
+                        "straggler from another cause."),
+        Panel("Job: the selected rank's GPU temperature", queries(
+            (on_rank_gpus(f"device:gpu_temperature_celsius:max{{{source}}}", rank), "rank {{rank}} ({{uuid}})"),
+            (f"quantile(0.5, {on_rank_gpus(f'device:gpu_temperature_celsius:max{{{source}}}')})",
+             "median of the job's GPUs")),
+            unit="celsius", width=6,
+            description="The rank of the Rank variable (default: the slowest) against the median of the job's GPUs, "
+                        "as the selected hardware source reports them."),
+        Panel("Job: the selected rank's GPU SM clock", queries(
+            (on_rank_gpus(f"device:gpu_sm_clock_hertz:max{{{source}}}", rank), "rank {{rank}} ({{uuid}})"),
+            (f"quantile(0.5, {on_rank_gpus(f'device:gpu_sm_clock_hertz:max{{{source}}}')})",
+             "median of the job's GPUs")),
+            unit="hertz", width=6, description="A clock below its peers' is the physical path of a thermal straggler."),
+        Panel("Job: the selected rank's GPU throttle reasons", queries(
+            (f'max by (rank, reason) ({on_rank_gpus(f"device:gpu_throttle_active:max{{{source}}}", rank, "many")})',
+             "rank {{rank}}: {{reason}}")),
+            kind="state-timeline", unit="bool_on_off", width=6,
+            description="Clock-event reasons of the selected rank's GPU; ThermalStraggler fires when a rank computes "
+                        ">= 1.1x the median for 5 min while a thermal or power reason is active."),
+        Panel("Job: tokens/s lost to the slowest rank", queries(
+            (f"run:train_tokens_lost_to_slowest_rank:rate1m{{{run}}}", "lost to the slowest rank"),
+            (f"sum by (run_id) (rank:train_tokens:rate1m{{{run}}})", "the job's tokens/s")),
+            width=6,
+            description="The job's tokens/s times (slowest rank's ratio - 1): what it would gain at its median "
+                        "rank's pace. thermograd-analysis --job attributes it to each GPU's throttling, with a 95 % CI."),
     ]
     variables = [
         query_variable("run", "Run", f"query_result({RUNS_NEWEST_FIRST})", '/run_id="([^"]+)"/'),
@@ -296,6 +359,8 @@ def coupling_dashboard() -> dict:
                        f"query_result({SOURCES_RUN_GPU_FIRST})", '/source="([^"]+)"/'),
         query_variable("uuid", "Device (default: the run's GPU)", f"query_result({RUN_GPU_FIRST})",
                        '/uuid="([^"]+)"/'),
+        query_variable("rank", "Rank (default: the job's slowest)", f"query_result({RANKS_SLOWEST_FIRST})",
+                       '/rank="([^"]+)"/'),
     ]
     annotations = [
         PrometheusAnnotation("Collapse", f"rle_collapsed{{{dev}}} == 1", "red", "collapse on {{device}}"),

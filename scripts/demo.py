@@ -15,6 +15,7 @@ child that dies stops the demo, naming it and showing the end of its log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,11 @@ PERTURB = "every=20s,duration=4s,lr_mult=10,jitter=0.3"
 # and each resume of a hot card is another collapse onset.
 PAUSE = "kind=pause,every=15s,duration=3s,jitter=0.3"
 COLLAPSE_ALERTS = ("RLEDeviceCollapsed", "RLECollapseRateHigh")
+STRAGGLER_ALERTS = ("ThermalStraggler",)
+# --ranks: the last rank's simulated GPU has a clogged heat sink (a third of its cooling): it throttles under the
+# load its neighbours survive, and with the emulated clock path its rank falls behind and the others wait.
+POOR_COOLING = 0.3
+STRAGGLER_FOR = "30s"  # ThermalStraggler's `for:` in the demo's copy of the rules (5m in the stack)
 ALERT_WAIT_S = 30  # after the run: Prometheus evaluates every 5 s, Alertmanager's demo group_wait is 1 s
 STARTUP_TIMEOUT_S = 300
 
@@ -51,6 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1_000_000,
                         help="step limit of the trainer (default: unbounded; --duration ends the run)")
     parser.add_argument("--out", type=Path, default=sl.REPO_ROOT / "demo-out", help="output folder (default demo-out/)")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="training ranks under torchrun (gloo), each on its own simulated GPU, the last poorly "
+                        "cooled, with the emulated clock path: its rank becomes the job's thermal straggler "
+                        "(default 1)")
     parser.add_argument("--no-install", action="store_true",
                         help="never install missing Prometheus/Alertmanager packages, only print the command")
     for name, port in DEFAULT_PORTS.items():
@@ -58,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration <= 0:
         parser.error("--duration must be > 0")
+    if not 1 <= args.ranks <= 8:
+        parser.error("--ranks must be 1-8")
     return args
 
 
@@ -98,6 +110,34 @@ class Demo:
     def trainer_pidfile(self) -> Path:
         return self.out / "trainer.pid"
 
+    def rank_pidfile(self, local_rank: int) -> Path:
+        return self.out / f"rank-{local_rank}.pid"
+
+    @property
+    def trainer_targets(self) -> list[str]:
+        """One /metrics per rank: the trainer's port + its local rank."""
+        return [f"127.0.0.1:{self.ports['trainer'] + k}" for k in range(self.args.ranks)]
+
+    def rules(self) -> list[Path]:
+        """The repository's rules; with --ranks, ThermalStraggler's `for:` shortened so a demo-length run shows it."""
+        rules = sorted(sl.RULES_DIR.glob("*.yml"))
+        if self.args.ranks == 1:
+            return rules
+        import yaml
+
+        config = self.out / "config"
+        config.mkdir(parents=True, exist_ok=True)
+        out = []
+        for path in rules:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            for group in data["groups"]:
+                for rule in group["rules"]:
+                    if rule.get("alert") == "ThermalStraggler":
+                        rule["for"] = STRAGGLER_FOR
+            (config / path.name).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            out.append(config / path.name)
+        return out
+
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
@@ -108,8 +148,8 @@ class Demo:
             self.out / "logs" / "alertmanager.log")
         loopback = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
         prom_config = sl.render_prometheus_config(
-            self.out / "config", {"exporter": loopback["exporter"], "trainer": loopback["trainer"]},
-            loopback["alertmanager"], self_address=loopback["prometheus"])
+            self.out / "config", {"exporter": loopback["exporter"], "trainer": self.trainer_targets},
+            loopback["alertmanager"], self_address=loopback["prometheus"], rule_files=self.rules())
         self.supervisor.start("prometheus", sl.prometheus_argv(
             self.binaries["prometheus"], prom_config, self.out / "prometheus-data", self.ports["prometheus"]),
             self.out / "logs" / "prometheus.log")
@@ -120,8 +160,13 @@ class Demo:
 
     def start_exporter(self, prom: sl.PrometheusAPI) -> str | None:
         """Start the exporter; return the uuid to attribute the run to when it fell back to a simulated GPU."""
+        if self.args.ranks == 1:
+            sim = ["--sim-load", f"pid:{self.trainer_pidfile}"]
+        else:  # card k heated by rank k alone; the last card poorly cooled
+            sim = ["--devices", str(self.args.ranks), "--sim-cooling", f"{self.args.ranks - 1}={POOR_COOLING:g}",
+                   *(arg for k in range(self.args.ranks) for arg in ("--sim-load", f"{k}=pid:{self.rank_pidfile(k)}"))]
         self.supervisor.start("exporter", sl.python_module_argv(
-            "thermograd.exporter", "--backend", "auto", "--sim-profile", "demo", "--sim-load", f"pid:{self.trainer_pidfile}",
+            "thermograd.exporter", "--backend", "auto", "--sim-profile", "demo", *sim,
             "--port", str(self.ports["exporter"])), self.out / "logs" / "exporter.log")
         metrics_url = f"{self.url('exporter')}/metrics"
         sl.wait_http_ok(metrics_url, 60, supervisor=self.supervisor)
@@ -134,6 +179,13 @@ class Demo:
         if "nvml" in backends:
             return None  # the trainer finds its GPU's NVML UUID itself
         gpu = next((d["uuid"] for d in devices if d["kind"] == "gpu"), None)
+        if gpu and self.args.ranks > 1:
+            say(f"no NVIDIA GPU: {self.args.ranks} simulated GPUs, rank k on sim-k (--gpu-uuid sim-{{local_rank}}), "
+                f"each heated by its own rank's CPU use; sim-{self.args.ranks - 1} has {100 * POOR_COOLING:.0f} % of "
+                "its cooling (a clogged heat sink). EMULATED clock path: each rank's steps stretch by its card's "
+                "clock deficit (THERMOGRAD_EMULATE_CLOCK), so a throttling card makes its rank a straggler the "
+                "others wait for; said as emulation in the analysis")
+            return "sim-{local_rank}"
         if gpu:
             say(f"no NVIDIA GPU: the run is attributed to the simulated GPU {gpu} (--gpu-uuid), "
                 "which the trainer's own CPU use heats (--sim-load pid:, so other work on this machine does not; "
@@ -150,8 +202,16 @@ class Demo:
                 "--run-id", run_id, "--quiet"]
         if gpu_uuid:
             argv += ["--gpu-uuid", gpu_uuid]
-        trainer = self.supervisor.start("trainer", sl.python_module_argv("thermograd.trainer", *argv),
-                                        self.out / "logs" / "trainer.log")
+        env = {"OMP_NUM_THREADS": "1"}
+        if self.args.ranks == 1:
+            command = sl.python_module_argv("thermograd.trainer", *argv)
+        else:  # torchrun, gloo; ranks register in the log folder (their pids heat their cards)
+            command = sl.python_module_argv("torch.distributed.run", "--nproc-per-node", str(self.args.ranks),
+                                            "--master-port", str(sl.free_port()), "-m", "thermograd.trainer", *argv)
+            env |= {"THERMOGRAD_RUN_DIR": str(self.out / "trainer")}
+            if gpu_uuid and gpu_uuid.startswith("sim"):
+                env |= {"THERMOGRAD_EMULATE_CLOCK": f"{self.url('exporter')}/metrics"}
+        trainer = self.supervisor.start("trainer", command, self.out / "logs" / "trainer.log", env=env)
         self.trainer_pidfile.write_text(str(trainer.pid))  # the simulated GPU's load from now on
         say(f"trainer run {run_id}: tiny GPT-2, {self.args.duration:.0f} s with LR bursts ({PERTURB}) "
             f"and pause bursts ({PAUSE})")
@@ -160,6 +220,7 @@ class Demo:
         launched, start = time.monotonic(), None
         while trainer.poll() is None:
             self.supervisor.check(except_for=[trainer])  # the trainer may end right here; it is waited for below
+            self.write_rank_pidfiles()
             now = time.monotonic()
             if start is None:
                 if (prom.scalar(f'max(train_steps_total{{run_id="{run_id}"}})') or 0) >= 1:
@@ -176,13 +237,40 @@ class Demo:
             self.print_deliveries()
             time.sleep(0.5)
         if trainer.poll() is None:
-            trainer.signal(signal.SIGINT)  # finish the step, flush the logs, linger, exit 0
+            self.stop_training(trainer)
         code = trainer.wait(120)
         if code is None:
             raise sl.StackError(f"trainer did not stop within 120 s of SIGINT (log: {trainer.log_path})")
         if code != 0:
             raise sl.ChildDied(trainer, code)
         self.supervisor.check(except_for=[trainer])
+
+    def stop_training(self, trainer: sl.Child) -> None:
+        """SIGINT: each rank finishes its step, flushes its logs, lingers and exits 0.
+
+        Under torchrun the ranks are told directly: torchrun itself turns a SIGINT into a SignalException and
+        exit status 1 even when every rank stops cleanly; told nothing, it exits 0 once its ranks have.
+        """
+        if self.args.ranks == 1:
+            trainer.signal(signal.SIGINT)
+            return
+        from thermograd.trainer.environment import read_registrations
+
+        for record in read_registrations(self.out / "trainer").values():
+            # a rank that has already ended: its peers' agreement stops the rest
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(record["pid"]), signal.SIGINT)
+
+    def write_rank_pidfiles(self) -> None:
+        """Each rank's pid, as it registers, for the exporter's --sim-load k=pid:FILE (card k heated by rank k)."""
+        if self.args.ranks == 1:
+            return
+        from thermograd.trainer.environment import read_registrations
+
+        for record in read_registrations(self.out / "trainer").values():
+            path = self.rank_pidfile(int(record.get("local_rank", record["rank"])))
+            if not path.exists():
+                path.write_text(str(record["pid"]))
 
     def progress(self, prom: sl.PrometheusAPI, run_id: str, elapsed_s: float) -> None:
         def value(expr: str, spec: str = ".3g") -> str:
@@ -216,6 +304,40 @@ class Demo:
         say("positive control: " + ("detected" if control.get("detected") else "NOT detected")
             + (f" ({control['metric']} {control['effect']:+.3g})" if control.get("metric") else ""))
         return 0
+
+    def analyse_job(self, run_id: str) -> int:
+        """--ranks: the job's analysis — its straggler, the cause, the tokens it cost — through Prometheus."""
+        out = self.out / "job"
+        say(f"analysing the job's {self.args.ranks} ranks from {self.url('prometheus')} ...")
+        result = subprocess.run(sl.python_module_argv("thermograd.analysis", "--prometheus", self.url("prometheus"),
+                                                      "--job", run_id, "--out", str(out)),
+                                cwd=sl.REPO_ROOT, capture_output=True, text=True)
+        sys.stdout.write(result.stdout)
+        if result.returncode != 0:
+            say(f"the job's analysis failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
+            return 1
+        job = json.loads((out / "report.json").read_text())["job"]
+        for rank in job["ranks"]:
+            if rank["straggler"]:
+                lost = rank["tokens_lost"]
+                cost = (f"; the job lost {lost:.3g} tokens [95 % CI {rank['tokens_lost_ci'][0]:.3g}, "
+                        f"{rank['tokens_lost_ci'][1]:.3g}] to its throttling" if lost is not None else "")
+                say(f"straggler: rank {rank['rank']} on {rank['gpu_uuid']}, cause: {rank['cause']}{cost}")
+        if not job["stragglers"]:
+            say("straggler: none named (the poorly cooled card did not throttle long enough in this run)")
+        say(f"job report: {out / 'report.json'}; figure: {out / 'job.png'}")
+        return 0
+
+    def wait_for_straggler_alert(self) -> None:
+        deadline = time.monotonic() + ALERT_WAIT_S
+        trainer = [c for c in self.supervisor.children if c.name == "trainer"]
+        while time.monotonic() < deadline and not self.delivered(STRAGGLER_ALERTS):
+            self.supervisor.check(except_for=trainer)
+            time.sleep(0.5)
+        self.print_deliveries()
+        if not self.delivered(STRAGGLER_ALERTS):
+            say(f"no ThermalStraggler alert was delivered (its `for:` is {STRAGGLER_FOR} here): the poorly cooled card "
+                "did not keep its rank 10 % behind for that long in this run")
 
     def print_deliveries(self) -> None:
         """Print each alert the webhook receiver got that was not printed yet, as it arrives."""
@@ -344,9 +466,13 @@ def _main(argv: list[str] | None) -> int:
             prom = demo.start_monitoring()
             gpu_uuid = demo.start_exporter(prom)
             demo.run_trainer(run_id, gpu_uuid, prom)
-            if demo.report_collapses(prom, gpu_uuid):
+            if demo.report_collapses(prom, gpu_uuid if args.ranks == 1 else None):
                 demo.wait_for_collapse_alert()
+            if args.ranks > 1:
+                demo.wait_for_straggler_alert()
             code = demo.analyse(run_id)
+            if args.ranks > 1:
+                code = demo.analyse_job(run_id) or code
             demo.report_alerts()
             if args.keep and code == 0:
                 keeping = True

@@ -1,11 +1,14 @@
 """Generated, committed files: write them, or check that the committed ones are current.
 
-Shared by scripts/build_dashboards.py, scripts/build_k8s.py and scripts/build_longterm.py.
+Shared by scripts/build_dashboards.py, scripts/build_k8s.py, scripts/build_longterm.py, scripts/build_local.py
+and scripts/build_tls_config.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,3 +26,12 @@ def write_or_check(outputs: dict[Path, str], *, check: bool, script: str) -> int
         print(f"out of date (run python {script}): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
+
+
+def build_command(outputs: Callable[[], dict[Path, str]], *, description: str, script: str,
+                  argv: list[str] | None = None) -> int:
+    """A build script's command line: write its files, or (--check) exit 1 when a committed one is stale."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a committed file differs")
+    args = parser.parse_args(argv)
+    return write_or_check(outputs(), check=args.check, script=script)

@@ -8,14 +8,8 @@ repository's own prometheus.yml / rules / alertmanager.yml rendered into a scrat
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -29,73 +23,29 @@ from typing import Any
 
 import yaml
 
+from thermograd.processes import (  # noqa: F401 (re-exported: the demo and the tests use them from here)
+    APT_PACKAGES,
+    BINARY_NAMES,
+    LONGTERM_BINARY_NAMES,
+    LOOPBACK,
+    Child,
+    find_binary,
+    free_port,
+    install_hint,
+    pick_port,
+    port_is_free,
+    prometheus_argv,
+)
+from thermograd.processes import ChildExited as ChildDied  # noqa: F401
+from thermograd.processes import ProcessError as StackError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ALERTMANAGER_CONFIG = REPO_ROOT / "alertmanager" / "alertmanager.yml"
-LOOPBACK = "127.0.0.1"
-APT_PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus",
-                "alertmanager": "prometheus-alertmanager", "amtool": "prometheus-alertmanager",
-                "victoriametrics": "victoria-metrics"}
-# Debian names the Alertmanager binary prometheus-alertmanager; upstream tarballs call it alertmanager.
-BINARY_NAMES = {"prometheus": ("prometheus",), "alertmanager": ("prometheus-alertmanager", "alertmanager")}
-# Long-term storage (the longterm test only, not the demo): Debian's victoria-metrics, upstream's -prod.
-LONGTERM_BINARY_NAMES = {"victoriametrics": ("victoria-metrics", "victoria-metrics-prod")}
 # The commented remote_write option in prometheus.yml sits between these two comment lines.
 REMOTE_WRITE_BEGIN = "# >>> long-term storage"
 REMOTE_WRITE_END = "# <<< long-term storage"
-
-
-class StackError(RuntimeError):
-    """A failure to report in one line (the demo prints it and exits non-zero)."""
-
-
-class ChildDied(StackError):
-    def __init__(self, child: Child, returncode: int):
-        self.child, self.returncode = child, returncode
-        super().__init__(f"{child.name} exited with code {returncode} (log: {child.log_path})")
-
-
-# --------------------------------------------------------------------------------------------- ports
-def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """Nothing listens on it. SO_REUSEADDR as the servers themselves use it: a port whose last
-    connections linger in TIME_WAIT after a previous run is free for them, so it is free here."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def pick_port(preferred: int, taken: set[int] | None = None) -> int:
-    """`preferred` when it is free, otherwise any free loopback port (never one already in `taken`)."""
-    taken = taken or set()
-    if preferred not in taken and port_is_free(preferred):
-        return preferred
-    while (port := free_port()) in taken:
-        pass
-    return port
-
-
-# ------------------------------------------------------------------------------------------ binaries
-def find_binary(kind: str) -> str | None:
-    for name in {**BINARY_NAMES, **LONGTERM_BINARY_NAMES}[kind]:
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-def install_hint(missing: Sequence[str]) -> str:
-    packages = sorted({APT_PACKAGES[name] for name in missing})
-    return f"sudo apt-get install -y --no-install-recommends {' '.join(packages)}"
 
 
 # ---------------------------------------------------------------------------------- config rendering
@@ -111,7 +61,7 @@ def with_remote_write(config_text: str) -> str:
     return "".join([*lines[:begin + 1], *body, *lines[end:]])
 
 
-def render_prometheus_config(out_dir: Path, targets: dict[str, str], alertmanager: str | None, *,
+def render_prometheus_config(out_dir: Path, targets: dict[str, str | list[str]], alertmanager: str | None, *,
                              self_address: str | None = None, interval: str = "1s",
                              evaluation_interval: str | None = None,
                              rule_files: Sequence[Path] | None = None,
@@ -141,7 +91,8 @@ def render_prometheus_config(out_dir: Path, targets: dict[str, str], alertmanage
         job.pop("file_sd_configs", None)
         if name in targets:
             job.update(scrape_interval=interval, scrape_timeout=interval,
-                       static_configs=[{"targets": [targets[name]]}])
+                       static_configs=[{"targets": [targets[name]] if isinstance(targets[name], str)
+                                        else list(targets[name])}])
         elif name == "prometheus" and self_address:
             job["static_configs"] = [{"targets": [self_address]}]
         else:
@@ -169,81 +120,6 @@ def render_alertmanager_config(out_dir: Path, webhook_url: str, *, fast: bool = 
     return path
 
 
-# ------------------------------------------------------------------------------------------ children
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Resolved once in the parent: the function run between fork and exec must not import or dlopen
-# anything (another thread of the parent, e.g. the webhook server, may hold a lock at fork time).
-_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the parent dies (even by SIGKILL) — no orphans."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-
-class Child:
-    """One supervised process: own session (so a terminal's Ctrl-C reaches only the supervisor, which
-    then stops children in order), output to a log file, stop = TERM then KILL after a grace period."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
-                 cwd: Path = REPO_ROOT):
-        self.name, self.argv, self.log_path = name, list(argv), log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    **(env or {})}
-        preexec = _die_with_parent if _PRCTL is not None else None
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=cwd, env=full_env, start_new_session=True, preexec_fn=preexec)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def check(self) -> None:
-        if (code := self.proc.poll()) is not None:
-            raise ChildDied(self, code)
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.rstrip().splitlines()[-lines:])
-
-    def signal(self, signum: int) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signum)
-
-    def wait(self, timeout_s: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, grace_s: float = 10.0) -> int | None:
-        """SIGTERM the child's process group, SIGKILL it after `grace_s`; idempotent."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            if self.wait(grace_s) is None:
-                self.signal(signal.SIGKILL)
-                self.wait(5.0)
-        self._log.close()
-        return self.proc.poll()
-
-
 class Supervisor:
     """The set of children of one stack: started in order, checked together, stopped in reverse."""
 
@@ -251,6 +127,7 @@ class Supervisor:
         self.children: list[Child] = []
 
     def start(self, name: str, argv: Sequence[str], log_path: Path, **kwargs: Any) -> Child:
+        kwargs.setdefault("cwd", REPO_ROOT)  # the stack's children run from the repository, as its paths assume
         child = Child(name, argv, log_path, **kwargs)
         self.children.append(child)
         return child
@@ -372,13 +249,7 @@ class WebhookReceiver:
 
 
 # -------------------------------------------------------------------------------------- stack pieces
-def prometheus_argv(binary: str, config: Path, tsdb: Path, port: int) -> list[str]:
-    return [binary, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-            f"--web.listen-address={LOOPBACK}:{port}", "--storage.tsdb.retention.time=15d",
-            "--log.level=warn"]
-
-
-# Query semantics equal to Prometheus's for the analysis's query_range (README "Long-term storage").
+# Query semantics equal to Prometheus's for the analysis's query_range (docs/stack.md, "Long-term storage").
 # -search.latencyOffset=0s is required: with the default 30 s, VictoriaMetrics adjusts the points of the
 # last 30 s before "now", so an analysis run right after the run ends gets another window end (and, in
 # tests/test_stack_longterm.py, another verdict). The other two pin Prometheus's semantics explicitly:

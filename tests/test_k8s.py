@@ -124,8 +124,9 @@ def test_exporter_daemonset_runs_hardened_on_gpu_nodes():
     assert security["capabilities"]["drop"] == ["ALL"]
     assert set(container["resources"]["requests"]) == set(container["resources"]["limits"]) == {"cpu", "memory"}
     assert " ".join(container["args"]).count("--bind 0.0.0.0") == 1
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    for probe in ("livenessProbe", "readinessProbe"):  # over TLS, no credentials: /healthz needs none
+        healthz = {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}
+        assert container[probe]["httpGet"] == healthz, probe
     assert {"name": "metrics", "containerPort": 9842, "protocol": "TCP"} in container["ports"]
     service = one("Service")
     assert service["spec"]["selector"].items() <= one("DaemonSet")["spec"]["template"]["metadata"]["labels"].items()
@@ -139,7 +140,9 @@ RELABEL_KEYS = {"action", "sourceLabels", "separator", "targetLabel", "regex", "
 RELABEL_ACTIONS = {"replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep", "lowercase",
                    "uppercase", "keepequal", "dropequal"}
 ENDPOINT_KEYS = {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout", "honorLabels",
-                 "honorTimestamps", "relabelings", "metricRelabelings", "params"}
+                 "honorTimestamps", "relabelings", "metricRelabelings", "params", "tlsConfig", "basicAuth"}
+# SafeTLSConfig (a ServiceMonitor's TLSConfig adds caFile/certFile/keyFile: files of the Prometheus pod)
+TLS_KEYS = {"ca", "cert", "keySecret", "serverName", "insecureSkipVerify", "caFile", "certFile", "keyFile"}
 MONITOR_KEYS = {"ServiceMonitor": ("endpoints", {"selector", "namespaceSelector", "endpoints", "jobLabel",
                                                  "targetLabels", "podTargetLabels", "sampleLimit"}),
                 "PodMonitor": ("podMetricsEndpoints", {"selector", "namespaceSelector", "podMetricsEndpoints",
@@ -161,6 +164,39 @@ def _metadata_errors(obj: dict) -> list[str]:
     return errors
 
 
+def _secret_ref_errors(ref: object, where: str) -> list[str]:
+    """A SecretKeySelector: {name, key[, optional]}, both strings."""
+    ok = isinstance(ref, dict) and set(ref) <= {"name", "key", "optional"} and all(
+        isinstance(ref.get(k), str) and ref.get(k) for k in ("name", "key"))
+    return [] if ok else [f"{where} must be a secret reference {{name, key}}"]
+
+
+def _auth_errors(endpoint: dict, where: str) -> list[str]:
+    """scheme, tlsConfig (SafeTLSConfig: ca/cert are {secret|configMap: selector}) and basicAuth."""
+    errors = []
+    if endpoint.get("scheme", "http") not in ("http", "https"):
+        errors.append(f"{where}.scheme {endpoint['scheme']!r}")
+    tls = endpoint.get("tlsConfig", {})
+    errors += [f"{where}.tlsConfig.{key} is not a field" for key in set(tls) - TLS_KEYS]
+    for key in ("ca", "cert"):
+        if key in tls:
+            source = tls[key]
+            if not (isinstance(source, dict) and len(source) == 1 and set(source) <= {"secret", "configMap"}):
+                errors.append(f"{where}.tlsConfig.{key} must hold one secret or configMap")
+            else:
+                errors += _secret_ref_errors(next(iter(source.values())), f"{where}.tlsConfig.{key}")
+    if "keySecret" in tls:
+        errors += _secret_ref_errors(tls["keySecret"], f"{where}.tlsConfig.keySecret")
+    auth = endpoint.get("basicAuth")
+    if auth is not None:
+        if not isinstance(auth, dict) or set(auth) != {"username", "password"}:
+            errors.append(f"{where}.basicAuth must hold username and password")
+        else:
+            errors += [e for key in ("username", "password")
+                       for e in _secret_ref_errors(auth[key], f"{where}.basicAuth.{key}")]
+    return errors
+
+
 def monitor_errors(obj: dict) -> list[str]:
     """What the ServiceMonitor/PodMonitor CRD schema requires and allows, for the fields used here."""
     endpoints_key, allowed = MONITOR_KEYS[obj["kind"]]
@@ -179,6 +215,7 @@ def monitor_errors(obj: dict) -> list[str]:
             errors.append(f"{where}.port must be a port name")
         errors += [f"{where}.{key} {endpoint[key]!r} is not a duration" for key in ("interval", "scrapeTimeout")
                    if key in endpoint and not DURATION.fullmatch(str(endpoint[key]))]
+        errors += _auth_errors(endpoint, where)
         for kind in ("relabelings", "metricRelabelings"):
             for j, rule in enumerate(endpoint.get(kind, [])):
                 errors += [f"{where}.{kind}[{j}].{key} is not a field" for key in set(rule) - RELABEL_KEYS]
@@ -228,6 +265,12 @@ def test_the_structural_check_rejects_broken_objects():
     monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "1 second"
     monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["action"] = "rename"
     assert len(monitor_errors(monitor)) == 3
+    monitor = copy.deepcopy(one("ServiceMonitor"))
+    endpoint = monitor["spec"]["endpoints"][0]
+    endpoint["tlsConfig"]["ca"] = {"secret": {"name": "x"}}  # no key
+    endpoint["tlsConfig"]["verify"] = True  # not a field
+    endpoint["basicAuth"]["password"] = "plain-text"  # not a secret reference
+    assert len(monitor_errors(monitor)) == 3
     rule = copy.deepcopy(one("PrometheusRule"))
     first = rule["spec"]["groups"][0]["rules"][0]
     first["record"] = first["alert"]  # both alert and record
@@ -268,6 +311,53 @@ def test_the_trainer_podmonitor_selects_the_example_trainer_pods():
     assert " ".join(container["args"]).count("--bind 0.0.0.0") == 1
 
 
+# --------------------------------------------------------------------------------- TLS and basic auth
+WEB_CONFIG_FLAG = "--web.config.file"
+
+
+def _projected_files(pod: dict, mount_path: str, container: dict) -> tuple[set[str], set[str]]:
+    """(file names, Secret names) of the projected volume mounted at `mount_path`."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == mount_path]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    sources = [source["secret"] for source in volume["projected"]["sources"]]
+    return {item["path"] for s in sources for item in s["items"]}, {s["name"] for s in sources}
+
+
+@pytest.mark.parametrize("kind", ["DaemonSet", "Job"])
+def test_the_endpoints_serve_tls_from_a_mounted_secret(kind: str):
+    """The web config file the container is given, and the certificate it names (the web config of
+    deploy/kubernetes/README.md: tls.crt, tls.key beside it), are projected into one read-only folder that
+    the container's group may read."""
+    obj = one(kind, OBJECTS + EXAMPLE_OBJECTS)
+    pod = obj["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    config = Path(args[args.index(WEB_CONFIG_FLAG) + 1])
+    files, secrets = _projected_files(pod, str(config.parent), container)
+    assert files == {config.name, "tls.crt", "tls.key"}
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    readme = (KDIR / "README.md").read_text()
+    for secret in secrets:
+        assert f"`{secret}`" in readme, f"{secret}: how to create it is not in deploy/kubernetes/README.md"
+
+
+def test_both_monitors_scrape_over_tls_with_basic_auth_from_secrets():
+    readme = (KDIR / "README.md").read_text()
+    monitors = (one("ServiceMonitor")["spec"]["endpoints"], one("PodMonitor")["spec"]["podMetricsEndpoints"])
+    for (endpoint,) in monitors:
+        assert endpoint["scheme"] == "https"
+        assert endpoint["tlsConfig"]["serverName"] and "insecureSkipVerify" not in endpoint["tlsConfig"]
+        auth = endpoint["basicAuth"]
+        assert auth["username"]["name"] == auth["password"]["name"]
+        for secret in (auth["username"]["name"], endpoint["tlsConfig"]["ca"]["secret"]["name"]):
+            assert f"`{secret}`" in readme, secret
+    # The exporter's certificate names the Service its ServiceMonitor checks it against.
+    service = one("Service")["metadata"]
+    assert one("ServiceMonitor")["spec"]["endpoints"][0]["tlsConfig"]["serverName"] == (
+        f"{service['name']}.{service['namespace']}.svc")
+
+
 def test_the_dcgm_example_maps_its_labels_onto_the_join_key():
     (endpoint,) = one("ServiceMonitor", EXAMPLE_OBJECTS)["spec"]["endpoints"]
     assert endpoint["interval"] == "1s"
@@ -302,5 +392,5 @@ def test_the_dashboards_datasource_uid_is_provisioned_by_the_datasource_configma
 
 
 def test_the_readme_documents_kubectl_apply_k():
-    assert "kubectl apply -k deploy/kubernetes" in (ROOT / "README.md").read_text()
+    assert "kubectl apply -k deploy/kubernetes" in (ROOT / "docs" / "stack.md").read_text()
     assert "kubectl apply -k deploy/kubernetes" in (KDIR / "README.md").read_text()

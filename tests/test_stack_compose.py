@@ -159,8 +159,9 @@ def test_bind_mounts_exist_and_are_read_only(base: dict):
     assert seen >= 4
 
 
-@pytest.mark.parametrize("env", [{}, {"THERMOGRAD_PROMETHEUS_CONFIG": "prometheus-longterm.yml"}],
-                         ids=["default", "longterm"])
+@pytest.mark.parametrize("env", [{}, {"THERMOGRAD_PROMETHEUS_CONFIG": "prometheus-longterm.yml"},
+                                 {"THERMOGRAD_PROMETHEUS_CONFIG": "prometheus-tls.yml"}],
+                         ids=["default", "longterm", "tls"])
 def test_paths_named_in_commands_exist_in_their_mounts(base: dict, env: dict[str, str]):
     """`--config.file=/etc/prometheus/prometheus.yml` must be a file of the mounted ./prometheus."""
     checked = 0
@@ -249,3 +250,40 @@ def test_trainer_image_picks_the_torch_wheel_by_build_arg():
     text = (ROOT / "docker" / "trainer.Dockerfile").read_text()
     assert re.search(r"^ARG TORCH_VARIANT=cu\d+$", text, flags=re.M)
     assert re.search(r"--index-url \S*\$\{TORCH_VARIANT\}", text)
+
+
+# --------------------------------------------------------------- TLS and basic auth (docker-compose.tls.yml)
+TLS = ROOT / "docker-compose.tls.yml"
+
+
+def _entrypoint(dockerfile: Path) -> list[str]:
+    return json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile.read_text(), flags=re.M).group(1))
+
+
+def test_the_tls_override_adds_the_web_config_to_both_endpoints(base: dict):
+    override = load(TLS)
+    validate(merge(base, override))
+    validate(merge({}, override))
+    tls = merge(base, override)
+    for name in OWN_SERVICES:
+        service, build = tls["services"][name], base["services"][name]["build"]
+        # the image's own entrypoint plus the flag: the base file's command (and nogpu's) still applies
+        image_entrypoint = _entrypoint(ROOT / build["context"] / build["dockerfile"])
+        assert service["entrypoint"][:len(image_entrypoint)] == image_entrypoint, name
+        flag = service["entrypoint"][len(image_entrypoint):]
+        assert flag[0] == "--web.config.file" and flag[1] == "/run/secrets/web-config.yml", name
+        assert {"web-config.yml", "server.pem", "server-key.pem"} <= set(service["secrets"]), name
+        probe = " ".join(service["healthcheck"]["test"])
+        assert "https://127.0.0.1:" in probe and "/healthz" in probe, name  # /healthz needs no password
+    for secret in tls["secrets"].values():
+        assert secret["file"].startswith("./tls/"), secret  # never committed (.gitignore)
+    assert "/tls/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_prometheus_gets_the_files_prometheus_tls_yml_names(base: dict):
+    tls = merge(base, load(TLS))
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus-tls.yml").read_text())
+    named = {Path(path).name for job in config["scrape_configs"] if job.get("scheme") == "https"
+             for path in (*job["tls_config"].values(), job["basic_auth"]["password_file"])}
+    assert named and named <= set(tls["services"]["prometheus"]["secrets"]) <= set(tls["secrets"])
+    assert "THERMOGRAD_PROMETHEUS_CONFIG=prometheus-tls.yml" in TLS.read_text()  # how to run it

@@ -51,6 +51,19 @@ def test_promtool_check_config():
     run_ok(tool("promtool"), "check", "config", PROM_DIR / "prometheus.yml")
 
 
+def test_the_native_config_is_prometheus_yml_on_loopback():
+    """prometheus-local.yml (README: a native stack by hand) is generated from prometheus.yml, scrapes the
+    exporter and a training job on their default loopback ports on the same 1 s clock, and promtool takes it."""
+    import build_local  # scripts/ is on the path (conftest.py)
+
+    assert build_local.OUT.read_text() == build_local.render(), "stale: run scripts/build_local.py"
+    config = yaml.safe_load(build_local.OUT.read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets["exporter"] == ["127.0.0.1:9842"] and targets["trainer"] == ["127.0.0.1:9843"]
+    assert {job["scrape_interval"] for job in config["scrape_configs"] if job["job_name"] != "prometheus"} == {"1s"}
+    run_ok(tool("promtool"), "check", "config", build_local.OUT)
+
+
 def test_promtool_check_rules():
     assert RULE_FILES, "no rule files under prometheus/rules"
     run_ok(tool("promtool"), "check", "rules", *RULE_FILES)
@@ -144,3 +157,38 @@ def test_alertmanager_groups_by_alert_and_device_and_inhibits_on_target_down():
         assert inhibit["equal"] == ["instance"]
         components.add(component)
     assert components == {"exporter", "trainer"}
+
+
+# ------------------------------------------------------------- TLS and basic auth (prometheus-tls.yml)
+TLS_CONFIG = PROM_DIR / "prometheus-tls.yml"
+
+
+def test_the_tls_config_is_generated_from_prometheus_yml():
+    import build_tls_config  # conftest puts scripts/ on the path
+
+    assert TLS_CONFIG.read_text() == build_tls_config.render(), "stale: run scripts/build_tls_config.py"
+
+
+def test_promtool_accepts_the_tls_config_and_both_jobs_scrape_https_with_basic_auth(tmp_path: Path):
+    config = yaml.safe_load(TLS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    secrets = set()
+    for name in ("exporter", "trainer"):
+        job = jobs[name]
+        assert job["scheme"] == "https" and "insecure_skip_verify" not in job["tls_config"], name
+        assert set(job["basic_auth"]) == {"username", "password_file"}, name  # never a password in the file
+        assert job["scrape_interval"] == "1s", name  # the same clock as prometheus.yml
+        secrets |= {*job["tls_config"].values(), job["basic_auth"]["password_file"]}
+    assert jobs["exporter"]["tls_config"] == jobs["trainer"]["tls_config"]
+    # promtool checks that the files named exist: give it stand-ins for the compose secrets
+    text = TLS_CONFIG.read_text()
+    for secret in secrets:
+        stand_in = tmp_path / Path(secret).name
+        stand_in.write_text("stand-in\n")
+        text = text.replace(secret, str(stand_in))
+    checked = PROM_DIR / f".check-{tmp_path.name}.yml"  # beside the rules and file_sd it names
+    checked.write_text(text)
+    try:
+        run_ok(tool("promtool"), "check", "config", checked)
+    finally:
+        checked.unlink()

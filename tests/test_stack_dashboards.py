@@ -33,7 +33,7 @@ import stacklib as sl  # noqa: E402
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DASHBOARDS = {name: build() for name, build in build_dashboards.DASHBOARDS.items()}
 # Dummy values: enough for promtool to parse every expression.
-DUMMY_VARIABLES = {"$run": "run-1", "$uuid": "sim-0", "$source": "dcgm", "$instance": ".+", "$__range": "1h"}
+DUMMY_VARIABLES = {"$run": "run-1", "$uuid": "sim-0", "$rank": "0", "$source": "dcgm", "$instance": ".+", "$__range": "1h"}
 LABEL_VALUES = re.compile(r"label_values\((.+), *(\w+)\)", flags=re.S)
 
 
@@ -106,12 +106,28 @@ def test_coupling_dashboard_has_the_seed_panels_and_more():
                    "rank:train_tokens_per_joule:ratio_rate1m", "ALERTS"):
         assert metric in exprs, metric
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert list(variables) == ["run", "source", "uuid"]  # each refers only to the ones before it
+    assert list(variables) == ["run", "source", "uuid", "rank"]  # each refers only to the ones before it
     # the device defaults to the run's GPU: the join through train_run_info's gpu_uuid, within the source
     assert "gpu_uuid" in variables["uuid"]["query"] and "$run" in variables["uuid"]["query"]
     assert "$source" in variables["uuid"]["query"] and "gpu_uuid" in variables["source"]["query"]
     annotations = [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
     assert any("rle_collapsed" in a for a in annotations)
+
+
+def test_coupling_dashboard_has_the_job_row():
+    """Ranks x time (compute-time ratio to the job's median rank) and the slowest rank's GPU, from any source."""
+    dashboard = DASHBOARDS["training-thermal-coupling.json"]
+    heatmaps = [p for p in dashboard["panels"] if p["type"] == "heatmap"]
+    assert len(heatmaps) == 1 and heatmaps[0]["options"]["calculate"] is False
+    assert "rank:train_step_compute_seconds:ratio_to_median1m" in heatmaps[0]["targets"][0]["expr"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "sort_desc" in variables["rank"]["query"] and "ratio_to_median1m" in variables["rank"]["query"]
+    job = [p for p in dashboard["panels"] if p["title"].startswith("Job: the selected rank")]
+    exprs = " ".join(t["expr"] for p in job for t in p["targets"])
+    for metric in ("device:gpu_temperature_celsius:max", "device:gpu_sm_clock_hertz:max",
+                   "device:gpu_throttle_active:max"):
+        assert metric + '{source="$source"}' in exprs, metric
+    assert 'rank="$rank"' in exprs and "gpu_uuid" in exprs
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
@@ -211,7 +227,10 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     with sl.Supervisor() as supervisor:
         supervisor.start("prometheus", sl.prometheus_argv(binary, _prometheus_config(tmp, ports), tmp / "tsdb",
                                                           ports["prometheus"]), tmp / "prometheus.log")
-        supervisor.start("exporter", sl.sim_exporter_argv(ports["exporter"]), tmp / "exporter.log")
+        # A constant load: the default ('host') follows this machine's CPU, idle once the trainer exits, and the
+        # base-unit checks read the window's last value.
+        supervisor.start("exporter", [*sl.sim_exporter_argv(ports["exporter"]), "--sim-load", "0.8"],
+                         tmp / "exporter.log")
         for fmt, flags in STANDIN_FLAGS.items():
             supervisor.start(fmt, [sys.executable, str(STANDIN), "--format", fmt, "--port", str(ports[fmt]),
                                    "--uuid", GPU_UUID, *flags], tmp / f"{fmt}.log")
@@ -270,7 +289,7 @@ def variable_settings(live: Live, dashboard: dict) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_source_defaults_to_one_reporting_the_run_gpu_and_the_device_to_that_gpu(live: Live):
     coupling = DASHBOARDS["training-thermal-coupling.json"]
-    run, source, uuid = coupling["templating"]["list"]
+    run, source, uuid, _rank = coupling["templating"]["list"]
     assert variable_options(live, run, {"__range": "1h"})[0] == RUN_ID
     values = {"__range": "1h", "run": RUN_ID}
     # all three report the run's GPU: thermograd's exporter first (the RLE panels share its series)

@@ -5,7 +5,7 @@ API then gives the same verdict, the same statistics and byte-identical figures 
 
 VictoriaMetrics serves /api/v1/targets and /api/v1/status/config empty, so the analysis takes its step from
 the run's own sample spacing there, and says so. The flags that make VictoriaMetrics's query_range equal to
-Prometheus's are stacklib.VICTORIAMETRICS_QUERY_FLAGS (see the README's "Long-term storage").
+Prometheus's are stacklib.VICTORIAMETRICS_QUERY_FLAGS (see docs/stack.md, "Long-term storage").
 """
 
 from __future__ import annotations
