@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from thermograd.analysis import table as T
+from thermograd.analysis.arguments import SCRAPE_JOBS, client_from_args, duration_flag, settings_from_args
 from thermograd.analysis.catalog import DIRECTIONS
 from thermograd.analysis.derived import engine_columns
 from thermograd.analysis.devices import Choice
@@ -20,7 +21,7 @@ from thermograd.analysis.fetch import REQUIRED, fetch_table, series_exprs
 from thermograd.analysis.load_files import load_grad_log, load_rle_csv
 from thermograd.analysis.multirun import run_all
 from thermograd.analysis.offline import files_to_table
-from thermograd.analysis.pipeline import Settings, analyse
+from thermograd.analysis.pipeline import analyse
 from thermograd.analysis.plots import coupling_png, crosscorr_png
 from thermograd.analysis.promql import PromClient
 from thermograd.analysis.provenance import Provenance, no_path_verdict
@@ -39,7 +40,7 @@ from thermograd.analysis.selection import (
     run_identity,
     run_sample_interval_s,
 )
-from thermograd.analysis.timeparse import get_tz, parse_duration_s, parse_instant_s
+from thermograd.analysis.timeparse import get_tz, parse_instant_s
 from thermograd.analysis.verdict import QUESTIONS, overall, summary_text
 from thermograd.exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
@@ -119,68 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _duration_flag(flag: str, text: str, allow_zero: bool = False) -> float:
-    """A duration flag's value in seconds: finite and positive (or zero where that means 'off')."""
-    value = parse_duration_s(text)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{flag} {text!r}: must be a finite duration {'>= 0' if allow_zero else '> 0'}")
-    return value
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Every statistics flag checked (one line naming the flag, exit 2) and gathered."""
-    if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
-        raise InputError(f"--alpha {args.alpha:g}: must be between 0 and 1 (exclusive)")
-    if not (math.isfinite(args.min_effect) and 0 <= args.min_effect < 1):
-        raise InputError(f"--min-effect {args.min_effect:g}: must be in [0, 1)")
-    if not (math.isfinite(args.spike_z) and args.spike_z > 0):
-        raise InputError(f"--spike-z {args.spike_z:g}: must be a finite number > 0")
-    if args.surrogates < 100 or args.surrogates > 1_000_000:
-        raise InputError(f"--surrogates {args.surrogates}: must be between 100 and 1000000")
-    if not MIN_MAX_ROWS <= args.max_rows <= MAX_MAX_ROWS:
-        raise InputError(f"--max-rows {args.max_rows}: must be between {MIN_MAX_ROWS} and {MAX_MAX_ROWS}")
-    return Settings(max_lag_s=_duration_flag("--max-lag", args.max_lag),
-                    warmup_s=_duration_flag("--warmup", args.warmup, allow_zero=True),
-                    n_surrogates=args.surrogates, spike_z=args.spike_z,
-                    event_window_s=_duration_flag("--event-window", args.event_window),
-                    alpha=args.alpha, min_effect=args.min_effect, seed=args.seed)
-
-
 def check_hardware_flags(args: argparse.Namespace) -> None:
     if args.rated_power is not None and not (math.isfinite(args.rated_power) and args.rated_power > 0):
         raise InputError(f"--rated-power {args.rated_power:g}: must be a finite number of watts > 0")
     if args.temp_limit is not None and not (math.isfinite(args.temp_limit) and -50 <= args.temp_limit <= 150):
         raise InputError(f"--temp-limit {args.temp_limit:g}: must be a temperature in -50..150 C")
-
-
-def _headers(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise InputError(f"--header {item!r} is not 'NAME: VALUE'")
-        out[name.strip()] = value.strip()
-    return out
-
-
-def _client(args: argparse.Namespace) -> PromClient:
-    token = args.bearer_token
-    if args.bearer_token_file:
-        try:
-            token = Path(args.bearer_token_file).read_text().strip()
-        except OSError as exc:
-            raise InputError(f"--bearer-token-file: {exc}") from None
-    basic = None
-    if args.basic_auth:
-        user, sep, password = args.basic_auth.partition(":")
-        if not sep:
-            raise InputError("--basic-auth must be USER:PASSWORD")
-        basic = (user, password)
-    return PromClient(args.prometheus, timeout_s=args.timeout, retries=max(args.retries, 0), bearer_token=token,
-                      basic_auth=basic, headers=_headers(args.header), progress=sys.stderr.isatty())
-
-
-MIN_MAX_ROWS, MAX_MAX_ROWS = 1_000, 1_000_000_000
 
 
 def within_row_budget(start_s: float, end_s: float, step_s: float, step_source: str, args: argparse.Namespace,
@@ -202,16 +146,13 @@ def within_row_budget(start_s: float, end_s: float, step_s: float, step_source: 
     return wider_s, f"{step_source}, widened to {wider_s:g} s by --max-rows"
 
 
-SCRAPE_JOBS = ("exporter", "trainer")  # the stack's job names (prometheus/prometheus.yml)
-
-
 def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
-    client = _client(args)
+    client = client_from_args(args)
     job_scrape_s = client.job_scrape_interval_s(SCRAPE_JOBS)
     scrape_s = job_scrape_s or client.scrape_interval_s()
     notes: list[str] = []
     if args.step:
-        step_s, step_source = _duration_flag("--step", args.step), "--step"
+        step_s, step_source = duration_flag("--step", args.step), "--step"
     elif job_scrape_s:
         step_s, step_source = job_scrape_s, f"scrape interval of the {'/'.join(SCRAPE_JOBS)} targets (/api/v1/targets)"
     elif scrape_s:
@@ -222,7 +163,7 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
     start_s = parse_instant_s(args.start) if args.start else None
     if start_s is not None and start_s >= end_s:
         raise InputError("--start must be before --end")
-    runs = discover_runs(client, start_s if start_s is not None else end_s - _duration_flag("--lookback", args.lookback), end_s)
+    runs = discover_runs(client, start_s if start_s is not None else end_s - duration_flag("--lookback", args.lookback), end_s)
     run = choose_run(runs, args.run, "" if runs else no_runs_reason(client.targets(), client.url))
     run.last_seen_s = last_seen_s(client, run, end_s)
     if step_s is None:
@@ -360,7 +301,7 @@ def from_files(args: argparse.Namespace) -> tuple[T.Table, dict]:
     notes: list[str] = []
     grad = load_grad_log(args.grad_log, tz, notes)
     rle, device = load_rle_csv(args.rle_csv, args.device, tz, notes)
-    step_s = _duration_flag("--step", args.step) if args.step else None
+    step_s = duration_flag("--step", args.step) if args.step else None
     provenance = Provenance(rle.info.get("backend"), rle.info.get("heat_source", ""), rle.info.get("uuid", device),
                             grad.info.get("emulation", ""))
     if provenance.backend is None:

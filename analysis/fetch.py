@@ -8,18 +8,12 @@ import numpy as np
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import SERIES, Source
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.promql import PromClient
+from thermograd.analysis.promql import PromClient, range_window
 from thermograd.analysis.selection import quote_label
 
 # Only the gradient norm is required: a device without power (a CPU without RAPL) has no RLE, and a job may log
 # no loss; the pairs that need them are then "insufficient data", the rest is analysed.
 REQUIRED = (T.GRAD_NORM,)
-
-
-def range_window(seconds: float) -> str:
-    """A PromQL range: whole seconds as `Ns`, anything else in whole milliseconds (PromQL rejects `0.5s`)."""
-    millis = max(1, round(seconds * 1000))
-    return f"[{millis // 1000}s]" if millis % 1000 == 0 else f"[{millis}ms]"
 
 
 def histogram_mean_expr(base: str, sel: str, step_s: float, scrape_s: float) -> str:

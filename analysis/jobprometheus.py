@@ -12,11 +12,11 @@ import time
 import numpy as np
 
 from thermograd.analysis.align import place_on_grid
+from thermograd.analysis.arguments import SCRAPE_JOBS, client_from_args, duration_flag
 from thermograd.analysis.devices import normalise_uuid
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.fetch import range_window
 from thermograd.analysis.jobfiles import MAX_JOB_CELLS, JobInputs
-from thermograd.analysis.promql import PromClient, matrix_to_arrays
+from thermograd.analysis.promql import PromClient, matrix_to_arrays, range_window
 from thermograd.analysis.selection import choose_run, discover_runs, last_seen_s, no_runs_reason, quote_label
 from thermograd.analysis.stats.stragglers import GpuRows, RankRows, all_nan_is_nan
 from thermograd.analysis.timeparse import parse_instant_s
@@ -47,11 +47,10 @@ def _per_rank(client: PromClient, expr: str, start_s: float, end_s: float, step_
 
 
 def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple[JobInputs, dict]:
-    from thermograd.analysis.cli import SCRAPE_JOBS, _client, _duration_flag
 
-    client = _client(args)
+    client = client_from_args(args)
     end_s = parse_instant_s(args.end) if args.end else time.time()
-    start_s = parse_instant_s(args.start) if args.start else end_s - _duration_flag("--lookback", args.lookback)
+    start_s = parse_instant_s(args.start) if args.start else end_s - duration_flag("--lookback", args.lookback)
     runs = discover_runs(client, start_s, end_s)
     run = choose_run(runs, args.job or None, "" if runs else no_runs_reason(client.targets(), client.url))
     run.last_seen_s = last_seen_s(client, run, end_s)

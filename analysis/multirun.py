@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thermograd.analysis.arguments import client_from_args, duration_flag, settings_from_args
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.pipeline import Settings, _equivalence, strength_from_ci
 from thermograd.analysis.report import clean
@@ -55,15 +56,14 @@ def run_dirs(runs_dir: Path) -> dict[str, tuple[Path, Path]]:
 
 def prometheus_runs(args: argparse.Namespace) -> tuple[list[str], float]:
     """Run ids with samples in the window, oldest first, and the window's start (for each run's lookup)."""
-    from thermograd.analysis.cli import _client, _duration_flag
     from thermograd.analysis.selection import discover_runs
     from thermograd.analysis.timeparse import parse_instant_s
 
     end_s = parse_instant_s(args.end) if args.end else time.time()
-    start_s = parse_instant_s(args.start) if args.start else end_s - _duration_flag("--lookback", args.lookback)
+    start_s = parse_instant_s(args.start) if args.start else end_s - duration_flag("--lookback", args.lookback)
     if start_s >= end_s:
         raise InputError("--start must be before --end")
-    runs = discover_runs(_client(args), start_s, end_s)
+    runs = discover_runs(client_from_args(args), start_s, end_s)
     if not runs:
         raise InputError(f"no runs in the window at {args.prometheus} (no train_run_start_time_seconds between "
                          f"{start_s:.0f} and {end_s:.0f}; widen --lookback or --start/--end)")
@@ -209,7 +209,6 @@ def summary(pooled: list[dict], n_runs: int, skipped: dict[str, str], note: str 
 
 def run_all(args: argparse.Namespace, analyse_one: Callable[[argparse.Namespace], int]) -> int:
     """Analyse every run with `analyse_one` (the single-run command), then pool each pair across runs."""
-    from thermograd.analysis.cli import settings_from_args
     from thermograd.analysis.forest import forest_png
 
     cfg = settings_from_args(args)

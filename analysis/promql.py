@@ -29,7 +29,14 @@ _PERMANENT = ("Connection refused", "[Errno 111]", "Name or service not known", 
 def _permanent(exc: requests.RequestException) -> bool:
     return isinstance(exc, requests.ConnectionError) and any(text in str(exc) for text in _PERMANENT)
 
+
 MAX_POINTS_PER_SERIES = 11_000  # Prometheus refuses range queries above 11,000 points per series
+
+
+def range_window(seconds: float) -> str:
+    """A PromQL range: whole seconds as `Ns`, anything else in whole milliseconds (PromQL rejects `0.5s`)."""
+    millis = max(1, round(seconds * 1000))
+    return f"[{millis // 1000}s]" if millis % 1000 == 0 else f"[{millis}ms]"
 
 
 @dataclass
@@ -210,8 +217,6 @@ class PromClient:
                     purpose: str) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
         """(labels, times, values) of every series of `selector` over (time - window, time]: the raw samples as
         scraped (a range-vector instant query), not evaluated on a grid."""
-        from thermograd.analysis.fetch import range_window
-
         out = []
         for series in self.instant(f"{selector}{range_window(window_s)}", time_s, purpose):
             t_s, values = matrix_to_arrays([series])

@@ -40,7 +40,7 @@ def quote_label(value: str) -> str:
 
 def window(seconds: float) -> str:
     """A PromQL range of whole seconds covering `seconds`."""
-    from thermograd.analysis.fetch import range_window  # fetch imports this module: resolved at call time
+    from thermograd.analysis.promql import range_window
 
     return range_window(float(np.ceil(seconds)))
 

@@ -1,0 +1,75 @@
+"""The command line's flags turned into what the analysis uses: a Prometheus client (URL, auth, headers,
+timeouts), checked durations and the statistics' settings. Shared by the single-run, --all-runs and --job
+paths; every bad value is one line naming the flag (InputError, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.pipeline import Settings
+from thermograd.analysis.promql import PromClient
+from thermograd.analysis.timeparse import parse_duration_s
+
+SCRAPE_JOBS = ("exporter", "trainer")  # the stack's job names (prometheus/prometheus.yml)
+
+
+def duration_flag(flag: str, text: str, allow_zero: bool = False) -> float:
+    """A duration flag's value in seconds: finite and positive (or zero where that means 'off')."""
+    value = parse_duration_s(text)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise InputError(f"{flag} {text!r}: must be a finite duration {'>= 0' if allow_zero else '> 0'}")
+    return value
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise InputError(f"--header {item!r} is not 'NAME: VALUE'")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def client_from_args(args: argparse.Namespace) -> PromClient:
+    """The client the backend flags describe: URL, bearer token (or its file), basic auth, headers, timeout."""
+    token = args.bearer_token
+    if args.bearer_token_file:
+        try:
+            token = Path(args.bearer_token_file).read_text().strip()
+        except OSError as exc:
+            raise InputError(f"--bearer-token-file: {exc}") from None
+    basic = None
+    if args.basic_auth:
+        user, sep, password = args.basic_auth.partition(":")
+        if not sep:
+            raise InputError("--basic-auth must be USER:PASSWORD")
+        basic = (user, password)
+    return PromClient(args.prometheus, timeout_s=args.timeout, retries=max(args.retries, 0), bearer_token=token,
+                      basic_auth=basic, headers=_headers(args.header), progress=sys.stderr.isatty())
+
+
+MIN_MAX_ROWS, MAX_MAX_ROWS = 1_000, 1_000_000_000
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Every statistics flag checked (one line naming the flag, exit 2) and gathered."""
+    if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+        raise InputError(f"--alpha {args.alpha:g}: must be between 0 and 1 (exclusive)")
+    if not (math.isfinite(args.min_effect) and 0 <= args.min_effect < 1):
+        raise InputError(f"--min-effect {args.min_effect:g}: must be in [0, 1)")
+    if not (math.isfinite(args.spike_z) and args.spike_z > 0):
+        raise InputError(f"--spike-z {args.spike_z:g}: must be a finite number > 0")
+    if args.surrogates < 100 or args.surrogates > 1_000_000:
+        raise InputError(f"--surrogates {args.surrogates}: must be between 100 and 1000000")
+    if not MIN_MAX_ROWS <= args.max_rows <= MAX_MAX_ROWS:
+        raise InputError(f"--max-rows {args.max_rows}: must be between {MIN_MAX_ROWS} and {MAX_MAX_ROWS}")
+    return Settings(max_lag_s=duration_flag("--max-lag", args.max_lag),
+                    warmup_s=duration_flag("--warmup", args.warmup, allow_zero=True),
+                    n_surrogates=args.surrogates, spike_z=args.spike_z,
+                    event_window_s=duration_flag("--event-window", args.event_window),
+                    alpha=args.alpha, min_effect=args.min_effect, seed=args.seed)
