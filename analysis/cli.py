@@ -23,7 +23,7 @@ from thermograd.analysis.multirun import run_all
 from thermograd.analysis.offline import files_to_table
 from thermograd.analysis.pipeline import analyse
 from thermograd.analysis.plots import coupling_png, crosscorr_png
-from thermograd.analysis.promql import PromClient
+from thermograd.analysis.promql import PromClient, store_note
 from thermograd.analysis.provenance import Provenance, no_path_verdict
 from thermograd.analysis.repeats import collection_interval_s, grid_step_s
 from thermograd.analysis.report import LAG_NOTE, series_summary, versions, window, write_report
@@ -42,6 +42,7 @@ from thermograd.analysis.selection import (
 )
 from thermograd.analysis.timeparse import get_tz, parse_instant_s
 from thermograd.analysis.verdict import QUESTIONS, overall, summary_text
+from thermograd.commandline import internal_error
 from thermograd.exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
 DEFAULT_STEP_S = 15.0  # Prometheus's own default scrape interval, used when the backend hides its config
@@ -172,6 +173,8 @@ def from_prometheus(args: argparse.Namespace) -> tuple[T.Table, dict]:
                                else (DEFAULT_STEP_S, "default (no scrape interval served, too few samples)"))
         notes.append("the backend serves no scrape interval (empty or absent /api/v1/targets and "
                      f"/api/v1/status/config): the step is the {step_source}, {step_s:g} s")
+    if not scrape_s:  # not Prometheus (VictoriaMetrics, Mimir, Thanos): what its query semantics change, and how met
+        notes.append(store_note(client.store_flags(), step_s))
     scrape_s = scrape_s or step_s
     if start_s is None:
         start_s = max(run.first_seen_s, run.start_time_s - step_s)
@@ -400,8 +403,4 @@ def main(argv: list[str] | None = None) -> int:
         print("analysis: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # never a traceback for the user; THERMOGRAD_DEBUG=1 shows it
-        if os.environ.get("THERMOGRAD_DEBUG"):
-            raise
-        print(f"analysis: internal error: {type(exc).__name__}: {exc} (set THERMOGRAD_DEBUG=1 for details)",
-              file=sys.stderr)
-        return 1
+        return internal_error("analysis", exc)

@@ -3,6 +3,10 @@ chunk's answer goes straight into its rows of a preallocated column)."""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from thermograd.analysis import table as T
@@ -109,9 +113,55 @@ def _expr(kind: str, metrics: tuple[str, ...], matchers: str, step_s: float, scr
     return expr if scale == 1 else f"{expr} * {scale:g}"
 
 
+RECENT_S = 3600.0  # only a window ending within the last hour can meet a store's holding back of its newest points
+PROBE_S = 600.0  # the newest ten minutes of the window are probed
+MAX_WAIT_S = 120.0  # the longest the analysis waits for the store to serve the window's newest points
+
+
+def wait_for_newest_points(client: PromClient, start_s: float, end_s: float, step_s: float, notes: list[str],
+                           max_wait_s: float = MAX_WAIT_S, sleep: Callable[[float], None] = time.sleep) -> float:
+    """The window's end once the backend serves every point of the grid start + k*step up to it as evaluated.
+
+    A store may hold back its newest points: VictoriaMetrics with its default -search.latencyOffset=30s answers a
+    range query's points within 30 s of its now with copies of an older point (their samples might still be in
+    flight). An analysis started right after a run ends would then read the run's last half-minute as a flat line
+    and could reach another verdict. So the window's newest points are probed (newest_held_back_s) and, while held
+    back, the analysis waits until the store serves them (said in the notes), at most `max_wait_s`; beyond that
+    the rows it still holds back are left out, also said. Returns the end to fetch up to."""
+    if end_s < time.time() - RECENT_S:
+        return end_s
+    probe_start_s = start_s + max(0.0, np.ceil((end_s - PROBE_S - start_s) / step_s)) * step_s
+    waited_s = 0.0
+    while (first_s := client.newest_held_back_s(probe_start_s, end_s, step_s)) is not None:
+        wait_s = end_s - first_s + step_s + 1.0  # until the held-back span has passed the window's end
+        if waited_s + wait_s > max_wait_s:
+            if first_s <= start_s:
+                raise InputError(f"{client.url} holds back every point of the window (its newest "
+                                 f"{end_s - first_s + step_s:.0f} s; VictoriaMetrics: -search.latencyOffset): "
+                                 "run the analysis again later")
+            notes.append(f"the backend held back the window's points from {first_s - start_s:g} s on (its newest "
+                         f"{end_s - first_s + step_s:.0f} s after waiting {waited_s:.0f} s; VictoriaMetrics's "
+                         "-search.latencyOffset): the rows from there on are left out; rerun later for the whole run")
+            return first_s - step_s
+        if client.progress:
+            print(f"waiting {wait_s:.0f} s: {client.url} holds back its newest points (VictoriaMetrics's "
+                  "-search.latencyOffset)", file=sys.stderr, flush=True)
+        sleep(wait_s)
+        waited_s += wait_s
+    if waited_s:
+        notes.append(f"the backend held back its newest points when the analysis started (VictoriaMetrics's "
+                     f"-search.latencyOffset, 30 s by default, serves a range query's points that recent as copies "
+                     f"of an older one): the analysis waited {waited_s:.0f} s until it served the run's last points "
+                     "as stored")
+    return end_s
+
+
 def fetch_table(client: PromClient, exprs: dict[str, str], start_s: float, end_s: float,
                 step_s: float, required: tuple[str, ...] = REQUIRED) -> tuple[T.Table, list[str]]:
-    """Query every expression with the same start/end/step and place them on Prometheus's timestamps."""
+    """Query every expression with the same start/end/step and place them on Prometheus's timestamps, once the
+    backend serves the window's newest points as evaluated (wait_for_newest_points)."""
+    notes: list[str] = []
+    end_s = wait_for_newest_points(client, start_s, end_s, step_s, notes)
     columns = client.query_range_columns(exprs, start_s, end_s, step_s)
     n = next(iter(columns.values())).size
     # The series the backend does not hold share one read-only array of NaN: a month of 1 s data is 20 MB a
@@ -120,7 +170,6 @@ def fetch_table(client: PromClient, exprs: dict[str, str], start_s: float, end_s
     nothing.setflags(write=False)
     columns = {name: col if np.isfinite(col).any() else nothing for name, col in columns.items()}
     table = T.Table(start_s, step_s, n, columns)
-    notes: list[str] = []
     if not table.has(T.GRAD_NORM) and table.has(T.GRAD_NORM_LAST):
         table.columns[T.GRAD_NORM] = table.columns[T.GRAD_NORM_LAST]
         notes.append("train_step_grad_norm histogram absent: using the last value (train_grad_norm) per step")

@@ -15,6 +15,7 @@ from thermograd.analysis.align import place_on_grid
 from thermograd.analysis.arguments import SCRAPE_JOBS, client_from_args, duration_flag
 from thermograd.analysis.devices import normalise_uuid
 from thermograd.analysis.errors import InputError
+from thermograd.analysis.fetch import wait_for_newest_points
 from thermograd.analysis.jobfiles import MAX_JOB_CELLS, JobInputs
 from thermograd.analysis.promql import PromClient, matrix_to_arrays, range_window
 from thermograd.analysis.selection import choose_run, discover_runs, last_seen_s, no_runs_reason, quote_label
@@ -76,14 +77,16 @@ def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple
         return (f"sum by (rank) (increase({base}_sum{{{run_sel}}}{window})) / "
                 f"sum by (rank) (increase({base}_count{{{run_sel}}}{window}) > 0)")
 
-    compute = _per_rank(client, mean_per_step("train_step_compute_seconds"), grid_start, job_end, step_s, n)
+    held: list[str] = []  # a store that holds back its newest points (VictoriaMetrics's latency offset): waited for
+    fetch_end = wait_for_newest_points(client, grid_start, job_end, step_s, held)
+    compute = _per_rank(client, mean_per_step("train_step_compute_seconds"), grid_start, fetch_end, step_s, n)
     if not compute:
         raise InputError(f"run {run.run_id!r}: no train_step_compute_seconds (each rank's compute time: "
                          "TrainingMetrics.watch(model), which both callbacks call)")
     tokens = _per_rank(client, f"sum by (rank) (rate(train_tokens_total{{{run_sel}}}{window})) * {step_s:g}",
-                       grid_start, job_end, step_s, n)
+                       grid_start, fetch_end, step_s, n)
     step_rows = _per_rank(client, f"quantile(0.5, {mean_per_step('train_step_duration_seconds')})", grid_start,
-                          job_end, step_s, n, label="")
+                          fetch_end, step_s, n, label="")
     # The job's GPUs, joined server-side to its own train_run_info (the uuid as the trainer spells it).
     job_gpus = (f"max by (uuid) (label_replace(train_run_info{{{run_sel},gpu_uuid!=\"\"}}, \"uuid\", \"$1\", "
                 f"\"gpu_uuid\", \"(.+)\"))")
@@ -92,18 +95,18 @@ def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple
         return f"max by (uuid) ({inner}) * on (uuid) group_left () {job_gpus}"
 
     throttled = _per_rank(client, per_gpu(f"max_over_time(rle_throttle_active{{reason=~\"{THROTTLE_REASONS}\"}}"
-                                          f"{range_window(step_s)})"), grid_start, job_end, step_s, n, label="uuid")
+                                          f"{range_window(step_s)})"), grid_start, fetch_end, step_s, n, label="uuid")
     clock = _per_rank(client, per_gpu(f"avg_over_time(rle_sm_clock_hertz{range_window(step_s)})"), grid_start,
-                      job_end, step_s, n, label="uuid")
+                      fetch_end, step_s, n, label="uuid")
     maximum = {s["metric"].get("uuid", ""): float(s["value"][1]) for s in client.instant(
         f"max by (uuid) (max_over_time(rle_sm_clock_max_hertz{range_window(span_s + scrape_s)}))", job_end,
         "the GPUs' maximum clocks")}
     temperature = _per_rank(client, per_gpu(f"avg_over_time(rle_temperature_celsius{range_window(step_s)})"),
-                            grid_start, job_end, step_s, n, label="uuid")
+                            grid_start, fetch_end, step_s, n, label="uuid")
     devices = {normalise_uuid(s["metric"].get("uuid", "")): s["metric"] for s in client.instant(
         f"last_over_time(rle_device_info{range_window(span_s + scrape_s)})", job_end, "the GPUs' exporters")}
     absent = np.full(n, np.nan)
-    ranks, gpus, notes = [], {}, []
+    ranks, gpus, notes = [], {}, held
     provenance: dict[str, str] = {}
     for rank in sorted(gpu_of, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0, r)):
         uuid = gpu_of[rank]

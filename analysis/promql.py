@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -31,6 +32,25 @@ def _permanent(exc: requests.RequestException) -> bool:
 
 
 MAX_POINTS_PER_SERIES = 11_000  # Prometheus refuses range queries above 11,000 points per series
+
+# Sent with every query. `nocache=1` is VictoriaMetrics's (single-node and cluster; Prometheus, Thanos and Mimir
+# ignore a parameter they do not know): with it, VictoriaMetrics evaluates an instant query at the time asked
+# (with its default -search.latencyOffset=30s it would evaluate one asked within 30 s of its now 30 s earlier, and
+# shift the answer's timestamp back) and does not round a range query's start and end to multiples of its step
+# for its response cache. The points of a range query within -search.latencyOffset of now are another matter,
+# which no parameter of VictoriaMetrics 1.79 turns off: newest_held_back_s() finds them.
+STORE_PARAMS = {"nocache": "1"}
+
+_CLUSTER_PATH = re.compile(r"/select/[^/]+/prometheus$")  # VictoriaMetrics cluster: vmselect's tenant prefix
+_FLAG_LINE = re.compile(r'^-([A-Za-z0-9_.]+)="?(.*?)"?$')
+# What VictoriaMetrics's query defaults change for the analysis, and how the analysis meets each (docs/stack.md,
+# "A store someone else runs"): the flag, its default, and what is said when it is not set.
+VM_QUERY_DEFAULTS = {
+    "search.latencyOffset": ("30s", "a range query's points that recent are held back: probed before the fetch, "
+                             "and waited for when the run has just ended"),
+    "dedup.minScrapeInterval": ("0s", "none: every sample kept"),
+    "search.maxStalenessInterval": ("auto", "does not enter: every expression of the analysis has its own window"),
+}
 
 
 def range_window(seconds: float) -> str:
@@ -223,6 +243,23 @@ class PromClient:
             out.append((series["metric"], t_s, values))
         return out
 
+    def store_flags(self) -> dict[str, str] | None:
+        """The flags a VictoriaMetrics was started with, from its /flags page (vmselect's, at the host's root, for a
+        cluster URL /select/<tenant>/prometheus); None where no such page answers (Prometheus, Mimir, a proxy
+        that only passes the API). It lists the flags set explicitly: any other has its default."""
+        root = _CLUSTER_PATH.sub("", self.url)
+        for url in dict.fromkeys((f"{self.url}/flags", f"{root}/flags")):
+            try:
+                resp = self._get_within_deadline(url, None)  # once: a page that is not there is no fault
+            except requests.RequestException:
+                continue
+            lines = resp.text.splitlines() if resp.status_code == 200 and resp.headers.get(
+                "Content-Type", "").startswith("text/plain") else []
+            flags = {m.group(1): m.group(2) for m in map(_FLAG_LINE.match, lines) if m}
+            if flags and len(flags) == len(lines):
+                return flags
+        return None
+
     def build_version(self) -> str | None:
         """The backend's version from /api/v1/status/buildinfo (None where it is not served)."""
         try:
@@ -233,7 +270,37 @@ class PromClient:
 
     def instant(self, expr: str, time_s: float, purpose: str) -> list[dict]:
         self.queries.append({"purpose": purpose, "type": "instant", "query": expr, "time": time_s})
-        return self._result(self._get("/api/v1/query", {"query": expr, "time": f"{time_s:.3f}"}), "/api/v1/query")
+        return self._result(self._get("/api/v1/query", {"query": expr, "time": f"{time_s:.3f}", **STORE_PARAMS}),
+                            "/api/v1/query")
+
+    def newest_held_back_s(self, start_s: float, end_s: float, step_s: float) -> float | None:
+        """The first point of the grid start + k*step (up to end) that the backend does not serve as evaluated, or
+        None when it serves every one.
+
+        `time()` over the grid must answer each point's own timestamp. VictoriaMetrics (-search.latencyOffset,
+        default 30 s, for steps under -search.maxStepForPointsAdjustment, 1 min) serves the points of a range
+        query within that offset of its now as copies of the last point before them, and drops them when there
+        is none: their samples might still be arriving. Prometheus serves every point as evaluated."""
+        n = grid_rows(start_s, end_s, step_s)
+        end_s = start_s + (n - 1) * step_s
+        # type "probe": a range query, but not one of the table's (they all share one grid: "range")
+        self.queries.append({"purpose": "the backend's newest points (does it hold them back?)", "type": "probe",
+                             "query": "time()", "start": start_s, "end": end_s, "step": step_s, "chunks": 1})
+        try:
+            data = self._get(RANGE_PATH, {"query": "time()", "start": f"{start_s:.3f}", "end": f"{end_s:.3f}",
+                                          "step": f"{step_s:g}", **STORE_PARAMS})
+        except BackendUnreachable:
+            raise
+        except InputError:  # a backend that refuses the probe: nothing known, the fetch says the rest
+            return None
+        t_s, values = matrix_to_arrays(self._result(data, RANGE_PATH))
+        served = {round(t * 1000): v for t, v in zip(t_s.tolist(), values.tolist(), strict=True)}
+        for k in range(n):
+            t = start_s + k * step_s
+            value = served.get(round(t * 1000))
+            if value is None or abs(value - t) > 1e-3:
+                return t
+        return None
 
     def range_chunks(self, start_s: float, end_s: float, step_s: float) -> list[tuple[float, float]]:
         """Chunks on the same grid start + k*step, each at most MAX_POINTS_PER_SERIES points."""
@@ -256,8 +323,8 @@ class PromClient:
 
         def fetch(job: tuple[str, str, int, float, float]) -> None:
             name, expr, row, lo, hi = job
-            consume(name, row, self._get_response(
-                RANGE_PATH, {"query": expr, "start": f"{lo:.3f}", "end": f"{hi:.3f}", "step": f"{step_s:g}"}))
+            consume(name, row, self._get_response(RANGE_PATH, {"query": expr, "start": f"{lo:.3f}", "end": f"{hi:.3f}",
+                                                               "step": f"{step_s:g}", **STORE_PARAMS}))
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             for done, _ in enumerate(pool.map(fetch, jobs), start=1):
@@ -300,6 +367,37 @@ class PromClient:
         if fast is not None:
             return fast
         return matrix_to_arrays(self._result(self._decode(resp, f"{self.url}{RANGE_PATH}"), RANGE_PATH))
+
+
+def store_note(flags: dict[str, str] | None, step_s: float) -> str:
+    """The note for a backend that serves no Prometheus config (VictoriaMetrics, Mimir, Thanos): what its query
+    semantics could change and how the analysis meets each, with VictoriaMetrics's flags where /flags shows them."""
+    how = ("queries carry nocache=1 (VictoriaMetrics then neither rounds a range query's start and end to its step "
+           "nor evaluates an instant query earlier than asked), the grid lies on whole steps (a query frontend's "
+           "step alignment cannot move it), every expression has its own window (a staleness or lookback setting "
+           "does not enter) and the window's newest points are probed before the fetch (a latency offset is waited "
+           "for)")
+    if flags is None:
+        return (f"the backend serves no Prometheus config and no /flags page, so how it stores and queries is not "
+                f"known here: {how}. A store that deduplicates (VictoriaMetrics's -dedup.minScrapeInterval) keeps one "
+                f"sample per interval: the samples' spacing, and so the {step_s:g} s step, is then that interval")
+    from thermograd.analysis.timeparse import parse_duration_s
+
+    said = []
+    for flag, (default, meaning) in VM_QUERY_DEFAULTS.items():
+        value = flags.get(flag)
+        if flag == "dedup.minScrapeInterval" and value is not None:
+            try:
+                dedup_s = parse_duration_s(value)
+            except InputError:
+                dedup_s = 0.0
+            if dedup_s > 0:
+                meaning = (f"one sample kept per {value} per series: the run is seen at that resolution at best (the "
+                           f"step is {step_s:g} s)")
+        said.append(f"-{flag}={value} ({meaning})" if value is not None else f"-{flag} default {default} ({meaning})")
+    return (f"the backend is VictoriaMetrics (its /flags): {'; '.join(said)}. In all: {how}. For a store you run, "
+            "docs/stack.md recommends -search.latencyOffset=0s -dedup.minScrapeInterval=0s "
+            "-search.maxStalenessInterval=5m")
 
 
 RANGE_PATH = "/api/v1/query_range"

@@ -66,24 +66,36 @@ def discover_runs(client: PromClient, start_s: float, end_s: float) -> dict[str,
 
 
 def last_seen_s(client: PromClient, run: Run, end_s: float, precision_s: float = LAST_SEEN_PRECISION_S) -> float:
-    """The time of the run's last sample at or before `end`, to `precision_s` (rounded up), by bisection with
-    instant queries whose windows are written out: are there samples in (t, end]? No range query, so no store's
-    alignment or caching of range steps can move it. About log2((end - start) / precision) queries."""
+    """The time of the run's last sample at or before `end`, rounded up to a whole multiple of `precision_s` (and
+    at most `end`), by bisection over those multiples with instant queries whose windows are written out to the
+    millisecond: are there samples in (t, end]? No range query, so no store's alignment or caching of range steps
+    can move it, and the answer depends on the samples alone, not on when the analysis runs (a window rounded
+    from `end` would end a step later or earlier from one run of the analysis to the next: a store that carries a
+    rate past a series' end, as VictoriaMetrics does, would then give another window). About
+    log2((end - start) / precision) queries."""
+    from thermograd.analysis.promql import range_window
+
     sel = f"train_run_start_time_seconds{{run_id={quote_label(run.run_id)}}}"
+    end_s = round(end_s, 3)  # the query's time is sent in milliseconds
 
-    def any_after(t_s: float) -> bool:
-        return bool(client.instant(f"count_over_time({sel}{window(end_s - t_s)})", end_s, "the run's last sample"))
+    def any_after(k: int) -> bool:
+        t_s = k * precision_s
+        if t_s >= end_s:
+            return False
+        return bool(client.instant(f"count_over_time({sel}{range_window(end_s - t_s)})", end_s,
+                                   "the run's last sample"))
 
-    low, high = min(run.start_time_s, end_s) - precision_s, end_s  # samples after low; none after high
+    low = int(np.floor(min(run.start_time_s, end_s) / precision_s)) - 1  # samples after low; none after high
+    high = int(np.ceil(end_s / precision_s))
     if not any_after(low):
         return end_s  # none since its start time (a clock far off): keep the whole window
-    while high - low > precision_s:
-        middle = (low + high) / 2
+    while high - low > 1:
+        middle = (low + high) // 2
         if any_after(middle):
             low = middle
         else:
             high = middle
-    return high
+    return min(high * precision_s, end_s)
 
 
 SAMPLE_SPACING_WINDOW_S = 600.0  # the run's first ten minutes show its scrape interval

@@ -249,11 +249,13 @@ class WebhookReceiver:
 
 
 # -------------------------------------------------------------------------------------- stack pieces
-# Query semantics equal to Prometheus's for the analysis's query_range (docs/stack.md, "Long-term storage").
-# -search.latencyOffset=0s is required: with the default 30 s, VictoriaMetrics adjusts the points of the
-# last 30 s before "now", so an analysis run right after the run ends gets another window end (and, in
-# tests/test_stack_longterm.py, another verdict). The other two pin Prometheus's semantics explicitly:
-# no deduplication (every scrape kept) and Prometheus's 5 min lookback.
+# Query semantics equal to Prometheus's for the analysis's query_range (docs/stack.md, "Long-term storage"):
+# recommended for a store you run, not required (tests/test_analysis_default_stores.py analyses a VictoriaMetrics
+# with its defaults). -search.latencyOffset=0s serves the newest points at once: with the default 30 s,
+# VictoriaMetrics answers a range query's points of the last 30 s before "now" with copies of an older one, and
+# the analysis of a run that has just ended waits for them (analysis/fetch.py wait_for_newest_points). The other
+# two pin Prometheus's semantics explicitly: no deduplication (every scrape kept) and Prometheus's 5 min lookback
+# (for dashboards: the analysis's expressions all have explicit windows).
 VICTORIAMETRICS_QUERY_FLAGS = ("-search.latencyOffset=0s", "-dedup.minScrapeInterval=0s",
                                "-search.maxStalenessInterval=5m")
 
