@@ -282,17 +282,24 @@ class Demo:
             f"grad_norm {value(f'max(train_grad_norm{run})')} | GPU {value('max(rle_temperature_celsius)')} °C "
             f"RLE {value('max(rle_efficiency_smoothed)')} collapsed {value('max(rle_collapsed)')}")
 
-    def analyse(self, run_id: str) -> int:
-        out = self.out / "analysis"
-        say(f"analysing run {run_id} from {self.url('prometheus')} ...")
+    def run_analysis(self, selection: list[str], out: Path, what: str) -> dict | None:
+        """thermograd-analysis through the demo's Prometheus into `out`: its summary printed, its report
+        returned (None, said in one line, when it failed)."""
         result = subprocess.run(sl.python_module_argv("thermograd.analysis", "--prometheus", self.url("prometheus"),
-                                                      "--run", run_id, "--out", str(out)),
+                                                      *selection, "--out", str(out)),
                                 cwd=sl.REPO_ROOT, capture_output=True, text=True)
         sys.stdout.write(result.stdout)
         if result.returncode != 0:
-            say(f"the analysis failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
+            say(f"{what} failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
+            return None
+        return json.loads((out / "report.json").read_text())
+
+    def analyse(self, run_id: str) -> int:
+        out = self.out / "analysis"
+        say(f"analysing run {run_id} from {self.url('prometheus')} ...")
+        report = self.run_analysis(["--run", run_id], out, "the analysis")
+        if report is None:
             return 1
-        report = json.loads((out / "report.json").read_text())
         say(f"report:  {out / 'report.json'}")
         say(f"figures: {out / 'coupling.png'}  {out / 'crosscorr.png'}")
         verdict = report["verdict"]  # optimizer -> hardware, then the other direction
@@ -309,14 +316,10 @@ class Demo:
         """--ranks: the job's analysis — its straggler, the cause, the tokens it cost — through Prometheus."""
         out = self.out / "job"
         say(f"analysing the job's {self.args.ranks} ranks from {self.url('prometheus')} ...")
-        result = subprocess.run(sl.python_module_argv("thermograd.analysis", "--prometheus", self.url("prometheus"),
-                                                      "--job", run_id, "--out", str(out)),
-                                cwd=sl.REPO_ROOT, capture_output=True, text=True)
-        sys.stdout.write(result.stdout)
-        if result.returncode != 0:
-            say(f"the job's analysis failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
+        report = self.run_analysis(["--job", run_id], out, "the job's analysis")
+        if report is None:
             return 1
-        job = json.loads((out / "report.json").read_text())["job"]
+        job = report["job"]
         for rank in job["ranks"]:
             if rank["straggler"]:
                 lost = rank["tokens_lost"]

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
 from thermograd import __version__
-from thermograd.commandline import OneLineParser, UsageError
+from thermograd.commandline import OneLineParser, UsageError, internal_error
 
 RUN_EPILOG = """examples:
   thermograd run -- python train.py --epochs 1
@@ -106,8 +105,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"thermograd: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # never a traceback for the user; THERMOGRAD_DEBUG=1 shows it
-        if os.environ.get("THERMOGRAD_DEBUG"):
-            raise
-        print(f"thermograd: internal error: {type(exc).__name__}: {exc} (set THERMOGRAD_DEBUG=1 for details)",
-              file=sys.stderr)
-        return 1
+        return internal_error("thermograd", exc)

@@ -7,6 +7,8 @@ argparse's own error() prints the whole usage block and exits from inside the pa
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 
 class UsageError(Exception):
@@ -20,3 +22,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
+
+
+def internal_error(prog: str, exc: Exception) -> int:
+    """A bug, not bad input: one line naming it and how to see the traceback (THERMOGRAD_DEBUG=1 re-raises),
+    exit status 1. Call from a command's last `except Exception`."""
+    if os.environ.get("THERMOGRAD_DEBUG"):
+        raise exc
+    print(f"{prog}: internal error: {type(exc).__name__}: {exc} (set THERMOGRAD_DEBUG=1 for details)",
+          file=sys.stderr)
+    return 1
