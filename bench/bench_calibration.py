@@ -203,15 +203,18 @@ def _cell(test: dict | None) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The README's calibration and power tables from one run's JSON."""
-    lines = ["| null kind | runs | verdict coupled (opt→hw, hw→train) | " + " | ".join(TEST_COLUMNS) + " |",
+    """docs/method.md's calibration and power tables from one run's JSON."""
+    lines = [f"*Null kinds* ({result['runs_per_kind']} runs per kind; share of raw p < {result['alpha']:g}, tests in "
+             "brackets; verdict: share of runs called coupled):", "",
+             "| null kind | runs | verdict coupled (opt→hw, hw→train) | " + " | ".join(TEST_COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(TEST_COLUMNS)]
     for kind, v in result["null"].items():
         cells = [_cell(v["tests"].get(t)) for t in TEST_COLUMNS]
         lines.append(f"| {kind} | {v['runs']} | {v['verdict_fpr']:.3f}, {v['verdict_hardware_to_training_fpr']:.3f} | "
                      + " | ".join(cells) + " |")
     lags = sorted({lag for k in result["power"].values() for lag in k}, key=lambda s: int(s[4:-1]))
-    lines += ["", "| planted | " + " | ".join(lag.replace("lag_", "lag ") for lag in lags) + " |",
+    lines += ["", "*Power* (planted r ≈ 0.3, 600 s runs; share detected with the right sign and lag):", "",
+              "| planted | " + " | ".join(lag.replace("lag_", "lag ") for lag in lags) + " |",
               "|---|" + "---|" * len(lags)]
     for kind, v in result["power"].items():
         lines.append(f"| {kind} | " + " | ".join(f"{v[lag]['right_sign_and_lag']:.2f}" for lag in lags) + " |")
@@ -219,13 +222,17 @@ def markdown(result: dict) -> str:
 
 
 def effects_markdown(result: dict) -> list[str]:
-    """The README's issue-16 tables: spike effects, directions, the throttle cost's coverage."""
-    lines = ["", "| planted effect | runs | right sign and lag | by the spike response | by the pair | called none |",
+    """docs/method.md's issue-16 tables: spike effects, directions, the throttle cost's coverage."""
+    lines = ["", "*Spike-triggered effects and spike-carried couplings* (share of runs coupled with the right sign and "
+             "lag window, through the spike response or the pair; share called `none`):", "",
+             "| planted effect | runs | right sign and lag | by the spike response | by the pair | called none |",
              "|---|---|---|---|---|---|"]
     for name, v in (result.get("spike_effects") or {}).items():
         lines.append(f"| {name} | {v['runs']} | {v['right_sign_and_lag']:.2f} | {v['by_spike_response']:.2f} | "
                      f"{v['by_pair']:.2f} | {v['called_none']:.2f} |")
-    lines += ["", "| direction kind | runs | hardware slows training | throttling found at lag 0 | training-side "
+    lines += ["", "*Which way an effect runs* (share of runs; Granger: precedences of a training series before a device "
+              "series, summed over runs):", "",
+              "| direction kind | runs | hardware slows training | throttling found at lag 0 | training-side "
               "coupling reported | Granger training -> device (explained by throttled, no caveat) |",
               "|---|---|---|---|---|---|"]
     for name, v in (result.get("directions") or {}).items():
@@ -233,7 +240,8 @@ def effects_markdown(result: dict) -> list[str]:
                      f"{v['throttle_found_at_lag_0']:.2f} | {v['training_leads_or_same_step_reported']:.2f} | "
                      f"{v['granger_training_precedes_device']} ({v['of_which_explained_by_throttled']}, "
                      f"{v['of_which_without_caveat']}) |")
-    lines += ["", "| loader drift time constant | runs | CI covers the true cost | sd of the standardised error |",
+    lines += ["", "*Throttle cost on drifting-loader nulls* (nothing is lost: the 95 % CI should cover 0):", "",
+              "| loader drift time constant | runs | CI covers the true cost | sd of the standardised error |",
               "|---|---|---|---|"]
     for band, v in (result.get("throttle_cost_coverage") or {}).items():
         sd = v.get("sd_standardised_error")
@@ -255,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--surrogates", type=int, default=1000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--quick", action="store_true", help="40 runs per kind, lengths up to 1 h, 20 power runs")
-    p.add_argument("--markdown", type=Path, metavar="RESULT_JSON", help="print the README tables of a result and exit")
+    p.add_argument("--markdown", type=Path, metavar="RESULT_JSON", help="print the tables of docs/method.md for a result and exit")
     args = p.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))

@@ -66,7 +66,7 @@ def test_a_three_spike_lagged_coupling_in_three_minutes_is_not_called_independen
         result, both = analysed(spike_lagged_run(180, 300 + seed, "pulse"), seed)
         assert both["optimizer_to_hardware"]["strength"] != "none"
         found += both["optimizer_to_hardware"]["coupled"]
-    assert found >= 3  # the bench measures the rate (README); three spikes are near the limit of any test
+    assert found >= 3  # the bench measures the rate (docs/method.md); three spikes are near the limit of any test
 
 
 def test_spike_responses_stay_near_alpha_on_independent_runs():
@@ -196,7 +196,7 @@ def test_the_throttle_cost_ci_covers_a_drifting_loaders_zero_cost():
             runs += 1
             covered += ci[0] <= 0 <= ci[1]
             assert result["throttle_cost"]["block_s"] >= 10
-    assert runs >= 30 and covered / runs >= 0.85  # the bench measures the rate by time constant (README)
+    assert runs >= 30 and covered / runs >= 0.85  # the bench measures the rate by time constant (docs/method.md)
 
 
 def test_the_start_up_follows_the_series():

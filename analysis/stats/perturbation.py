@@ -41,18 +41,25 @@ def burst_lengths(active: np.ndarray) -> list[int]:
     return [int(ends[ends > b][0] - b) for b in starts if (ends > b).any()]
 
 
-def default_window(active: np.ndarray) -> int:
-    """Twice the median burst length (>= 5 steps): long enough for a delayed response, short enough
-    that the burst is not diluted by unperturbed time; and no longer than the median time between bursts,
-    so that a dense schedule's window before an onset does not reach back into the previous burst (which
-    would read the burst's own effect as the baseline and shrink it)."""
+def default_window(active: np.ndarray, delayed: bool = True) -> int:
+    """The before/after window of the triggered average, in rows.
+
+    A delayed response (a learning-rate burst acting through the optimizer): twice the median burst length
+    (>= 5 steps), long enough for the response to arrive, short enough that the burst is not diluted by
+    unperturbed time. An immediate one (a pause: compute stops at once): the median burst length and the row
+    after it (the device's sample of the first paused row may precede the pause), >= 3 steps; a window twice a
+    3-s pause spent most of its rows after the device had resumed and diluted a drop to 1 sd under the noise of
+    four onsets. Either way no longer than the median time between bursts, so that a dense schedule's window
+    before an onset does not reach back into the previous burst (which would read the burst's own effect as
+    the baseline and shrink it)."""
     lengths = burst_lengths(active)
     if not lengths:
         return 30
     s = np.asarray(active, dtype=float)
     gaps = burst_lengths(np.where(np.isfinite(s), 1.0 - s, np.nan))
-    longest = int(np.median(gaps)) if gaps else None
-    return max(5, min(2 * int(np.median(lengths)), longest or 2 * int(np.median(lengths))))
+    burst = int(np.median(lengths))
+    wanted = max(5, 2 * burst) if delayed else max(3, burst + 1)
+    return min(wanted, int(np.median(gaps))) if gaps else wanted
 
 
 def usable_onsets(metric: np.ndarray, active: np.ndarray, window: int, step_s: float) -> np.ndarray:

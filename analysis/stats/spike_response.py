@@ -30,6 +30,11 @@ Where a few events meet a rare large swing of the metric, their responses differ
 allow, and the events' own spread replaces the shifts' (`widened`); where the events cluster in a volatile
 stretch, each shift's spread is scaled by its events' local noise (`event_noise`).
 
+A run too short for the shifts (under MIN_RANKED_SHIFTS with every window inside the analysed rows), or a train
+of a few events with too few shifts for their rank to pass a Holm threshold (MIN_SHIFTS_FEW_EVENTS), is judged
+against random placements of the same weighted events instead (`placement_test`: the metric's own segments, each
+row's response scaled by its local noise and turned into normal scores per window); `null` says which.
+
 Equivalence (the answer "independent" needs it): two one-sided tests (Schuirmann 1987) at every window,
 each window's 90 % interval inside +/- `bound_sd` standard deviations of the high-passed metric; shown for
 the run when shown at every window (an intersection-union test, Berger 1982: no correction needed).
@@ -37,6 +42,7 @@ the run when shown at every window (an intersection-union test, Berger 1982: no 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +67,11 @@ MIN_GAUSSIAN_EVENTS = 5  # fewer events: the p-value is the shifts' rank alone
 # warm-up and the run's ends leave 30-80: too few to be exchangeable with the observed alignment (the start-up's
 # end, found from the series, sits next to their first spikes), and the test read 0.11-0.13 at 5 % there.
 MIN_RANKED_SHIFTS = 100
+# A train of fewer than MIN_GAUSSIAN_EVENTS events is judged by the shifts' rank alone, whose p-value is at least
+# 1 / (shifts + 1): under this many shifts it could not pass the smallest Holm threshold of the optimizer ->
+# hardware family (0.05 / 15 = 0.0033: ten pair tests and five responses), so such a train (three spikes in a
+# 3-5 minute run) is judged by random placements instead (placement_test).
+MIN_SHIFTS_FEW_EVENTS = 400
 RETURN_ROWS = 2  # a change undone within this many rows is a spike's return, not an event of its own
 # An event counts by its size, up to this many times the threshold: a response that grows with the spike (a
 # level power follows) is carried by the large ones, not diluted by the many just over the threshold, while no
@@ -511,7 +522,9 @@ def placed_statistics(events: Events, responses: np.ndarray, candidates: np.ndar
         pick = np.argsort(rng.random((size, candidates.size)), axis=1)[:, : events.size]
         drawn.append(mean_response(candidates[pick]))
     sample = np.concatenate(drawn)
-    mean, sd = np.nanmean(sample, axis=0), np.nanstd(sample, axis=0, ddof=1)
+    with warnings.catch_warnings():  # a window no placement reaches (rows past the run's end) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, sd = np.nanmean(sample, axis=0), np.nanstd(sample, axis=0, ddof=1)
     return ShiftStatistics(mean_response(events.rows[None, :])[0], mean, sd, sample, np.broadcast_to(sd, sample.shape))
 
 
@@ -550,7 +563,7 @@ def placement_test(trains: list[Events], level: np.ndarray, clipped: np.ndarray,
         drawn = np.abs((robust.sample - robust.mean) / robust.sd)
     usable = np.isfinite(z) & (robust.sd > 0)
     observed = float(np.max(np.abs(z[usable]))) if usable.any() else 0.0
-    drawn_max = np.nanmax(np.where(usable[None, :], drawn, np.nan), axis=1)
+    drawn_max = np.max(np.where(usable[None, :], np.nan_to_num(drawn, nan=-np.inf), -np.inf), axis=1)
     drawn_max = drawn_max[np.isfinite(drawn_max)]
     p = float((1 + np.sum(drawn_max >= observed)) / (1 + drawn_max.size))
     peak = int(np.argmax(np.where(reportable & usable, np.abs(np.nan_to_num(z)), -1.0)))
@@ -644,9 +657,11 @@ def spike_response(metric: np.ndarray, spikes: Events, names: tuple[str, str], s
     reportable = np.tile(~windows.edge, len(trains))
     z, p_gauss, p_shifts, peak, ranked = max_t_p(robust, reportable, n_surrogates, rng)
     out.null = "circular shifts"
-    if ranked < MIN_RANKED_SHIFTS:
-        # Too short a run for the shifts to rank the observed alignment among (their p-value could not go below
-        # 1 / (shifts + 1), above any Holm threshold): the events are placed at random rows instead.
+    few = min(e.size for _, e in trains) < MIN_GAUSSIAN_EVENTS  # the design's trains, not the observed peak's
+    if ranked < MIN_RANKED_SHIFTS or (few and ranked < MIN_SHIFTS_FEW_EVENTS):
+        # Too short a run for the shifts to rank the observed alignment among, or too few events for the Gaussian
+        # tail and too few shifts for their rank alone to reach a Holm threshold: the events are placed at random
+        # rows instead (chosen from the run's design, never from the observed statistic).
         placed = placement_test([e for _, e in trains], level, clipped, noise, windows, reportable,
                                 max(n_surrogates, MIN_DRAWS), rng)
         if placed is None:

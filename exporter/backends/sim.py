@@ -115,11 +115,11 @@ SIM_PROFILES: dict[str, SimParams] = {
 class ProcessLoad:
     """The load is the CPU use of one process *and every process it started* (a launcher such as torchrun,
     its ranks, their data-loader workers), relative to its usual busy rate (the 90th percentile of its last
-    5 min of readings, so one lucky second on a shared machine does not set the scale; until a minute of
-    readings exists, at least one core, so a job that starts in a light phase does not read as fully busy
-    before anything heavier has been seen): ~1 while it computes, ~0 while it idles (a pause) or before it
-    exists. Unlike `host`, other work on a shared machine does not
-    heat the card; only the job it stands in for does.
+    5 min of readings, so one lucky second on a shared machine does not set the scale; in the first minute
+    at least a floor that fades from one core to none, so a job that starts in a light phase does not read
+    as fully busy before anything heavier has been seen): ~1 while it computes, ~0 while it idles (a pause)
+    or before it exists. Unlike `host`, other work on a shared machine does not heat the card; only the job
+    it stands in for does.
 
     `pid_of` names the process each round (None: not started yet, or gone): `pid:FILE` reads it from FILE
     (`ProcessLoad.from_file`), `thermograd run` hands over its child's."""
@@ -186,8 +186,11 @@ class ProcessLoad:
             rate = max(cpu_s - self._last[1], 0.0) / (now_s - self._last[0])
             self._rates.append(rate)
             busy = sorted(self._rates)[int(0.9 * (len(self._rates) - 1))]
-            if len(self._rates) < self.COLD_START_READINGS:
-                busy = max(busy, 1.0)  # one core: a process driving a GPU computes on at least one
+            # A floor of one core at first (a process driving a GPU computes on at least one), fading to none
+            # over the first minute: a job that starts in a light phase does not read as fully busy before
+            # anything heavier has been seen, and a job that never uses a whole core ramps up to its own scale
+            # (a warm-up the analysis finds) instead of jumping to it mid-run.
+            busy = max(busy, 1.0 - len(self._rates) / self.COLD_START_READINGS)
             self._value = min(rate / busy, 1.0) if busy > 0 else 0.0
         self._last = (now_s, cpu_s)
         return self._value
