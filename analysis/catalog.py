@@ -26,7 +26,7 @@ class Pair:
 
 
 KINDS = ("gauge", "state", "histogram_mean", "histogram_upper", "peak", "rate")
-SOURCES = ("train", "device")
+SERIES_ORIGINS = ("train", "device")  # where a series comes from: the trainer (run_id, rank) or a device (uuid)
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -37,7 +37,7 @@ def _rows(name: str) -> list[dict[str, str]]:
 def load_series() -> tuple[Series, ...]:
     out = tuple(Series(**row) for row in _rows("series.csv"))
     for s in out:
-        if s.kind not in KINDS or s.source not in SOURCES:
+        if s.kind not in KINDS or s.source not in SERIES_ORIGINS:
             raise ValueError(f"series.csv: {s.column}: kind {s.kind!r} / source {s.source!r} unknown")
     return out
 

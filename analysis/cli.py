@@ -42,20 +42,14 @@ from thermograd.analysis.selection import (
 )
 from thermograd.analysis.timeparse import get_tz, parse_instant_s
 from thermograd.analysis.verdict import QUESTIONS, overall, summary_text
-from thermograd.commandline import internal_error
+from thermograd.commandline import OneLineParser, UsageError, internal_error
 from thermograd.exporter.engine import DEFAULT_GPU_TEMP_LIMIT_C
 
 DEFAULT_STEP_S = 15.0  # Prometheus's own default scrape interval, used when the backend hides its config
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
-        print(f"analysis: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="thermograd-analysis", description=__doc__)
+    p = OneLineParser(prog="thermograd-analysis", description=__doc__)
     src = p.add_argument_group("Prometheus (or Thanos, Mimir, VictoriaMetrics)")
     src.add_argument("--prometheus", metavar="URL", help="base URL of a Prometheus-compatible HTTP API")
     src.add_argument("--run", help="run_id (default: the most recent run by train_run_start_time_seconds)")
@@ -386,7 +380,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"analysis: error: {exc} (see --help)", file=sys.stderr)
+        return 2
     try:
         if args.job is not None or args.job_dir is not None:
             from thermograd.analysis.jobrun import run_job

@@ -35,6 +35,7 @@ from scipy import fft as sp_fft
 from scipy import stats
 from scipy.ndimage import median_filter
 
+from thermograd.analysis.stats import Z_95
 from thermograd.analysis.stats.series import INSUFFICIENT, is_constant, robust_z, standardise_fill
 
 MIN_OVERLAP = 30  # overlapping pairs required at the largest lag
@@ -51,7 +52,6 @@ WINSOR_Z = 3.0  # robust z clipped at least here before any sum (bounded influen
 # error is sqrt(n) by at most about one standard error at every length, while a long run's large shared
 # movements (a learning-rate burst that power follows) keep most of their weight in r.
 MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|
-Z_95 = 1.959963984540054
 
 
 def bandwidth(n: int) -> int:

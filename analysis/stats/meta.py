@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy import stats
 
-Z_95 = float(stats.norm.ppf(0.975))  # 1.959964: the runs' CIs are 95 % Fisher-z intervals
+from thermograd.analysis.stats import Z_95
 
 
 def z_and_se(r: float, ci: list[float], level_z: float = Z_95) -> tuple[float, float]:

@@ -49,6 +49,7 @@ import numpy as np
 from scipy import stats
 from scipy.ndimage import percentile_filter
 
+from thermograd.analysis.stats import Z_95
 from thermograd.analysis.stats.lagged import CircularCorrelator, gaussian_max, winsorised
 from thermograd.analysis.stats.series import (
     INSUFFICIENT,
@@ -83,7 +84,6 @@ BEFORE_S = 5.0  # the baseline: the metric's mean over this long before the spik
 WINDOW_LENGTHS = (1, 2, 4, 8, 16)  # rows in a response window
 TREND_SPANS = 4  # the high-pass spans this many times the scan's reach (at least TREND_MIN_S)
 TREND_MIN_S = 60.0
-Z_95 = 1.959963984540054
 Z_POWER = 0.8416212335729143  # 80 % power
 METHOD = ("spike-triggered average: per spike, the high-passed metric's mean in each window after it minus its "
           "mean in the 5 s before (weighted, signed); max over windows of |mean/sd| (sd over circular shifts of the "

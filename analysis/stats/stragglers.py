@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from thermograd.analysis.stats import Z_95
 from thermograd.analysis.stats.multiple import holm
 
 
@@ -54,7 +55,6 @@ def all_nan_is_nan() -> Iterator[None]:
 MARGIN = 0.05  # the smallest slowdown worth naming: a rank 5 % slower than the others
 MIN_ROWS = 30  # rows with data a rank needs before it is tested
 MIN_STATE_ROWS = 10  # rows in each throttle state before a slowdown "while throttled" can be estimated
-Z_95 = float(stats.norm.ppf(0.975))
 
 
 @dataclass(frozen=True)
