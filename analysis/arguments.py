@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -73,3 +75,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     n_surrogates=args.surrogates, spike_z=args.spike_z,
                     event_window_s=duration_flag("--event-window", args.event_window),
                     alpha=args.alpha, min_effect=args.min_effect, seed=args.seed)
+
+
+def workers_flag(value: int | None) -> int:
+    """--workers: processes analysing runs at once; the CPU count when not given."""
+    workers = (os.cpu_count() or 1) if value is None else value
+    if workers < 1:
+        raise InputError(f"--workers {value}: must be 1 or more (1 analyses the runs one after another in this "
+                         "process)")
+    return workers
+
+
+def shard_flag(text: str) -> tuple[int, int]:
+    """--shard K/N as (K, N): the K-th of N shards, 1 <= K <= N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text, flags=re.ASCII)
+    if match and 1 <= int(match[1]) <= int(match[2]):
+        return int(match[1]), int(match[2])
+    raise InputError(f"--shard {text!r}: must be K/N with 1 <= K <= N (e.g. --shard 1/4 ... --shard 4/4)")

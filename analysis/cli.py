@@ -19,7 +19,7 @@ from thermograd.analysis.devices import Choice
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.fetch import REQUIRED, fetch_table, series_exprs
 from thermograd.analysis.load_files import load_grad_log, load_rle_csv
-from thermograd.analysis.multirun import run_all
+from thermograd.analysis.multirun import pool_shards, run_all
 from thermograd.analysis.offline import files_to_table
 from thermograd.analysis.pipeline import analyse
 from thermograd.analysis.plots import coupling_png, crosscorr_png
@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "random-effects meta-analysis of each pair across them")
     many.add_argument("--runs-dir", type=Path, help="with --all-runs: one subfolder per run, each with one "
                                                     "training log (*.jsonl/*.json) and one RLE CSV")
+    many.add_argument("--workers", type=int, metavar="N",
+                      help="with --all-runs: runs analysed at once, each in its own process holding one run in "
+                           "memory (default: the CPU count; 1: one after another in this process)")
+    many.add_argument("--shard", metavar="K/N",
+                      help="with --all-runs: only the K-th of N shards of the runs (a run's shard follows from its "
+                           "id alone), their reports and DIR/shard-K-of-N.json; combine them with --pool-shards")
+    many.add_argument("--pool-shards", nargs="+", type=Path, metavar="DIR",
+                      help="combine every shard's results in these folders into runs.csv, meta_analysis.json and "
+                           "forest.png under --out, as one --all-runs over all the runs writes them")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     return p
@@ -390,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             from thermograd.analysis.jobrun import run_job
 
             return run_job(args)
-        return run_all(args, run) if args.all_runs or args.runs_dir else run(args)
+        if args.pool_shards:
+            return pool_shards(args)
+        many_runs = args.all_runs or args.runs_dir or args.shard or args.workers is not None
+        return run_all(args, run) if many_runs else run(args)
     except InputError as exc:
         print(f"analysis: error: {exc}", file=sys.stderr)
         return 2

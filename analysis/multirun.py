@@ -3,6 +3,11 @@ random-effects meta-analysis of each pair across the runs and a forest plot.
 
 Each run is analysed exactly as a single run is (the same command, its report under DIR/runs/<run>/);
 this module only gathers the reports, pools each pair's lag-0 primary r and writes the tables.
+
+Past one process: --workers N analyses N runs at once, each in its own worker process; --shard K/N analyses
+only the runs whose id hashes to shard K (on another machine, say) and writes DIR/shard-K-of-N.json instead
+of the tables; --pool-shards reads every shard's manifest and reports and writes the tables one process
+would have written. Every path gathers the runs in the same order, so the tables are the same bytes.
 """
 
 from __future__ import annotations
@@ -10,17 +15,29 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import math
+import multiprocessing
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
-from thermograd.analysis.arguments import client_from_args, duration_flag, settings_from_args
+from thermograd.analysis.arguments import (
+    client_from_args,
+    duration_flag,
+    settings_from_args,
+    shard_flag,
+    workers_flag,
+)
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.pipeline import Settings, _equivalence, strength_from_ci
 from thermograd.analysis.report import clean
@@ -97,6 +114,148 @@ def run_namespaces(args: argparse.Namespace) -> dict[str, argparse.Namespace]:
         used.add(name)
         ns.out = args.out / "runs" / name
     return out
+
+
+# --- analysing the runs: here, or in worker processes -----------------------------------------------------
+RunOutcome = str | None  # None: analysed (its report.json written); else why the run was skipped
+
+
+def _progress(i: int, n: int, run_id: str) -> None:
+    print(f"analysis: run {i}/{n}: {run_id}", file=sys.stderr, flush=True)
+
+
+def analyse_or_skip(analyse_one: Callable[[argparse.Namespace], int], ns: argparse.Namespace) -> RunOutcome:
+    """One run through the single-run command; an InputError skips it (one bad run does not sink the
+    others; it is listed). Module level, so a worker process can be handed it."""
+    try:
+        analyse_one(ns)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def _ignore_sigint() -> None:
+    """A worker leaves Ctrl-C to the parent, which ends it: otherwise every idle worker prints its own
+    KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one, else spawn: never fork, which copies the parent's threads' locks and
+    matplotlib's state into the child mid-use."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C or a failed run: the pending runs cancelled and the running ones ended now (shutdown alone
+    lets them finish first, however long they take). The pool has no public handle on its processes before
+    Python 3.14's terminate_workers."""
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+
+
+def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argparse.Namespace], int],
+                workers: int) -> dict[str, RunOutcome]:
+    """Each run in a worker process; a run is handed out only when a worker is free, so no more runs are in
+    memory at once than there are workers, and each progress line marks a run as it starts."""
+    queue = iter(enumerate(runs.items(), start=1))
+    in_flight: dict[Future, str] = {}
+    outcomes: dict[str, RunOutcome] = {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_ignore_sigint)
+
+    def hand_out_next() -> None:
+        if (item := next(queue, None)) is not None:
+            i, (run_id, ns) = item
+            _progress(i, len(runs), run_id)
+            in_flight[pool.submit(analyse_or_skip, analyse_one, ns)] = run_id
+
+    try:
+        for _ in range(workers):
+            hand_out_next()
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                run_id = in_flight.pop(future)
+                try:
+                    outcomes[run_id] = future.result()  # a run's unexpected error is raised here
+                except BrokenProcessPool:  # which of the running runs took the worker down is not told
+                    running = ", ".join([run_id, *in_flight.values()])
+                    raise InputError(f"a worker process died while analysing {running} (killed, e.g. out of "
+                                     "memory): give --workers fewer processes or the command more memory") from None
+                hand_out_next()
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
+    return {run_id: outcomes[run_id] for run_id in runs}  # the runs' order, whatever finished first
+
+
+def analyse_runs(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argparse.Namespace], int],
+                 workers: int) -> dict[str, RunOutcome]:
+    """Every run's outcome, in the runs' order: one after another in this process (one worker, or one run),
+    else in `workers` processes."""
+    if workers > 1 and len(runs) > 1:
+        return _in_workers(runs, analyse_one, min(workers, len(runs)))
+    outcomes = {}
+    for i, (run_id, ns) in enumerate(runs.items(), start=1):
+        _progress(i, len(runs), run_id)
+        outcomes[run_id] = analyse_or_skip(analyse_one, ns)
+    return outcomes
+
+
+# --- shards: which runs are a shard's, and what it hands the pooling step ---------------------------------
+MANIFEST_FORMAT = 1
+MANIFEST_GLOB = "shard-*-of-*.json"
+
+
+def shard_of(run_id: str, n_shards: int) -> int:
+    """The shard (1..n_shards) of a run, from its id alone: a run keeps its shard when others are added."""
+    return int(hashlib.sha256(run_id.encode()).hexdigest(), 16) % n_shards + 1
+
+
+def manifest_name(k: int, n: int) -> str:
+    return f"shard-{k}-of-{n}.json"
+
+
+def runs_digest(run_ids: list[str]) -> str:
+    """Every run the discovery found, in its order: shards that saw different runs cannot be pooled into what
+    one process would write."""
+    return hashlib.sha256("\n".join(run_ids).encode()).hexdigest()
+
+
+def source_of(args: argparse.Namespace) -> dict:
+    """What selected the runs: the store's URL and the window's flags as given, or the runs folder."""
+    if args.prometheus:
+        return {"source": args.prometheus, "window": {"start": args.start, "end": args.end,
+                                                       "lookback": args.lookback}}
+    return {"source": str(args.runs_dir), "window": None}
+
+
+def shard_manifest(shard: tuple[int, int], args: argparse.Namespace, cfg: Settings,
+                   runs: dict[str, argparse.Namespace], outcomes: dict[str, RunOutcome]) -> dict:
+    """A shard's record for --pool-shards: its runs with their place in the order of all runs (where the
+    pooled tables put them) and, for each analysed one, its report relative to the shard's --out."""
+    position = {run_id: i for i, run_id in enumerate(runs)}
+    analysed = [{"run": run_id, "position": position[run_id],
+                 "report": (runs[run_id].out / "report.json").relative_to(args.out).as_posix()}
+                for run_id, why in outcomes.items() if why is None]
+    skipped = [{"run": run_id, "position": position[run_id], "reason": why}
+               for run_id, why in outcomes.items() if why is not None]
+    return {"format": MANIFEST_FORMAT, "shard": {"k": shard[0], "n": shard[1]}, **source_of(args),
+            "settings": vars(cfg), "runs_total": len(runs), "runs_digest": runs_digest(list(runs)),
+            "analysed": analysed, "skipped": skipped}
+
+
+def write_json_atomically(document: dict, path: Path) -> None:
+    """Written whole or not at all: a manifest's presence tells --pool-shards its shard finished."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(clean(document), indent=2, allow_nan=False) + "\n")
+    os.replace(partial, path)
 
 
 # --- rows and pooling (pure) --------------------------------------------------------------------------
@@ -207,42 +366,204 @@ def summary(pooled: list[dict], n_runs: int, skipped: dict[str, str], note: str 
     return "\n".join(lines)
 
 
-def run_all(args: argparse.Namespace, analyse_one: Callable[[argparse.Namespace], int]) -> int:
-    """Analyse every run with `analyse_one` (the single-run command), then pool each pair across runs."""
+def pool_and_write(rows: list[dict], skipped: dict[str, str], n_runs: int, source: str, cfg: Settings, out: Path,
+                   quiet: bool) -> None:
+    """From every run's rows (in the runs' order) to runs.csv/json, meta_analysis.json, forest.png and the
+    summary: the end of --all-runs and of --pool-shards alike, so both write the same bytes."""
     from thermograd.analysis.forest import forest_png
 
-    cfg = settings_from_args(args)
+    if not rows:
+        raise InputError(f"none of the {n_runs} run(s) could be analysed: "
+                         + "; ".join(f"{r}: {why}" for r, why in skipped.items()))
+    pooled = meta_analyse(rows, cfg)
+    meta = {"source": source, "runs_analysed": n_runs - len(skipped),
+            "runs_skipped": skipped, "settings": vars(cfg),
+            "method": ("each run's lag-0 primary r and its Fisher-z 95 % CI (HAC / effective-n standard error) "
+                       "-> z and se_z = (atanh hi - atanh lo) / (2 * 1.959964); DerSimonian-Laird random effects; "
+                       "Holm across pairs; the single run's bands on the pooled r"),
+            "mixed_steps": mixed_steps_note(rows)}
+    write_tables(rows, pooled, meta, out)
+    forest_png(rows, pooled, out / "forest.png", cfg.equivalence_bound)
+    if not quiet:
+        print(summary(pooled, n_runs - len(skipped), skipped, meta["mixed_steps"]))
+
+
+def read_report(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the run's report ({exc}); analyse that run again") from None
+
+
+def rows_and_skipped(outcomes: dict[str, RunOutcome], reports: dict[str, Path]) -> tuple[list[dict], dict[str, str]]:
+    """The analysed runs' rows and the skipped runs' reasons, both in the order of `outcomes`."""
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
+    for run_id, why in outcomes.items():
+        if why is None:
+            rows += pair_rows(run_id, read_report(reports[run_id]))
+        else:
+            skipped[run_id] = why
+    return rows, skipped
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out}: {exc}") from None
+
+
+def check_many_runs_flags(args: argparse.Namespace) -> None:
+    given = [flag for flag, value in (("--runs-dir", args.runs_dir), ("--shard", args.shard),
+                                      ("--workers", args.workers is not None)) if value]
     if not args.all_runs:
-        raise InputError("--runs-dir needs --all-runs")
+        raise InputError(f"{'/'.join(given)} needs --all-runs")
     if args.prometheus and args.runs_dir:
         raise InputError("--all-runs takes --prometheus URL or --runs-dir DIR, not both")
     if not (args.prometheus or args.runs_dir):
         raise InputError("--all-runs needs --prometheus URL or --runs-dir DIR")
     if args.run or args.grad_log or args.rle_csv:
         raise InputError("--all-runs analyses every run: drop --run/--grad-log/--rle-csv")
-    runs = run_namespaces(args)
-    rows: list[dict] = []
-    skipped: dict[str, str] = {}
-    for i, (run_id, ns) in enumerate(runs.items(), start=1):
-        print(f"analysis: run {i}/{len(runs)}: {run_id}", file=sys.stderr, flush=True)
-        try:
-            analyse_one(ns)
-        except InputError as exc:  # one bad run does not sink the others; it is listed
-            skipped[run_id] = str(exc)
-            continue
-        rows += pair_rows(run_id, json.loads((ns.out / "report.json").read_text()))
-    if not rows:
-        raise InputError(f"none of the {len(runs)} run(s) could be analysed: "
-                         + "; ".join(f"{r}: {why}" for r, why in skipped.items()))
-    pooled = meta_analyse(rows, cfg)
-    meta = {"source": args.prometheus or str(args.runs_dir), "runs_analysed": len(runs) - len(skipped),
-            "runs_skipped": skipped, "settings": vars(cfg),
-            "method": ("each run's lag-0 primary r and its Fisher-z 95 % CI (HAC / effective-n standard error) "
-                       "-> z and se_z = (atanh hi - atanh lo) / (2 * 1.959964); DerSimonian-Laird random effects; "
-                       "Holm across pairs; the single run's bands on the pooled r"),
-            "mixed_steps": mixed_steps_note(rows)}
-    write_tables(rows, pooled, meta, args.out)
-    forest_png(rows, pooled, args.out / "forest.png", cfg.equivalence_bound)
+    if args.shard and args.prometheus and not args.end:
+        # without it each shard's window ends when that shard starts, and a run begun in between is in some
+        # shards' discovery and not in others'
+        raise InputError("--shard with --prometheus needs a fixed window: give every shard the same --end "
+                         "(and --start or --lookback)")
+
+
+def finish_shard(shard: tuple[int, int], args: argparse.Namespace, cfg: Settings,
+                 runs: dict[str, argparse.Namespace], outcomes: dict[str, RunOutcome]) -> int:
+    """A shard writes its manifest, not the tables: shards on a shared --out would overwrite each other's."""
+    _make_out(args.out)
+    path = args.out / manifest_name(*shard)
+    write_json_atomically(shard_manifest(shard, args, cfg, runs, outcomes), path)
     if not args.quiet:
-        print(summary(pooled, len(runs) - len(skipped), skipped, meta["mixed_steps"]))
+        skipped = {run_id: why for run_id, why in outcomes.items() if why is not None}
+        print(f"shard {shard[0]}/{shard[1]}: {len(outcomes) - len(skipped)} of the {len(runs)} run(s) analysed"
+              + (f", {len(skipped)} skipped" if skipped else "") + f"; wrote {path}. Once every shard has "
+              "finished: thermograd-analysis --pool-shards DIR... --out OUT")
+        for run_id, why in skipped.items():
+            print(f"  skipped {run_id}: {why}")
+    return 0
+
+
+def run_all(args: argparse.Namespace, analyse_one: Callable[[argparse.Namespace], int]) -> int:
+    """Analyse every run (or one shard's) with `analyse_one` (the single-run command), then pool each pair
+    across runs (or leave that to --pool-shards)."""
+    cfg = settings_from_args(args)
+    check_many_runs_flags(args)
+    workers = workers_flag(args.workers)
+    shard = shard_flag(args.shard) if args.shard else None
+    runs = run_namespaces(args)
+    mine = runs if shard is None else {run_id: ns for run_id, ns in runs.items()
+                                       if shard_of(run_id, shard[1]) == shard[0]}
+    outcomes = analyse_runs(mine, analyse_one, workers)
+    if shard is not None:
+        return finish_shard(shard, args, cfg, runs, outcomes)
+    rows, skipped = rows_and_skipped(outcomes, {run_id: ns.out / "report.json" for run_id, ns in runs.items()})
+    pool_and_write(rows, skipped, len(runs), source_of(args)["source"], cfg, args.out, args.quiet)
+    return 0
+
+
+# --- pooling the shards -----------------------------------------------------------------------------------
+MANIFEST_KEYS = {"format", "shard", "source", "window", "settings", "runs_total", "runs_digest", "analysed",
+                 "skipped"}
+
+
+def read_manifests(dirs: list[Path]) -> list[tuple[Path, dict]]:
+    """Every shard-K-of-N.json in the folders, with its path."""
+    found = []
+    # the same folder named twice (one shared --out for every shard) is read once
+    for folder in {folder.resolve(): folder for folder in dirs}.values():
+        if not folder.is_dir():
+            raise InputError(f"--pool-shards {folder}: not a directory")
+        for path in sorted(folder.glob(MANIFEST_GLOB)):
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path}: not a readable shard manifest ({exc}); run that shard again") from None
+            if not (isinstance(manifest, dict) and manifest.keys() >= MANIFEST_KEYS
+                    and manifest["format"] == MANIFEST_FORMAT):
+                raise InputError(f"{path}: not a shard manifest of this thermograd (format {MANIFEST_FORMAT}); run "
+                                 "that shard again")
+            found.append((path, manifest))
+    if not found:
+        raise InputError(f"--pool-shards {' '.join(map(str, dirs))}: no shard manifests ({MANIFEST_GLOB}); run "
+                         "thermograd-analysis --all-runs --shard K/N --out DIR for every K first")
+    return found
+
+
+def _shard_mismatch(manifest: dict, first: dict) -> tuple[str, str] | None:
+    """(how, fix) where a shard differs from the first one in what must be the same for one process's tables."""
+    if (manifest["source"], manifest["window"]) != (first["source"], first["window"]):
+        return (f"source or window ({first['source']} {first['window']} against {manifest['source']} "
+                f"{manifest['window']})", "pool the shards of one source and window")
+    if manifest["settings"] != first["settings"]:
+        differ = sorted(k for k in manifest["settings"].keys() | first["settings"].keys()
+                        if manifest["settings"].get(k) != first["settings"].get(k))
+        return f"settings ({', '.join(differ)})", "run every shard with the same flags"
+    if (manifest["runs_total"], manifest["runs_digest"]) != (first["runs_total"], first["runs_digest"]):
+        return (f"the runs they found ({first['runs_total']} against {manifest['runs_total']})",
+                "run every shard over the same runs (the same --runs-dir contents, or the same --start/--end)")
+    return None
+
+
+def check_shards(manifests: list[tuple[Path, dict]]) -> dict:
+    """One split, each shard of it once, all of one source, window, settings and set of runs; returns the first
+    manifest (what they share)."""
+    first = manifests[0][1]
+    sizes = sorted({manifest["shard"]["n"] for _, manifest in manifests})
+    if len(sizes) > 1:
+        raise InputError(f"shards of different splits (N = {', '.join(map(str, sizes))}) in the folders given: "
+                         "remove the other split's shard-K-of-N.json files, or pool another folder")
+    n = sizes[0]
+    seen: dict[int, Path] = {}
+    for path, manifest in manifests:
+        k = manifest["shard"]["k"]
+        if k in seen:
+            raise InputError(f"shard {k}/{n} found twice ({seen[k]} and {path}): keep one of them")
+        seen[k] = path
+        if (mismatch := _shard_mismatch(manifest, first)) is not None:
+            how, fix = mismatch
+            raise InputError(f"shards {first['shard']['k']}/{n} and {k}/{n} differ in {how}: {fix}")
+    missing = [k for k in range(1, n + 1) if k not in seen]
+    if missing:
+        raise InputError(f"shard {', '.join(f'{k}/{n}' for k in missing)} missing (no "
+                         f"{', '.join(manifest_name(k, n) for k in missing)} in the folders given): run "
+                         f"{', '.join(f'--shard {k}/{n}' for k in missing)} or let it finish, then pool again")
+    return first
+
+
+def pooled_outcomes(manifests: list[tuple[Path, dict]], runs_total: int) -> tuple[dict[str, RunOutcome],
+                                                                                  dict[str, Path]]:
+    """Every shard's runs in the order one process analyses them, and each analysed run's report."""
+    entries = sorted([(entry["position"], entry["run"], path.parent / entry["report"], None)
+                      for path, manifest in manifests for entry in manifest["analysed"]]
+                     + [(entry["position"], entry["run"], None, entry["reason"])
+                        for _, manifest in manifests for entry in manifest["skipped"]], key=lambda e: e[0])
+    if [entry[0] for entry in entries] != list(range(runs_total)):
+        raise InputError(f"the shards' runs are not the {runs_total} run(s) each of them found, once each: run "
+                         "every shard again")
+    outcomes = {run_id: why for _, run_id, _, why in entries}
+    reports = {run_id: report for _, run_id, report, _ in entries if report is not None}
+    return outcomes, reports
+
+
+def pool_shards(args: argparse.Namespace) -> int:
+    """--pool-shards DIR...: the tables of one --all-runs over every run, from its shards' manifests and reports
+    (the statistics' settings are the shards')."""
+    given = [flag for flag, value in (("--all-runs", args.all_runs), ("--prometheus", args.prometheus),
+                                      ("--runs-dir", args.runs_dir), ("--shard", args.shard),
+                                      ("--workers", args.workers is not None), ("--run", args.run),
+                                      ("--grad-log", args.grad_log), ("--rle-csv", args.rle_csv)) if value]
+    if given:
+        raise InputError(f"--pool-shards combines finished shards' results: drop {'/'.join(given)}")
+    manifests = read_manifests(args.pool_shards)
+    first = check_shards(manifests)
+    outcomes, reports = pooled_outcomes(manifests, first["runs_total"])
+    rows, skipped = rows_and_skipped(outcomes, reports)
+    _make_out(args.out)
+    pool_and_write(rows, skipped, first["runs_total"], first["source"], Settings(**first["settings"]), args.out,
+                   args.quiet)
     return 0

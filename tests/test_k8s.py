@@ -58,6 +58,7 @@ def built() -> list[dict]:
 
 OBJECTS = built()
 EXAMPLE_OBJECTS = [obj for path in EXAMPLES for obj in load_all(path)]
+TRAINER_OBJECTS = load_all(KDIR / "examples" / "trainer-job.yaml")  # the examples hold other Jobs too
 
 
 def _id(obj: dict) -> str:
@@ -304,7 +305,7 @@ def test_the_trainer_podmonitor_selects_the_example_trainer_pods():
     monitor = one("PodMonitor")["spec"]
     assert monitor["selector"] == {"matchLabels": {"thermograd.io/trainer": "true"}}
     assert monitor["namespaceSelector"] == {"any": True}
-    pod = one("Job", EXAMPLE_OBJECTS)["spec"]["template"]
+    pod = one("Job", TRAINER_OBJECTS)["spec"]["template"]
     assert monitor["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
     assert "metrics" in {port["name"] for port in container["ports"]}
@@ -329,7 +330,7 @@ def test_the_endpoints_serve_tls_from_a_mounted_secret(kind: str):
     """The web config file the container is given, and the certificate it names (the web config of
     deploy/kubernetes/README.md: tls.crt, tls.key beside it), are projected into one read-only folder that
     the container's group may read."""
-    obj = one(kind, OBJECTS + EXAMPLE_OBJECTS)
+    obj = one(kind, OBJECTS + TRAINER_OBJECTS)
     pod = obj["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     args = container["args"]
@@ -366,6 +367,54 @@ def test_the_dcgm_example_maps_its_labels_onto_the_join_key():
     assert mapped[("UUID",)] == "uuid"  # rle_device_info's join label; train_run_info carries gpu_uuid
     text = (KDIR / "examples" / "dcgm-exporter-servicemonitor.yaml").read_text()
     assert "--hardware-source dcgm" in text and "-c 1000" in text  # points to the analysis's own dcgm source
+
+
+# ------------------------------------------------------------ the analysis: shards on many nodes, pooled
+def _shell_argv(container: dict, env: dict[str, str]) -> list[str]:
+    """The analysis's arguments as the container's shell makes them (its script run by a real sh with the
+    container's env, printing each argument instead of starting the command)."""
+    assert container["command"] == ["sh", "-c"]
+    (script,) = container["args"]
+    assert script.startswith("exec thermograd-analysis ")
+    printing = script.replace("exec thermograd-analysis", "printf '%s\\n'", 1)
+    result = subprocess.run(["sh", "-c", printing], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True,
+                            text=True, timeout=10, check=True)
+    return result.stdout.splitlines()
+
+
+def _claim_mounted_at(pod: dict, path: Path) -> str:
+    """The PersistentVolumeClaim behind `path` in the pod's (only) container."""
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume["persistentVolumeClaim"]["claimName"]
+
+
+def test_the_indexed_job_runs_each_shard_once_and_the_pool_job_reads_their_volume():
+    from thermograd.analysis.arguments import shard_flag
+    from thermograd.analysis.cli import build_parser
+
+    shard_objects, (pool_job,) = load_all(KDIR / "examples" / "analysis-shards.yaml"), load_all(
+        KDIR / "examples" / "analysis-pool.yaml")
+    claim, shards_job = one("PersistentVolumeClaim", shard_objects), one("Job", shard_objects)
+    spec = shards_job["spec"]
+    assert spec["completionMode"] == "Indexed" and 1 <= spec["parallelism"] <= spec["completions"]
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    parser = build_parser()
+    shard_args = [parser.parse_args(_shell_argv(container, {**env, "JOB_COMPLETION_INDEX": str(index)}))
+                  for index in range(spec["completions"])]
+    n = spec["completions"]
+    assert [shard_flag(args.shard) for args in shard_args] == [(k, n) for k in range(1, n + 1)]
+    assert all(args.all_runs and args.end == env["END"] and args.out == shard_args[0].out for args in shard_args)
+    (pool,) = pool_job["spec"]["template"]["spec"]["containers"]
+    assert pool["command"] == ["thermograd-analysis"]
+    pool_args = parser.parse_args(pool["args"])
+    assert pool_args.pool_shards == [shard_args[0].out]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # the shards' pods write to it at once, on any node
+    for job, path in ((shards_job, shard_args[0].out), (pool_job, pool_args.pool_shards[0]),
+                      (pool_job, pool_args.out)):
+        assert _claim_mounted_at(job["spec"]["template"]["spec"], path) == claim["metadata"]["name"]
 
 
 # ------------------------------------------------------------------------------------------ Grafana
