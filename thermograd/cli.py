@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     pauses = run.add_mutually_exclusive_group()
     pauses.add_argument("--pauses", metavar="SPEC", help="the pause bursts the job takes, the analysis's positive "
                         "control, in thermograd-trainer's --perturb syntax (default: "
-                        "every=180s,duration=3s,jitter=0.2,start=40s: at most 2 %% of a 10-minute run)")
+                        "every=120s,duration=2s,jitter=0.2,start=40s: at most 2 %% of a 10-minute run)")
     pauses.add_argument("--no-pauses", action="store_true", help="take no pause bursts (no positive control)")
     run.add_argument("--prometheus", action="store_true",
                      help="also run a local Prometheus (the system's binary) on a fresh TSDB in OUT, scraping the "
