@@ -77,9 +77,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     alpha=args.alpha, min_effect=args.min_effect, seed=args.seed)
 
 
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def workers_flag(value: int | None) -> int:
-    """--workers: processes analysing runs at once; the CPU count when not given."""
-    workers = (os.cpu_count() or 1) if value is None else value
+    """--workers: processes analysing runs at once; when not given, the CPUs this process may run on (its
+    affinity: a container's cpuset, taskset), not the host's count."""
+    workers = usable_cpus() if value is None else value
     if workers < 1:
         raise InputError(f"--workers {value}: must be 1 or more (1 analyses the runs one after another in this "
                          "process)")

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "training log (*.jsonl/*.json) and one RLE CSV")
     many.add_argument("--workers", type=int, metavar="N",
                       help="with --all-runs: runs analysed at once, each in its own process holding one run in "
-                           "memory (default: the CPU count; 1: one after another in this process)")
+                           "memory (default: the CPUs this process may use; 1: one after another in this process)")
     many.add_argument("--shard", metavar="K/N",
                       help="with --all-runs: only the K-th of N shards of the runs (a run's shard follows from its "
                            "id alone), their reports and DIR/shard-K-of-N.json; combine them with --pool-shards")

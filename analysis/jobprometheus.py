@@ -1,7 +1,8 @@
 """`--job [RUN_ID]` against Prometheus or VictoriaMetrics: a job's ranks and GPUs on one grid, reduced by the
 backend. Each query aggregates per rank (or per GPU) over each row (`sum by (rank) (increase(...[row]))`), so a
-1,024-rank day comes back as 1,024 series of a few thousand points, never as every sample; the job's GPUs are
-selected by a join with its own train_run_info (their uuids never spelled out in a query)."""
+1,024-rank day comes back as 1,024 series of a few thousand points, never as every sample (fetched in slices of
+time of at most a million points, each placed on the grid and dropped); the job's GPUs are selected by a join
+with its own train_run_info (their uuids never spelled out in a query)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import numpy as np
 
-from thermograd.analysis.align import place_on_grid
+from thermograd.analysis.align import place_into
 from thermograd.analysis.arguments import SCRAPE_JOBS, client_from_args, duration_flag
 from thermograd.analysis.devices import normalise_uuid
 from thermograd.analysis.errors import InputError
@@ -20,9 +21,11 @@ from thermograd.analysis.jobfiles import MAX_JOB_CELLS, JobInputs
 from thermograd.analysis.promql import PromClient, matrix_to_arrays, range_window
 from thermograd.analysis.selection import choose_run, discover_runs, last_seen_s, no_runs_reason, quote_label
 from thermograd.analysis.stats.stragglers import GpuRows, RankRows, all_nan_is_nan
+from thermograd.analysis.table import grid_rows
 from thermograd.analysis.timeparse import parse_instant_s
 
 MAX_ROWS = 5000  # rows of a job's grid by default: a day in 18 s rows, a 10-minute job in its scrape interval
+SLICE_POINTS = 1_000_000  # points (series x rows) per range query answer: ~250 MB decoded at most
 THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal|hw_thermal|hw_power_brake"
 
 
@@ -36,14 +39,22 @@ def _row_step_s(span_s: float, scrape_s: float, wanted_s: float | None, ranks: i
 
 
 def _per_rank(client: PromClient, expr: str, start_s: float, end_s: float, step_s: float, n: int,
-              label: str = "rank") -> dict[str, np.ndarray]:
+              label: str = "rank", series: int = 1) -> dict[str, np.ndarray]:
+    """Each series of `expr` (one per `label` value) on the grid, fetched in slices of time of at most
+    SLICE_POINTS points in all (`series` of them at once): a 1,024-rank day's answer decoded whole is over 1 GB
+    of Python objects, and a long job's query scanning every sample at once can pass the backend's time limit
+    (VictoriaMetrics: -search.maxQueryDuration, 30 s). Each slice is placed on the grid and dropped."""
     out: dict[str, np.ndarray] = {}
-    by_key: dict[str, list[dict]] = {}
-    for series in client.query_range({"job": expr}, start_s, end_s, step_s)["job"]:
-        by_key.setdefault(series["metric"].get(label, ""), []).append(series)
-    for key, series in by_key.items():
-        t_s, values = matrix_to_arrays(series)
-        out[key] = place_on_grid(t_s, values, start_s, step_s, n)
+    rows = max(1, SLICE_POINTS // max(series, 1))
+    last = grid_rows(start_s, end_s, step_s) - 1
+    for first in range(0, last + 1, rows):
+        lo, hi = start_s + first * step_s, start_s + min(first + rows - 1, last) * step_s
+        by_key: dict[str, list[dict]] = {}
+        for found in client.query_range({"job": expr}, lo, hi, step_s)["job"]:
+            by_key.setdefault(found["metric"].get(label, ""), []).append(found)
+        for key, parts in by_key.items():
+            t_s, values = matrix_to_arrays(parts)
+            place_into(out.setdefault(key, np.full(n, np.nan)), t_s, values, start_s, step_s)
     return out
 
 
@@ -79,12 +90,14 @@ def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple
 
     held: list[str] = []  # a store that holds back its newest points (VictoriaMetrics's latency offset): waited for
     fetch_end = wait_for_newest_points(client, grid_start, job_end, step_s, held)
-    compute = _per_rank(client, mean_per_step("train_step_compute_seconds"), grid_start, fetch_end, step_s, n)
+    width = len(gpu_of)  # series per answer: one per rank, or per GPU
+    compute = _per_rank(client, mean_per_step("train_step_compute_seconds"), grid_start, fetch_end, step_s, n,
+                        series=width)
     if not compute:
         raise InputError(f"run {run.run_id!r}: no train_step_compute_seconds (each rank's compute time: "
                          "TrainingMetrics.watch(model), which both callbacks call)")
     tokens = _per_rank(client, f"sum by (rank) (rate(train_tokens_total{{{run_sel}}}{window})) * {step_s:g}",
-                       grid_start, fetch_end, step_s, n)
+                       grid_start, fetch_end, step_s, n, series=width)
     step_rows = _per_rank(client, f"quantile(0.5, {mean_per_step('train_step_duration_seconds')})", grid_start,
                           fetch_end, step_s, n, label="")
     # The job's GPUs, joined server-side to its own train_run_info (the uuid as the trainer spells it).
@@ -95,14 +108,15 @@ def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple
         return f"max by (uuid) ({inner}) * on (uuid) group_left () {job_gpus}"
 
     throttled = _per_rank(client, per_gpu(f"max_over_time(rle_throttle_active{{reason=~\"{THROTTLE_REASONS}\"}}"
-                                          f"{range_window(step_s)})"), grid_start, fetch_end, step_s, n, label="uuid")
+                                          f"{range_window(step_s)})"), grid_start, fetch_end, step_s, n, label="uuid",
+                          series=width)
     clock = _per_rank(client, per_gpu(f"avg_over_time(rle_sm_clock_hertz{range_window(step_s)})"), grid_start,
-                      fetch_end, step_s, n, label="uuid")
+                      fetch_end, step_s, n, label="uuid", series=width)
     maximum = {s["metric"].get("uuid", ""): float(s["value"][1]) for s in client.instant(
         f"max by (uuid) (max_over_time(rle_sm_clock_max_hertz{range_window(span_s + scrape_s)}))", job_end,
         "the GPUs' maximum clocks")}
     temperature = _per_rank(client, per_gpu(f"avg_over_time(rle_temperature_celsius{range_window(step_s)})"),
-                            grid_start, fetch_end, step_s, n, label="uuid")
+                            grid_start, fetch_end, step_s, n, label="uuid", series=width)
     devices = {normalise_uuid(s["metric"].get("uuid", "")): s["metric"] for s in client.instant(
         f"last_over_time(rle_device_info{range_window(span_s + scrape_s)})", job_end, "the GPUs' exporters")}
     absent = np.full(n, np.nan)
@@ -133,5 +147,5 @@ def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple
         provenance["emulation"] = sorted(emulation)[0]
     step = step_rows.get("", absent)
     inputs = JobInputs(grid_start, step_s, n, ranks, gpus, step, None, notes,
-                       {"queries": [q["query"] for q in client.queries]}, provenance)
+                       {"queries": list(dict.fromkeys(q["query"] for q in client.queries))}, provenance)
     return inputs, {"source": "prometheus", "url": client.url, "run_id": run.run_id}

@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -140,6 +141,10 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _worker_context() -> multiprocessing.context.BaseContext:
     """forkserver where there is one, else spawn: never fork, which copies the parent's threads' locks and
     matplotlib's state into the child mid-use."""
@@ -167,6 +172,10 @@ def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argp
     in_flight: dict[Future, str] = {}
     outcomes: dict[str, RunOutcome] = {}
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_ignore_sigint)
+    # SIGTERM (timeout, kill, a pod's end) would end this process and leave the workers finishing their runs
+    # as orphans: while the pool lives it raises SystemExit here, so the workers are ended below as on Ctrl-C.
+    in_main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
 
     def hand_out_next() -> None:
         if (item := next(queue, None)) is not None:
@@ -187,10 +196,15 @@ def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argp
                     running = ", ".join([run_id, *in_flight.values()])
                     raise InputError(f"a worker process died while analysing {running} (killed, e.g. out of "
                                      "memory): give --workers fewer processes or the command more memory") from None
+                except Exception as exc:  # a bug met in one run: say which run, the progress lines interleave
+                    raise RuntimeError(f"run {run_id}: {type(exc).__name__}: {exc}") from exc
                 hand_out_next()
     except BaseException:
         _stop_workers(pool)
         raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     pool.shutdown()
     return {run_id: outcomes[run_id] for run_id in runs}  # the runs' order, whatever finished first
 
@@ -236,6 +250,16 @@ def source_of(args: argparse.Namespace) -> dict:
     return {"source": str(args.runs_dir), "window": None}
 
 
+# Flags that change one run's report without being statistics settings: every shard must share them. Left out:
+# where the runs come from (source_of), where the output goes, how the work is split, and credentials.
+REPORT_FLAGS = ("device", "hardware_source", "max_rows", "rank", "rated_power", "step", "temp_limit", "tz",
+                "warmup")
+
+
+def report_flags(args: argparse.Namespace) -> dict:
+    return {name: None if getattr(args, name, None) is None else str(getattr(args, name)) for name in REPORT_FLAGS}
+
+
 def shard_manifest(shard: tuple[int, int], args: argparse.Namespace, cfg: Settings,
                    runs: dict[str, argparse.Namespace], outcomes: dict[str, RunOutcome]) -> dict:
     """A shard's record for --pool-shards: its runs with their place in the order of all runs (where the
@@ -247,7 +271,7 @@ def shard_manifest(shard: tuple[int, int], args: argparse.Namespace, cfg: Settin
     skipped = [{"run": run_id, "position": position[run_id], "reason": why}
                for run_id, why in outcomes.items() if why is not None]
     return {"format": MANIFEST_FORMAT, "shard": {"k": shard[0], "n": shard[1]}, **source_of(args),
-            "settings": vars(cfg), "runs_total": len(runs), "runs_digest": runs_digest(list(runs)),
+            "settings": vars(cfg), "flags": report_flags(args), "runs_total": len(runs), "runs_digest": runs_digest(list(runs)),
             "analysed": analysed, "skipped": skipped}
 
 
@@ -467,7 +491,7 @@ def run_all(args: argparse.Namespace, analyse_one: Callable[[argparse.Namespace]
 
 
 # --- pooling the shards -----------------------------------------------------------------------------------
-MANIFEST_KEYS = {"format", "shard", "source", "window", "settings", "runs_total", "runs_digest", "analysed",
+MANIFEST_KEYS = {"format", "shard", "source", "window", "settings", "flags", "runs_total", "runs_digest", "analysed",
                  "skipped"}
 
 
@@ -499,10 +523,11 @@ def _shard_mismatch(manifest: dict, first: dict) -> tuple[str, str] | None:
     if (manifest["source"], manifest["window"]) != (first["source"], first["window"]):
         return (f"source or window ({first['source']} {first['window']} against {manifest['source']} "
                 f"{manifest['window']})", "pool the shards of one source and window")
-    if manifest["settings"] != first["settings"]:
-        differ = sorted(k for k in manifest["settings"].keys() | first["settings"].keys()
-                        if manifest["settings"].get(k) != first["settings"].get(k))
-        return f"settings ({', '.join(differ)})", "run every shard with the same flags"
+    for part in ("settings", "flags"):
+        if manifest[part] != first[part]:
+            differ = sorted(k for k in manifest[part].keys() | first[part].keys()
+                            if manifest[part].get(k) != first[part].get(k))
+            return f"{part} ({', '.join(differ)})", "run every shard with the same flags"
     if (manifest["runs_total"], manifest["runs_digest"]) != (first["runs_total"], first["runs_digest"]):
         return (f"the runs they found ({first['runs_total']} against {manifest['runs_total']})",
                 "run every shard over the same runs (the same --runs-dir contents, or the same --start/--end)")

@@ -406,7 +406,7 @@ def positive_control(cols: Mapping[str, np.ndarray], step_s: float, cfg: Setting
     if pause is None or is_constant(pause):
         return {"intervention": None, "detected": False,
                 "reason": "this run has no compute intervention (pause bursts), so no positive control"}
-    window = perturbation.default_window(pause, delayed=False)
+    window = perturbation.default_window(pause, delayed=False, clear_rows=_steps(PAUSE_SETTLE_S, step_s) + 1)
     tests = {}
     for name in POSITIVE_CONTROL_METRICS:
         metric = cols.get(name)

@@ -143,7 +143,7 @@ def test_bad_flag_combinations_are_one_line(tmp_path, capsys):
 
 def _manifest(k: int, n: int, **changes: object) -> dict:
     return {"format": MANIFEST_FORMAT, "shard": {"k": k, "n": n}, "source": "runs", "window": None,
-            "settings": {"alpha": 0.05}, "runs_total": 0, "runs_digest": "d", "analysed": [], "skipped": [],
+            "settings": {"alpha": 0.05}, "flags": {"step": None}, "runs_total": 0, "runs_digest": "d", "analysed": [], "skipped": [],
             **changes}
 
 
@@ -151,6 +151,7 @@ def _manifest(k: int, n: int, **changes: object) -> dict:
     ([_manifest(1, 2), _manifest(1, 2)], "shard 1/2 found twice"),
     ([_manifest(1, 2), _manifest(2, 3)], "shards of different splits (N = 2, 3)"),
     ([_manifest(1, 2), _manifest(2, 2, settings={"alpha": 0.01})], "shards 1/2 and 2/2 differ in settings (alpha)"),
+    ([_manifest(1, 2), _manifest(2, 2, flags={"step": "5s"})], "shards 1/2 and 2/2 differ in flags (step)"),
     ([_manifest(1, 2), _manifest(2, 2, source="elsewhere")], "differ in source or window"),
     ([_manifest(1, 2), _manifest(2, 2, runs_total=3, runs_digest="e")], "differ in the runs they found (0 against 3)"),
     ([_manifest(1, 3), _manifest(3, 3)], "shard 2/3 missing (no shard-2-of-3.json"),

@@ -358,7 +358,7 @@ def test_training_metrics_serves_tls_with_basic_auth(pki: Pki, tmp_path: Path):
 
 @pytest.mark.slow
 def test_both_callbacks_read_the_file_when_made(pki: Pki, tmp_path: Path):
-    from thermograd.trainer.callback import PrometheusCallback
+    from thermograd.trainer.huggingface import PrometheusCallback
     from thermograd.trainer.lightning import PrometheusLightningCallback
 
     path = bad_file(BAD["unknown key"][0], pki, tmp_path)

@@ -41,7 +41,7 @@ from thermograd.trainer.metrics import pause_schedule
 # Any 10-minute run gets 4 to 6 bursts (at most 12 s, 2 % of it). The test is a t test across the bursts: 3 s
 # every 180 s gave 3 or 4, and with 3 (two degrees of freedom) a whole-core drop in utilisation only just passed
 # Holm's threshold (p = 0.049); more, shorter bursts at the same cost test with twice the degrees of freedom. The
-# first comes after the analysis's 30 s start-up exclusion and the before-window its test compares against.
+# first comes 40 s in, after the steepest part of a start-up, with a before-window clear of the first step.
 DEFAULT_PAUSES = "kind=pause,every=120s,duration=2s,jitter=0.2,start=40s"
 RUNS_DIR = Path("thermograd-runs")
 PROMETHEUS_LINGER_S = 2.0  # each rank's /metrics stays up two 1 s scrapes after its last step

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from thermograd.trainer.metrics import TrainingMetrics
 
 if TYPE_CHECKING:
-    from thermograd.trainer.callback import PrometheusCallback
     from thermograd.trainer.gradnorm import (
         GradNorm,
         clip_and_measure_grad_norm,
         deepspeed_grad_norm,
         host_floats,
     )
+    from thermograd.trainer.huggingface import PrometheusCallback
     from thermograd.trainer.lightning import PrometheusLightningCallback
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "PrometheusCallback": "thermograd.trainer.callback",
+    "PrometheusCallback": "thermograd.trainer.huggingface",
     "PrometheusLightningCallback": "thermograd.trainer.lightning",
     "clip_and_measure_grad_norm": "thermograd.trainer.gradnorm",
     "GradNorm": "thermograd.trainer.gradnorm",

@@ -9,7 +9,7 @@ waiting, and its compute time is the step's time less that wait:
   (the last post-accumulate-grad hook of the backward) to the end of the backward's final callbacks — DDP's
   finalize and FSDP2's root post-backward, which wait for those collectives. Our final callback is queued from
   the first gradient hook and re-queues itself, so it runs after every callback queued during the backward
-  (the same ordering `callback.py` relies on for the norm).
+  (the same ordering `huggingface.py` relies on for the norm).
 * **FSDP2's forward**: each FSDP module's pre-forward hook waits for that module's all-gather (the wait for a
   slower rank's parameters). A pre-hook placed before FSDP's own and one after it bracket that wait.
 

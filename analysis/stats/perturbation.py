@@ -41,7 +41,7 @@ def burst_lengths(active: np.ndarray) -> list[int]:
     return [int(ends[ends > b][0] - b) for b in starts if (ends > b).any()]
 
 
-def default_window(active: np.ndarray, delayed: bool = True) -> int:
+def default_window(active: np.ndarray, delayed: bool = True, clear_rows: int = 0) -> int:
     """The before/after window of the triggered average, in rows.
 
     A delayed response (a learning-rate burst acting through the optimizer): twice the median burst length
@@ -49,9 +49,10 @@ def default_window(active: np.ndarray, delayed: bool = True) -> int:
     unperturbed time. An immediate one (a pause: compute stops at once): the median burst length and the row
     after it (the device's sample of the first paused row may precede the pause), >= 3 steps; a window twice a
     3-s pause spent most of its rows after the device had resumed and diluted a drop to 1 sd under the noise of
-    four onsets. Either way no longer than the median time between bursts, so that a dense schedule's window
-    before an onset does not reach back into the previous burst (which would read the burst's own effect as
-    the baseline and shrink it)."""
+    four onsets. Either way no longer than the median time between bursts less `clear_rows` (for a pause: the
+    settling rows after a burst and the row before the next, where the device is still recovering or already
+    slowing), so that a dense schedule's window before an onset does not reach back into the previous burst
+    (which would read the burst's own effect as the baseline and shrink it); at least one row."""
     lengths = burst_lengths(active)
     if not lengths:
         return 30
@@ -59,7 +60,7 @@ def default_window(active: np.ndarray, delayed: bool = True) -> int:
     gaps = burst_lengths(np.where(np.isfinite(s), 1.0 - s, np.nan))
     burst = int(np.median(lengths))
     wanted = max(5, 2 * burst) if delayed else max(3, burst + 1)
-    return min(wanted, int(np.median(gaps))) if gaps else wanted
+    return max(1, min(wanted, int(np.median(gaps)) - clear_rows)) if gaps else wanted
 
 
 def usable_onsets(metric: np.ndarray, active: np.ndarray, window: int, step_s: float) -> np.ndarray:

@@ -648,22 +648,31 @@ def spike_response(metric: np.ndarray, spikes: Events, names: tuple[str, str], s
     raw, robust = [], []
     for _, e in trains:
         factors = event_noise(e, noise, shifts, n)
-        few = e.size < MAX_HETEROGENEOUS
+        heterogeneity_possible = e.size < MAX_HETEROGENEOUS
         raw.append(widened(window_statistics(lag_profile(e, level, present, pad), windows, far, sample),
-                           factors[:1], event_spreads(e, level, windows, shifts[:1]) if few else None, e.size))
+                           factors[:1], event_spreads(e, level, windows, shifts[:1]) if heterogeneity_possible
+                           else None, e.size))
         robust.append(widened(window_statistics(lag_profile(e, clipped, present, pad), windows, far, sample),
-                              factors, event_spreads(e, clipped, windows, shifts) if few else None, e.size))
+                              factors, event_spreads(e, clipped, windows, shifts) if heterogeneity_possible
+                              else None, e.size))
     raw, robust = ShiftStatistics.joined(raw), ShiftStatistics.joined(robust)
     reportable = np.tile(~windows.edge, len(trains))
     z, p_gauss, p_shifts, peak, ranked = max_t_p(robust, reportable, n_surrogates, rng)
     out.null = "circular shifts"
-    few = min(e.size for _, e in trains) < MIN_GAUSSIAN_EVENTS  # the design's trains, not the observed peak's
-    if ranked < MIN_RANKED_SHIFTS or (few and ranked < MIN_SHIFTS_FEW_EVENTS):
+    too_few_for_gaussian = min(e.size for _, e in trains) < MIN_GAUSSIAN_EVENTS  # the design's, not the peak's
+    too_short = ranked < MIN_RANKED_SHIFTS
+    if too_short or (too_few_for_gaussian and ranked < MIN_SHIFTS_FEW_EVENTS):
         # Too short a run for the shifts to rank the observed alignment among, or too few events for the Gaussian
         # tail and too few shifts for their rank alone to reach a Holm threshold: the events are placed at random
         # rows instead (chosen from the run's design, never from the observed statistic).
         placed = placement_test([e for _, e in trains], level, clipped, noise, windows, reportable,
                                 max(n_surrogates, MIN_DRAWS), rng)
+    else:
+        placed = None
+    if placed is None and not too_short:
+        # no placements possible, but shifts enough to rank among: their p-value, coarse as it is
+        p = combined_p(p_gauss, p_shifts, ranked, trains[peak // windows.starts.size][1].size)
+    else:
         if placed is None:
             out.n_shifts = ranked
             out.reason = (f"only {ranked} shifts of the spikes keep every window inside the analysed rows (at least "
@@ -673,8 +682,6 @@ def spike_response(metric: np.ndarray, spikes: Events, names: tuple[str, str], s
         raw, z, p, peak, ranked = placed
         p_gauss = p_shifts = None
         out.null, out.method = "random placements", PLACEMENT_METHOD
-    else:
-        p = combined_p(p_gauss, p_shifts, ranked, trains[peak // windows.starts.size][1].size)
     label, events = trains[peak // windows.starts.size]
     window = peak % windows.starts.size
     spread = float(np.nanstd(level))
