@@ -255,11 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             planted = import_job(url, args.ranks, seconds, args.seed, start_unix)
             log(f"imported {planted['samples']:,} samples in {planted['seconds']:.0f} s; waiting for merges")
             settle_s = settle(url)
-            stored = disk_bytes(storage)
-            log(f"settled in {settle_s:.0f} s; {stored / 2**20:.0f} MiB on disk; running the analysis")
+            log(f"settled in {settle_s:.0f} s; running the analysis")
             result = analyse(url, root / "analysis")
             vm_rss = peak_rss_mib(vm.pid)
             supervisor.check()
+        stored = disk_bytes(storage)  # once stopped: everything it held in memory is on disk
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
