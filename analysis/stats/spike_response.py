@@ -661,27 +661,25 @@ def spike_response(metric: np.ndarray, spikes: Events, names: tuple[str, str], s
     out.null = "circular shifts"
     too_few_for_gaussian = min(e.size for _, e in trains) < MIN_GAUSSIAN_EVENTS  # the design's, not the peak's
     too_short = ranked < MIN_RANKED_SHIFTS
+    placed = None
     if too_short or (too_few_for_gaussian and ranked < MIN_SHIFTS_FEW_EVENTS):
         # Too short a run for the shifts to rank the observed alignment among, or too few events for the Gaussian
         # tail and too few shifts for their rank alone to reach a Holm threshold: the events are placed at random
         # rows instead (chosen from the run's design, never from the observed statistic).
         placed = placement_test([e for _, e in trains], level, clipped, noise, windows, reportable,
                                 max(n_surrogates, MIN_DRAWS), rng)
-    else:
-        placed = None
-    if placed is None and not too_short:
-        # no placements possible, but shifts enough to rank among: their p-value, coarse as it is
-        p = combined_p(p_gauss, p_shifts, ranked, trains[peak // windows.starts.size][1].size)
-    else:
-        if placed is None:
-            out.n_shifts = ranked
-            out.reason = (f"only {ranked} shifts of the spikes keep every window inside the analysed rows (at least "
-                          f"{MIN_RANKED_SHIFTS}), and under {MIN_SHIFTS} rows have every window: too short a run "
-                          "for the spike-triggered test")
-            return out
+    if placed is not None:
         raw, z, p, peak, ranked = placed
         p_gauss = p_shifts = None
         out.null, out.method = "random placements", PLACEMENT_METHOD
+    elif too_short:
+        out.n_shifts = ranked
+        out.reason = (f"only {ranked} shifts of the spikes keep every window inside the analysed rows (at least "
+                      f"{MIN_RANKED_SHIFTS}), and under {MIN_SHIFTS} rows have every window: too short a run "
+                      "for the spike-triggered test")
+        return out
+    else:  # shifts enough to rank among (no placement needed, or none possible): their p-value, coarse as it is
+        p = combined_p(p_gauss, p_shifts, ranked, trains[peak // windows.starts.size][1].size)
     label, events = trains[peak // windows.starts.size]
     window = peak % windows.starts.size
     spread = float(np.nanstd(level))
