@@ -13,7 +13,7 @@ from thermograd.analysis import table as T
 from thermograd.analysis.align import bin_to_grid, intervals_to_grid
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.load_files import Samples
-from thermograd.analysis.timeparse import iso_utc
+from thermograd.timestamps import iso_utc
 
 # A grid this much larger than the samples it holds is a stray timestamp, not a recording.
 MAX_ROWS_PER_SAMPLE = 50

@@ -66,16 +66,56 @@ def _steps(seconds: float, step_s: float) -> int:
     return max(1, int(round(seconds / step_s)))
 
 
-def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: float, cfg: Settings,
-                 rng: np.random.Generator, naive_xy: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-    """Naive (on `naive_xy`, default x and y), primary (lag 0) and lagged tests of one pair."""
-    dx, dy = stationary(x, step_s), stationary(y, step_s)
+@dataclass
+class PairInputs:
+    """One pair's stationary series, its scan's range, and its circle with the circular sums made beforehand
+    (None where the scan cannot run)."""
+
+    dx: np.ndarray
+    dy: np.ndarray
+    requested: int
+    max_lag: int
+    prepared: tuple[lagged.Circle, lagged.CircularSums] | None = None
+
+
+def pair_inputs(dx: np.ndarray, dy: np.ndarray, step_s: float, cfg: Settings) -> PairInputs:
+    """A short run cannot support the full scan: narrow it so the largest lag still has 30 overlapping
+    pairs (and say so: analyse_pair) rather than give no lagged answer at all."""
     requested = _steps(cfg.max_lag_s, step_s)
-    # A short run cannot support the full scan: narrow it so the largest lag still has 30 overlapping
-    # pairs, and say so, rather than give no lagged answer at all.
     fits = (int(np.sum(np.isfinite(dx) & np.isfinite(dy))) - lagged.MIN_OVERLAP) // 2
-    max_lag = min(requested, fits) if fits >= 1 else requested
-    res = lagged.scan(dx, dy, max_lag, cfg.n_surrogates, rng)
+    return PairInputs(dx, dy, requested, min(requested, fits) if fits >= 1 else requested)
+
+
+def prepared_pairs(cols: Mapping[str, np.ndarray], names: list[tuple[str, str]], rows: int, step_s: float,
+                   cfg: Settings) -> Iterator[PairInputs]:
+    """Every pair's inputs in order, their circular sums computed a group of pairs at a time
+    (lagged.pair_groups): each series' differences and spectra are made once for all the pairs of a group
+    that hold it, and dropped with the group."""
+    absent = np.full(rows, np.nan)
+    for group in lagged.pair_groups(names, rows):
+        held = dict.fromkeys(name for i in group for name in names[i])
+        diffs = {name: stationary(cols.get(name, absent), step_s) for name in held}
+        inputs = [pair_inputs(diffs[names[i][0]], diffs[names[i][1]], step_s, cfg) for i in group]
+        del diffs
+        circles = [lagged.scan_circle(p.dx, p.dy, p.max_lag, names[i]) for i, p in zip(group, inputs, strict=True)]
+        sums = iter(lagged.circular_sums([c for c in circles if c is not None]) if any(circles) else ())
+        for pair, circle in zip(inputs, circles, strict=True):
+            pair.prepared = None if circle is None else (circle, next(sums))
+        del circles, sums, pair, circle
+        while inputs:
+            yield inputs.pop(0)  # handed over: the group keeps no reference to what the caller is done with
+
+
+def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: float, cfg: Settings,
+                 rng: np.random.Generator, naive_xy: tuple[np.ndarray, np.ndarray] | None = None,
+                 inputs: PairInputs | None = None) -> dict:
+    """Naive (on `naive_xy`, default x and y), primary (lag 0) and lagged tests of one pair. `inputs`: the
+    pair's stationary series and circular sums made beforehand (prepared_pairs), else made here."""
+    if inputs is None:
+        inputs = pair_inputs(stationary(x, step_s), stationary(y, step_s), step_s, cfg)
+    requested, max_lag = inputs.requested, inputs.max_lag
+    res = lagged.scan(inputs.dx, inputs.dy, max_lag, cfg.n_surrogates, rng, prepared=inputs.prepared)
+    del inputs
     prim, lag = res["lag0"], res["lagged"]
     prim["method"] = correlation.PRIMARY_METHOD
     lag["max_lag_s"] = max_lag * step_s
@@ -278,9 +318,12 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     control_cols = table.columns
     # The naive numbers are what a naive look at the whole run gives, start-up included.
     pairs = []
-    for pair in PAIRS:
+    ready = prepared_pairs(cols, [(pair.x, pair.y) for pair in PAIRS], n, step, cfg)
+    for pair, inputs in zip(PAIRS, ready, strict=True):
         res = analyse_pair(cols.get(pair.x, absent), cols.get(pair.y, absent), (pair.x, pair.y), step, cfg, rng,
-                           naive_xy=(table.columns.get(pair.x, absent), table.columns.get(pair.y, absent)))
+                           naive_xy=(table.columns.get(pair.x, absent), table.columns.get(pair.y, absent)),
+                           inputs=inputs)
+        del inputs
         res["direction"] = pair.direction
         pairs.append(res)
     secondary: list[dict] = []
@@ -299,14 +342,24 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     gr = []
     throttled = cols.get(T.THROTTLED)
     measured = throttled is not None and not is_constant(throttled)
-    for pair in PAIRS:
+    transforms = granger.Transforms(step)
+    # each series' transform is dropped after the last pair that uses it: a month holds ten of 20 MB each
+    last_use = {name: i for i, pair in enumerate(PAIRS) for name in (pair.x, pair.y)}
+    for i, pair in enumerate(PAIRS):
         given = (T.THROTTLED, throttled) if measured and T.THROTTLED not in (pair.x, pair.y) else None
+        state = ((T.THROTTLED, (pair.x, pair.y).index(T.THROTTLED)) if measured and given is None
+                 and T.THROTTLED in (pair.x, pair.y) else None)
         res = granger.granger_both_ways(cols.get(pair.x, absent), cols.get(pair.y, absent),
-                                        min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)), step, given)
+                                        min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)), step, given, state,
+                                        transforms)
         res.update(x=pair.x, y=pair.y, direction=pair.direction)
         secondary += [res[k] for k in ("x_to_y", "y_to_x") if res.get(k)]
         secondary += [res["given"][k] for k in ("x_to_y", "y_to_x") if (res.get("given") or {}).get(k)]
         gr.append(res)
+        for name in {pair.x, pair.y}:
+            if last_use[name] == i and name != T.THROTTLED:  # the state conditions every pair without it
+                transforms.forget(cols.get(name, absent))
+    del transforms
 
     pert = None
     bursts = cols.get(T.PERTURBATION)
@@ -368,8 +421,9 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
 
 
 def granger_precedence(res: dict, alpha: float) -> list[dict]:
-    """Each way one series significantly precedes the other (Holm p < alpha), and whether the measured common
-    cause explains it (the conditional test given it is not significant)."""
+    """Each way one series significantly precedes the other (Holm p < alpha), whether the measured common
+    cause explains it (the conditional test given it, or given the state's own level where the state is one of the
+    pair, is not significant)."""
     out = []
     for key, (a, b) in (("x_to_y", (res["x"], res["y"])), ("y_to_x", (res["y"], res["x"]))):
         test = res.get(key) or {}
@@ -378,7 +432,9 @@ def granger_precedence(res: dict, alpha: float) -> list[dict]:
         given = res.get("given") or {}
         cond = given.get(key) or {}
         explained = cond.get("p_adjusted") is not None and cond["p_adjusted"] >= alpha
-        out.append({"precedes": a, "follows": b, "p_adjusted": test["p_adjusted"], "given": given.get("series"),
+        out.append({"precedes": a, "follows": b, "p_adjusted": test["p_adjusted"],
+                    "given": given.get("series") if cond else None,
+                    "conditioned_on": given.get("conditioned_on", "its past and present") if cond else None,
                     "p_adjusted_given": cond.get("p_adjusted"), "explained_by_common_cause": explained})
     return out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thermograd.analysis.timeparse import iso_utc
+from thermograd.timestamps import iso_utc
 
 LAG_NOTE = ("Lags are resolved to the step, never finer: Prometheus spreads each target's scrape phase within "
             "the interval, so samples of two targets can be up to one interval apart.")

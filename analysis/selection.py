@@ -20,7 +20,7 @@ from thermograd.analysis.devices import (
 )
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.promql import PromClient
-from thermograd.analysis.timeparse import iso_utc
+from thermograd.timestamps import iso_utc
 
 LAST_SEEN_PRECISION_S = 1.0  # how close to its last sample a run's window ends (then trimmed to the data)
 

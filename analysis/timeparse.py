@@ -62,5 +62,3 @@ def parse_instant_s(text: str) -> float:
         raise InputError(f"not a time: {text!r} (use Unix seconds or RFC 3339, e.g. 2025-10-28T08:00:00Z)") from exc
 
 
-def iso_utc(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, tz=UTC).isoformat().replace("+00:00", "Z")

@@ -231,7 +231,12 @@ def _granger_lines(granger: list[dict]) -> list[str]:
         for found in res.get("precedence") or []:
             line = (f"- precedence (Granger: the past of one helps predict the other; not cause): {found['precedes']} "
                     f"precedes {found['follows']} (Holm p = {_fmt_p(found['p_adjusted'])})")
-            if found["explained_by_common_cause"]:
+            own_level = found.get("conditioned_on") == "its own level"
+            if found["explained_by_common_cause"] and own_level:
+                line += (f"; given {found['given']}'s own level it does not (Holm p = "
+                         f"{_fmt_p(found['p_adjusted_given'])}): {found['follows']} moved {found['precedes']}, "
+                         f"which therefore tells when it is on")
+            elif found["explained_by_common_cause"]:
                 line += (f"; given {found['given']} (a measured common cause) it does not (Holm p = "
                          f"{_fmt_p(found['p_adjusted_given'])}): {found['given']} explains both")
             elif found.get("p_adjusted_given") is not None:

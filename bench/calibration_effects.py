@@ -104,8 +104,7 @@ def direction_job(args: tuple[str, int, int]) -> dict:
             "other_way_reported": bool(training_first),
             "training_precedes_device": len(precedences),
             "explained_by_common_cause": sum(f["explained_by_common_cause"] for f in precedences),
-            "reported_without_caveat": sum(not f["explained_by_common_cause"] and f.get("given") is None
-                                           for f in precedences)}
+            "reported_without_caveat": sum(not f["explained_by_common_cause"] and f.get("given") is None for f in precedences)}
 
 
 def _share(rows: list[dict], key: str) -> float:

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -70,25 +71,18 @@ def analyse(url: str, run_id: str, out: Path) -> tuple[dict, float]:
     return json.loads((out / "report.json").read_text()), time.monotonic() - t0
 
 
-class TenantProxy:
-    """VictoriaMetrics's cluster layout in front of a single-node one: /select/0/prometheus/api/v1/... is served
-    from /api/v1/..., every other path is 404 (as vmselect answers a path without its tenant prefix)."""
+class LoopbackServer:
+    """A small HTTP server on the loopback for GETs: `respond(path)` gives (status, body, content type); every
+    path asked for is kept in `paths`. A context manager, or call `close()`."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, respond: Callable[[str], tuple[int, bytes, str]], name: str):
         self.paths: list[str] = []
-        proxy = self
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                proxy.paths.append(self.path)
-                if not self.path.startswith(f"{TENANT_PATH}/"):
-                    self.send_error(404, "unsupported path requested")
-                    return
-                try:
-                    with urllib.request.urlopen(upstream + self.path[len(TENANT_PATH):], timeout=60) as answer:
-                        status, body, kind = answer.status, answer.read(), answer.headers.get("Content-Type", "")
-                except urllib.error.HTTPError as err:
-                    status, body, kind = err.code, err.read(), err.headers.get("Content-Type", "")
+                server.paths.append(self.path)
+                status, body, kind = respond(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
@@ -99,12 +93,41 @@ class TenantProxy:
                 pass
 
         self.server = ThreadingHTTPServer((sl.LOOPBACK, 0), Handler)
-        self.url = f"http://{sl.LOOPBACK}:{self.server.server_address[1]}{TENANT_PATH}"
-        threading.Thread(target=self.server.serve_forever, name="tenant-proxy", daemon=True).start()
+        self.root = f"http://{sl.LOOPBACK}:{self.server.server_address[1]}"
+        self.url = self.root  # where a client points: the root, or a prefix below it
+        threading.Thread(target=self.server.serve_forever, name=name, daemon=True).start()
+
+    def __enter__(self) -> LoopbackServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+NOT_FOUND = (404, b"404 page not found\n", "text/plain; charset=utf-8")
+
+
+def tenant_proxy(upstream: str) -> LoopbackServer:
+    """VictoriaMetrics's cluster layout in front of a single-node one: /select/0/prometheus/api/v1/... is served
+    from /api/v1/..., every other path is 404 (as vmselect answers a path without its tenant prefix). Its `url`
+    is the tenant's prefix."""
+
+    def respond(path: str) -> tuple[int, bytes, str]:
+        if not path.startswith(f"{TENANT_PATH}/"):
+            return 404, b"unsupported path requested\n", "text/plain; charset=utf-8"
+        try:
+            with urllib.request.urlopen(upstream + path[len(TENANT_PATH):], timeout=60) as answer:
+                return answer.status, answer.read(), answer.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), err.headers.get("Content-Type", "")
+
+    proxy = LoopbackServer(respond, "tenant-proxy")
+    proxy.url = f"{proxy.root}{TENANT_PATH}"
+    return proxy
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +209,7 @@ def test_the_cluster_url_layout_works_as_the_prometheus_url(stores, tmp_path):
     run_id = "default-store-tenant"
     end_s = int(time.time()) - 120
     import_run(stores["urls"]["default"], run_id, end_s, seed=31)
-    proxy = TenantProxy(stores["urls"]["default"])
+    proxy = tenant_proxy(stores["urls"]["default"])
     try:
         report, _ = analyse(proxy.url + "/", run_id, tmp_path / "tenant")  # a trailing slash is fine too
     finally:
@@ -263,44 +286,19 @@ def test_the_client_appends_the_api_paths_to_a_cluster_url():
     assert seen == [f"http://vmselect:8481{TENANT_PATH}/api/v1/query"]
 
 
-class FlagsOnly:
+def flags_only(text: str) -> LoopbackServer:
     """A vmselect stand-in: /flags at its root (text/plain, as VictoriaMetrics writes it), 404 anywhere else."""
-
-    def __init__(self, text: str):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path != "/flags":
-                    self.send_error(404)
-                    return
-                body = text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((sl.LOOPBACK, 0), Handler)
-        self.root = f"http://{sl.LOOPBACK}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="flags", daemon=True).start()
-
-    def __enter__(self) -> FlagsOnly:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return LoopbackServer(lambda path: (200, text.encode(), "text/plain; charset=utf-8") if path == "/flags"
+                          else NOT_FOUND, "flags")
 
 
 def test_the_store_flags_are_read_from_vmselects_root_and_deduplication_is_said():
-    with FlagsOnly('-dedup.minScrapeInterval="30s"\n-httpListenAddr=":8481"\n') as vmselect:
+    with flags_only('-dedup.minScrapeInterval="30s"\n-httpListenAddr=":8481"\n') as vmselect:
         flags = PromClient(f"{vmselect.root}{TENANT_PATH}", retries=0).store_flags()
         assert flags == {"dedup.minScrapeInterval": "30s", "httpListenAddr": ":8481"}
         note = store_note(flags, 30.0)
         assert "-dedup.minScrapeInterval=30s (one sample kept per 30s per series" in note
         assert "-search.latencyOffset default 30s" in note
-    with FlagsOnly("<html>not flags</html>\n") as other:  # a page that is not VictoriaMetrics's: nothing known
+    with flags_only("<html>not flags</html>\n") as other:  # a page that is not VictoriaMetrics's: nothing known
         assert PromClient(other.root, retries=0).store_flags() is None
     assert "no /flags page" in store_note(None, 1.0)

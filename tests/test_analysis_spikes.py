@@ -23,7 +23,7 @@ from thermograd.analysis.scenarios import ar1_unit, null_run, write_files
 from thermograd.analysis.startup import settled_rows, startup_rows
 from thermograd.analysis.stats import lagged
 from thermograd.analysis.stats.spike_response import noise_threshold, training_events
-from thermograd.analysis.stats.throttle import ar1_block_length, optimal_block_length
+from thermograd.analysis.stats.throttle import ar1_block_length, batch_means_correction, optimal_block_length
 from thermograd.analysis.verdict import summary_text, verdicts
 
 
@@ -123,6 +123,21 @@ def test_throttling_that_slows_steps_is_found_with_the_hardware_first_and_grange
             for found in g["precedence"]:
                 if found["precedes"] in ("step_duration", "throughput") and found["follows"] == "temperature":
                     assert found["given"] == "throttled" and found["p_adjusted_given"] is not None
+                if found["follows"] == "throttled":  # the state itself: given its own level, the speed adds nothing
+                    assert found["conditioned_on"] == "its own level" and found["explained_by_common_cause"]
+
+
+def test_block_means_are_corrected_for_the_drift_they_cut_off():
+    assert batch_means_correction(0.0, 60) == 1.0 and batch_means_correction(None, 60) == 1.0
+    rho = float(np.exp(-1 / 20))  # a ~20 s time constant in 60 s blocks: a third of the variance missing
+    assert 1.4 < batch_means_correction(rho, 60) < 1.6
+    assert batch_means_correction(rho, 6000) < 1.01  # blocks far longer than the drift need none
+    assert batch_means_correction(0.999, 10) == 3.0  # bounded
+    rng = np.random.default_rng(3)  # and it is right: block means of AR(1) with the factor match the long run
+    x = np.stack([ar1_unit(6000, rho, rng) for _ in range(200)])
+    block_var = x.reshape(200, 100, 60).mean(axis=2).var(axis=1).mean() * 60
+    long_run = (1 + rho) / (1 - rho)  # unit variance (ar1_unit): sigma_e^2 = 1 - rho^2, over (1 - rho)^2
+    assert abs(block_var * batch_means_correction(rho, 60) / long_run - 1) < 0.1
 
 
 def test_the_summary_says_which_way_each_effect_runs(tmp_path):

@@ -379,3 +379,82 @@ def test_nothing_is_computed_across_a_long_gap():
         after = slice(440, None)
         # equal up to the round-off of running sums (they are cumulative over the whole column)
         assert np.allclose(transform(x)[after], transform(changed)[after], rtol=0, atol=1e-9, equal_nan=True)
+
+
+def _straightforward_circular_t(a, b, ma, mb, bw):
+    """circular_t as it was: one circular correlation per term, the lagged ones summed in the time domain."""
+    circ = lagged.CircularCorrelator(a.size)
+    weights = lagged.hac_weights(bw)
+    count = np.rint(circ(ma, mb))
+    inflation = float(weights @ (lagged._autocorrelations(a, ma, bw) * lagged._autocorrelations(b, mb, bw)))
+    squares = circ(a * a, b * b)
+    var_products = squares.copy()
+    for k in range(1, bw + 1):
+        var_products += weights[k] * circ(a * np.roll(a, -k), b * np.roll(b, -k))
+    return circ(a, b), count * max(inflation, 0.1), np.maximum(var_products, 0.1 * squares), count
+
+
+def _gappy(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = ar1(rng, (n,), 0.5) + 0.3 * rng.standard_normal(n) ** 3
+    x[rng.random(n) < 0.05] = np.nan
+    x[n // 3: n // 3 + 40] = np.nan
+    return first_difference(x)
+
+
+def test_shared_spectra_give_the_straightforward_sums():
+    """circular_sums over pairs that share series (each series' spectra made once, the lagged products'
+    variance accumulated as cross-spectra and inverted once) equals one circular correlation per term and
+    pair, on series with gaps and pairs of different bandwidths, to 1e-9."""
+    rng = np.random.default_rng(11)
+    series = {name: _gappy(rng, 997) for name in "uvwz"}
+    names = [("u", "v"), ("u", "w"), ("z", "v"), ("w", "u")]
+    circles = [lagged.scan_circle(series[x], series[y], 7, (x, y), bw=bw)
+               for (x, y), bw in zip(names, (5, 9, None, 1), strict=True)]
+    for circle, got in zip(circles, lagged.circular_sums(circles), strict=True):
+        want = _straightforward_circular_t(circle.a, circle.b, circle.ma, circle.mb, circle.bw)
+        for g, w in zip((got.sums, got.var_null, got.var_products, got.count), want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-9 * np.abs(w).max())
+    shared = {key for c in circles for key in c.keys}
+    assert len(shared) == 4  # u, v, w, z on one circle each: every series' spectra shared
+
+
+def test_prepared_scan_equals_the_scan_alone():
+    """The pipeline's route (pairs' circular sums made a group at a time, then each scan) draws the same
+    random numbers and gives the same results as each scan on its own."""
+    rng = np.random.default_rng(5)
+    series = {name: _gappy(rng, 1500) for name in "abc"}
+    names = [("a", "b"), ("a", "c"), ("c", "b")]
+    circles = [lagged.scan_circle(series[x], series[y], 20, (x, y)) for x, y in names]
+    sums = lagged.circular_sums(circles)
+    for (x, y), circle, s in zip(names, circles, sums, strict=True):
+        got = lagged.scan(series[x], series[y], 20, 300, np.random.default_rng(1), prepared=(circle, s))
+        want = lagged.scan(series[x], series[y], 20, 300, np.random.default_rng(1))
+        assert got["lagged"]["p"] == want["lagged"]["p"] and got["lag0"]["p"] == pytest.approx(want["lag0"]["p"])
+        np.testing.assert_allclose(got["lagged"]["ccf"], want["lagged"]["ccf"], rtol=1e-12)
+        assert got["lag0"]["t"] == pytest.approx(want["lag0"]["t"], rel=1e-9)
+
+
+def test_pair_groups_stay_within_their_memory_budget():
+    """Consecutive pairs share a group while what it holds fits: all of a day's pairs, one a group at a
+    month of 1 s data, never an empty group."""
+    names = [("g", "r"), ("g", "t"), ("g", "p"), ("l", "r"), ("s", "d"), ("t", "d")]
+    assert lagged.pair_groups(names, 86_400) == [list(range(6))]
+    assert lagged.pair_groups(names, 2_592_000) == [[i] for i in range(6)]
+    for rows in (3_600, 604_800, 2_592_000):
+        for group in lagged.pair_groups(names, rows):
+            held = {n for i in group for n in names[i]}
+            assert len(group) == 1 or lagged.group_bytes(len(group), len(held), rows) <= lagged.GROUP_BYTES
+
+
+def test_granger_directions_share_one_gram_matrix():
+    """Both directions' F tests on one Gram matrix equal each one computed on its own."""
+    from thermograd.analysis.stats import granger
+
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((800, 3))
+    data[100:105, 0] = np.nan
+    for current in ((), (2,)):
+        gram = granger._gram(data, 4, current)
+        for caused, causing in ((1, 0), (0, 1)):
+            alone = granger.f_test(data, 4, caused, causing, current)
+            assert granger.f_test(data, 4, caused, causing, current, gram=gram) == alone

@@ -171,7 +171,12 @@ def test_every_recording_rule_evaluates(stack: LiveStack):
         assert result, f"{record} never evaluated to a sample"
         peaks[record] = max(float(v) for series in result for _, v in series["values"])
     assert peaks["rank:train_steps:rate1m"] > 0
-    assert peaks["rank:train_tokens_per_joule:ratio_rate1m"] > 0
+    # on failure, say which input of the ratio was missing (a CI run once saw it 0 while the steps rate was not)
+    inputs = {name: [max((float(v) for _, v in series["values"]), default=None)
+                     for series in stack.prom.query_range(f'{{__name__="{name}"}}', start, end, 1)]
+              for name in ("train_tokens_total", "rank:train_tokens:rate1m", "rank:train_tokens_on_gpu:rate1m",
+                           "device:gpu_energy_joules:rate1m", "train_run_info")}
+    assert peaks["rank:train_tokens_per_joule:ratio_rate1m"] > 0, f"peaks of its inputs: {inputs}"
     assert peaks["instance:rle_exporter_samples:rate1m"] > 0
 
 

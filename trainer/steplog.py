@@ -15,9 +15,10 @@ import os
 import queue
 import sys
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from thermograd.timestamps import iso_utc
 
 # One record as enqueued by the training thread (formatting happens in the writer thread).
 FIELDS = (
@@ -25,11 +26,6 @@ FIELDS = (
     "tokens", "clipped", "nonfinite", "perturbation", "pause_s", "pause_start_unix",
     "compute_s", "wait_s", "gpu_uuid", "emulation",
 )
-
-
-def iso_utc(time_unix: float) -> str:
-    """UTC ISO-8601 with an explicit offset, e.g. 2026-11-25T07:30:00.123456+00:00."""
-    return datetime.fromtimestamp(time_unix, tz=UTC).isoformat(timespec="microseconds")
 
 
 def _json_number(value: Any) -> Any:
@@ -54,7 +50,7 @@ def format_record(record: tuple, run_id: str, rank: int) -> str:
         "grad_norm": _json_number(fields["grad_norm"]),
         "learning_rate": _json_number(fields["learning_rate"]),
         "epoch": _json_number(fields["epoch"]),
-        "timestamp": iso_utc(fields["time_unix"]),
+        "timestamp": iso_utc(fields["time_unix"], timespec="microseconds", zulu=False),
         "time_unix": round(fields["time_unix"], 6),
         "tokens": fields["tokens"],
         "clipped": fields["clipped"],

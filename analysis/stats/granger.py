@@ -59,13 +59,16 @@ def _rss(gram: np.ndarray, zy: np.ndarray, yy: float, cols: np.ndarray) -> float
 
 
 def f_test(data: np.ndarray, order: int, caused: int, causing: int | None = None,
-           current: tuple[int, ...] = ()) -> dict:
+           current: tuple[int, ...] = (), gram: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None) -> dict:
     """Does column `causing`'s past help predict column `caused`, beyond the past of every column (and the
     present of the `current` ones)? With two columns (causing: the other one) this is grangercausalitytests'
-    ssr F test; with a third column it is the conditional test (Geweke 1984)."""
+    ssr F test; with a third column it is the conditional test (Geweke 1984).
+
+    `gram`: `_gram(data, order, current)` when the caller has it: both directions of a pair regress on the
+    same design, and its Gram matrix is the test's whole cost on a long run."""
     m = data.shape[1]
     causing = 1 - caused if causing is None else causing
-    gram, zy, yy, t = _gram(data, order, current)
+    gram, zy, yy, t = _gram(data, order, current) if gram is None else gram
     full = np.arange(1 + m * order + len(current))
     causing_cols = 1 + m * np.arange(order) + causing
     own = np.setdiff1d(full, causing_cols)
@@ -83,12 +86,40 @@ PRECEDENCE = ("precedence, not cause: Granger causality says the past of one ser
               "common cause that moves one a step before the other reads the same")
 
 
-def _standardised(columns: list[np.ndarray], step_s: float, plain: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+def transformed(series: np.ndarray, step_s: float, plain: bool = False) -> np.ndarray:
+    """A series' high-passed, volatility-standardised, winsorised differences (`plain`: its high-passed
+    differences only)."""
+    return first_difference(highpass_level(series, step_s)) if plain else winsorised(stationary(series, step_s))
+
+
+class Transforms:
+    """`transformed` of each series, made once for all the pairs and conditional tests that use it: recomputed
+    per pair, it was most of a day's Granger time (1.8 of 3.2 s). Keyed by the array itself (kept here, so its
+    id cannot be reused while the memo lives)."""
+
+    def __init__(self, step_s: float) -> None:
+        self.step_s = step_s
+        self._made: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+    def of(self, series: np.ndarray, plain: bool = False) -> np.ndarray:
+        key = (id(series), plain)
+        if key not in self._made or self._made[key][0] is not series:
+            self._made[key] = (series, transformed(series, self.step_s, plain))
+        return self._made[key][1]
+
+    def forget(self, series: np.ndarray) -> None:
+        """Drop the transforms of `series` (no test left needs them)."""
+        for plain in (False, True):
+            self._made.pop((id(series), plain), None)
+
+
+def _standardised(columns: list[np.ndarray], step_s: float, plain: tuple[int, ...] = (),
+                  transforms: Transforms | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The columns' high-passed, volatility-standardised, winsorised differences side by side (the `plain` ones:
     their differences only), centred and scaled over the rows where all are present; and that mask (gaps stay
-    where they are)."""
-    data = np.column_stack([first_difference(highpass_level(c, step_s)) if i in plain
-                            else winsorised(stationary(c, step_s)) for i, c in enumerate(columns)])
+    where they are). `transforms`: a memo of the per-series part, shared by a run's tests."""
+    made = transforms if transforms is not None and transforms.step_s == step_s else Transforms(step_s)
+    data = np.column_stack([made.of(c, i in plain) for i, c in enumerate(columns)])
     keep = np.isfinite(data).all(axis=1)
     if keep.sum() > 1:
         sd = np.nanstd(data[keep], axis=0)
@@ -97,7 +128,8 @@ def _standardised(columns: list[np.ndarray], step_s: float, plain: tuple[int, ..
 
 
 def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: float = 1.0,
-                      given: tuple[str, np.ndarray] | None = None) -> dict:
+                      given: tuple[str, np.ndarray] | None = None, state: tuple[str, int] | None = None,
+                      transforms: Transforms | None = None) -> dict:
     """F tests both ways at a fixed order: `max_order`, lowered only as far as the run's length needs.
 
     The order is not chosen from the data: choosing it by the VAR's AIC lets chance cross-lag fits raise
@@ -109,8 +141,12 @@ def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: floa
     and the step time within the same step, and one of the two can then precede the other on the grid). The
     same tests are repeated conditional on it (its past and present in both equations: Geweke 1984); a
     precedence that vanishes then is the common cause's, not one series driving the other.
+
+    `state`: (name, column: 0 for x, 1 for y) where one of the pair is that measured state itself. Nothing else can
+    be conditioned on then, but the state's own level can: see `given_own_level`. `transforms`: a memo shared by
+    the run's pairs (each series transformed once).
     """
-    data, keep = _standardised([x, y], step_s)
+    data, keep = _standardised([x, y], step_s, transforms=transforms)
     out: dict = {"order": None, "x_to_y": None, "y_to_x": None, "n": int(keep.sum()), "label": PRECEDENCE,
                  "method": "VAR (fixed order, up to the lag scan's range) on high-passed, volatility-standardised, winsorised first differences (rows "
                            "whose lags cross a gap left out); F test of the other series' lags"}
@@ -118,24 +154,54 @@ def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: floa
     if order < 1 or is_constant(data[keep, 0]) or is_constant(data[keep, 1]):
         out["status"] = INSUFFICIENT
         return out
-    out.update(order=order, x_to_y=f_test(data, order, caused=1), y_to_x=f_test(data, order, caused=0),
-               status="ok")
+    both_ways = _gram(data, order)
+    out.update(order=order, x_to_y=f_test(data, order, caused=1, gram=both_ways),
+               y_to_x=f_test(data, order, caused=0, gram=both_ways), status="ok")
+    del both_ways
     if given is not None:
-        out["given"] = conditional(x, y, given, order, step_s)
+        out["given"] = conditional(x, y, given, order, step_s, transforms)
+    elif state is not None:
+        out["given"] = given_own_level(data, (x, y)[state[1]], state, order)
     return out
 
 
-def conditional(x: np.ndarray, y: np.ndarray, given: tuple[str, np.ndarray], order: int, step_s: float) -> dict:
+def conditional(x: np.ndarray, y: np.ndarray, given: tuple[str, np.ndarray], order: int, step_s: float,
+                transforms: Transforms | None = None) -> dict:
     """Both Granger tests of x and y conditional on a measured series (its past and present). The measured
     series enters as its plain differences: a 0/1 state's changes are its information, and the robust clip and the
     volatility scaling that guard the correlations would distort exactly those (a throttle onset is a rare
     extreme change), leaving what the state explains to the other series' lags."""
     name, z = given
-    data, keep = _standardised([x, y, z], step_s, plain=(2,))
+    data, keep = _standardised([x, y, z], step_s, plain=(2,), transforms=transforms)
     out: dict = {"series": name, "x_to_y": None, "y_to_x": None, "n": int(keep.sum())}
     if keep.sum() < 30 + 10 * order or is_constant(data[keep, 2]):
         out.update(status=INSUFFICIENT, reason=f"{name} is constant or too short where both series are present")
         return out
-    out.update(status="ok", x_to_y=f_test(data, order, caused=1, causing=0, current=(2,)),
-               y_to_x=f_test(data, order, caused=0, causing=1, current=(2,)))
+    both_ways = _gram(data, order, (2,))
+    out.update(status="ok", x_to_y=f_test(data, order, caused=1, causing=0, current=(2,), gram=both_ways),
+               y_to_x=f_test(data, order, caused=0, causing=1, current=(2,), gram=both_ways))
+    return out
+
+
+def given_own_level(data: np.ndarray, level: np.ndarray, state: tuple[str, int], order: int) -> dict:
+    """The other series' precedence of a measured 0/1 state (column state[1] of `data`), given the state's own
+    level in the row before.
+
+    The VAR sees differences: a state's differences say when it changed, not whether it is on. A training series
+    slowed by the state carries its level, and so predicts the state's end (an episode of some seconds ends) better
+    than the state's own differences do: in runs whose throttle episodes slow the steps, "throughput precedes
+    throttled" was significant in most runs, and given the state's level in none (bench/calibration_effects.py).
+    The other way (the state preceding the series) is left to the plain test."""
+    name, column = state
+    other = 1 - column
+    previous = np.concatenate(([np.nan], np.asarray(level, dtype=float)[:-1]))
+    finite = np.isfinite(previous)
+    sd = float(np.std(previous[finite])) if finite.any() else 0.0
+    out: dict = {"series": name, "conditioned_on": "its own level", "x_to_y": None, "y_to_x": None}
+    if not sd > 0:
+        out.update(status=INSUFFICIENT, reason=f"{name} is constant")
+        return out
+    d3 = np.column_stack((data, (previous - float(np.mean(previous[finite]))) / sd))
+    key = "y_to_x" if column == 0 else "x_to_y"
+    out.update(status="ok", **{key: f_test(d3, order, caused=column, causing=other, current=(2,))})
     return out

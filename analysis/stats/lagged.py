@@ -28,7 +28,8 @@ every sum counts only the pairs present at that lag. Nothing is computed across 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import fft as sp_fft
@@ -81,15 +82,23 @@ class CircularCorrelator:
         fill(self._buffer[: self.n])
         return sp_fft.rfft(self._buffer, overwrite_x=True)
 
+    def spectrum(self, fill: Fill) -> np.ndarray:
+        """The rfft of the zero-padded series that `fill` writes: kept by a caller that pairs it with several
+        others (circular_sums)."""
+        return self._spectrum(fill)
+
+    def fold(self, product: np.ndarray) -> np.ndarray:
+        """The circular correlation whose cross-spectrum conj(U) V is `product` (overwritten)."""
+        lin = sp_fft.irfft(product, self.m, overwrite_x=True)
+        out = lin[: self.n].copy()
+        out[1:] += lin[self.m - self.n + 1:]  # negative lags -(n - s) wrap to shift s
+        return out
+
     def correlate(self, fill_u: Fill, fill_v: Fill) -> np.ndarray:
         spectrum = self._spectrum(fill_u)
         np.conjugate(spectrum, out=spectrum)
         spectrum *= self._spectrum(fill_v)
-        lin = sp_fft.irfft(spectrum, self.m, overwrite_x=True)
-        del spectrum
-        out = lin[: self.n].copy()
-        out[1:] += lin[self.m - self.n + 1:]  # negative lags -(n - s) wrap to shift s
-        return out
+        return self.fold(spectrum)
 
     def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return self.correlate(lambda out: np.copyto(out, u), lambda out: np.copyto(out, v))
@@ -162,25 +171,138 @@ def _autocorrelations(u: np.ndarray, m: np.ndarray, bw: int) -> np.ndarray:
     return out
 
 
-def circular_t(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, bw: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def hac_weights(bw: int) -> np.ndarray:
+    """Bartlett weights of lags 0..bw, each lag k > 0 counted for both signs: 1, 2 (1 - k / (bw + 1)), ..."""
+    return np.concatenate(([1.0], 2.0 * (1.0 - np.arange(1, bw + 1) / (bw + 1.0))))
+
+
+@dataclass(frozen=True)
+class Circle:
+    """One pair on its circle (`_on_circle`) with its bandwidth. `keys` name a and b with their masks: two
+    circles whose series share a key share that series' spectra in `circular_sums` (the key must then
+    identify the values exactly: the series' name and its circle's bounds and padding)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    ma: np.ndarray
+    mb: np.ndarray
+    bw: int
+    keys: tuple[Hashable, Hashable]
+
+
+@dataclass(frozen=True)
+class CircularSums:
+    """What `circular_t` gives for one circle, and both series' autocorrelations at lags 0..bw (which
+    `scan` needs again for the lags' correlation)."""
+
+    sums: np.ndarray
+    var_null: np.ndarray
+    var_products: np.ndarray | None
+    count: np.ndarray
+    rho_a: np.ndarray
+    rho_b: np.ndarray
+
+
+def _series_of(circles: Sequence[Circle]) -> dict[Hashable, tuple[np.ndarray, np.ndarray]]:
+    """Each distinct series (values, mask) of the circles, by key."""
+    out: dict[Hashable, tuple[np.ndarray, np.ndarray]] = {}
+    for c in circles:
+        out.setdefault(c.keys[0], (c.a, c.ma))
+        out.setdefault(c.keys[1], (c.b, c.mb))
+    return out
+
+
+def _cross_spectra(circles: Sequence[Circle], wanted: Sequence[int], series: dict, correlators: dict,
+                   fill_of: Callable[[np.ndarray, np.ndarray], Fill]):
+    """Yields (i, conj(U) V) for each wanted circle i, U and V the spectra of what `fill_of` writes for its
+    two series. Each series' spectrum is computed once and shared by every wanted circle that holds it; all
+    are dropped when the last product is made."""
+    keys = dict.fromkeys(k for i in wanted for k in circles[i].keys)
+    spectra = {k: correlators[series[k][0].size].spectrum(fill_of(*series[k])) for k in keys}
+    for i in wanted:
+        product = np.conjugate(spectra[circles[i].keys[0]])
+        product *= spectra[circles[i].keys[1]]
+        yield i, product
+
+
+def _copy(values: np.ndarray, _mask: np.ndarray) -> Fill:
+    return lambda out: np.copyto(out, values)
+
+
+def _mask(_values: np.ndarray, mask: np.ndarray) -> Fill:
+    return lambda out: np.copyto(out, mask)
+
+
+def _lag_fill(k: int) -> Callable[[np.ndarray, np.ndarray], Fill]:
+    return lambda values, _mask: _lagged_products(values, k)
+
+
+def _square(values: np.ndarray, _mask: np.ndarray) -> Fill:
+    return lambda out: np.multiply(values, values, out=out)
+
+
+def circular_sums(circles: Sequence[Circle], products: bool = True) -> list[CircularSums]:
+    """`circular_t` for many circles at once, each series' spectra computed once for all the circles that
+    hold it (`Circle.keys`).
+
+    The products' variance, Sum_k w_k corr(a_t a_(t+k), b_t b_(t+k)), is accumulated as Sum_k w_k conj(A_k) B_k
+    in the frequency domain and inverted once per circle: for each lag k every series' lagged-product
+    spectrum is made once and dropped before the next lag, so a few spectra are alive at any time (one
+    per series and one running sum per circle), not one per series and lag. `products=False` leaves the
+    products' variance out (a test that does not use it)."""
+    series = _series_of(circles)
+    correlators = {v.size: CircularCorrelator(v.size) for v, _ in series.values()}
+    everyone = range(len(circles))
+    fold = [correlators[c.a.size].fold for c in circles]
+    sums = [fold[i](p) for i, p in _cross_spectra(circles, everyone, series, correlators, _copy)]
+    counts = [np.rint(fold[i](p)) for i, p in _cross_spectra(circles, everyone, series, correlators, _mask)]
+    rho = {}  # (key, bw) -> autocorrelations: a series shared by circles of one bandwidth is done once
+    for c in circles:
+        for k, (v, m) in zip(c.keys, ((c.a, c.ma), (c.b, c.mb)), strict=True):
+            if (k, c.bw) not in rho:
+                rho[k, c.bw] = _autocorrelations(v, m, c.bw)
+    out = []
+    for c, s, count in zip(circles, sums, counts, strict=True):
+        rho_a, rho_b = rho[c.keys[0], c.bw], rho[c.keys[1], c.bw]
+        inflation = float(hac_weights(c.bw) @ (rho_a * rho_b))
+        out.append(CircularSums(s, count * max(inflation, 0.1), None, count, rho_a, rho_b))
+    if not products:
+        return out
+    squares = [fold[i](p) for i, p in _cross_spectra(circles, everyone, series, correlators, _square)]
+    lagged_terms = _lagged_variances(circles, series, correlators)
+    for i, (sq, var_products) in enumerate(zip(squares, lagged_terms, strict=True)):
+        var_products += sq
+        sq *= 0.1
+        np.maximum(var_products, sq, out=var_products)  # floored at a tenth of the lag-0 term
+        out[i] = replace(out[i], var_products=var_products)
+    return out
+
+
+def _lagged_variances(circles: Sequence[Circle], series: dict, correlators: dict) -> list[np.ndarray]:
+    """Sum over k = 1..bw of w_k corr(a_t a_(t+k), b_t b_(t+k)) for each circle (circular lagged products),
+    summed as cross-spectra and inverted once per circle."""
+    weights = [hac_weights(c.bw) for c in circles]
+    running: list[np.ndarray | None] = [None] * len(circles)
+    for k in range(1, max(c.bw for c in circles) + 1):
+        wanted = [i for i, c in enumerate(circles) if c.bw >= k]
+        for i, product in _cross_spectra(circles, wanted, series, correlators, _lag_fill(k)):
+            product *= weights[i][k]
+            if running[i] is None:
+                running[i] = product
+            else:
+                running[i] += product
+    return [correlators[c.a.size].fold(r) if r is not None else np.zeros(c.a.size)
+            for c, r in zip(circles, running, strict=True)]
+
+
+def circular_t(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, bw: int, products: bool = True
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """At every circular shift s of b: the sum S(s) = sum_t a_t b_{t+s}, its variance under
     independence from the two autocorrelations (Bartlett weights up to `bw`: the HAC form of
     Bretherton's effective n), the same variance from the products themselves (which also grows where
-    the two series are volatile together), and the overlap count."""
-    circ = CircularCorrelator(a.size)
-    c = circ(a, b)
-    count = np.rint(circ(ma, mb))
-    weights = np.concatenate(([1.0], 2.0 * (1.0 - np.arange(1, bw + 1) / (bw + 1.0))))
-    inflation = float(weights @ (_autocorrelations(a, ma, bw) * _autocorrelations(b, mb, bw)))
-    var_null = count * max(inflation, 0.1)
-    squares = circ.correlate(lambda out: np.multiply(a, a, out=out), lambda out: np.multiply(b, b, out=out))
-    var_products = squares.copy()
-    for k in range(1, bw + 1):  # a_t a_(t+k) against b_t b_(t+k), circularly
-        var_products += weights[k] * circ.correlate(_lagged_products(a, k), _lagged_products(b, k))
-    squares *= 0.1
-    np.maximum(var_products, squares, out=var_products)  # floored at a tenth of the lag-0 term
-    return c, var_null, var_products, count
+    the two series are volatile together; None unless `products`), and the overlap count."""
+    res = circular_sums([Circle(a, b, ma, mb, bw, ("a", "b"))], products)[0]
+    return res.sums, res.var_null, res.var_products, res.count
 
 
 def winsorised(x: np.ndarray) -> np.ndarray:
@@ -235,44 +357,112 @@ def hac_ci(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, lag: in
     return [float(np.tanh(z - z_crit * se_z)), float(np.tanh(z + z_crit * se_z))], se_z, n_eff
 
 
+GROUP_BYTES = 400e6  # the arrays a group of pairs holds at once (pair_groups): a week's pairs in two groups
+
+
+def group_bytes(n_pairs: int, n_series: int, rows: int) -> float:
+    """What a group of pairs holds at once, in bytes, for runs of `rows` rows: per series its stationary
+    differences, its values and mask on the circle and one spectrum (two rows' worth: an rfft of a fast
+    length >= 2n - 1); per pair its three sums and one running spectrum; and one product in flight."""
+    return 8.0 * rows * (5 * n_series + 5 * n_pairs + 2)
+
+
+def pair_groups(pair_names: Sequence[tuple[Hashable, Hashable]], rows: int, budget: float = GROUP_BYTES
+                ) -> list[list[int]]:
+    """The pairs, in their order, cut into runs of consecutive pairs that `circular_sums` can take at once
+    within `budget` bytes (`group_bytes`; one pair at least). A group shares each series' spectra among its
+    pairs: the larger the groups, the fewer spectra are made, and a month of 1 s data (42 MB a spectrum)
+    fits one pair a group where a day fits all."""
+    groups: list[list[int]] = []
+    for i in range(len(pair_names)):
+        trial = [*groups[-1], i] if groups else [i]
+        held = {name for j in trial for name in pair_names[j]}
+        if groups and group_bytes(len(trial), len(held), rows) <= budget:
+            groups[-1] = trial
+        else:
+            groups.append([i])
+    return groups
+
+
 def _on_circle(x: np.ndarray, y: np.ndarray, pad_rows: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Both series from the first to the last row where either is present, winsorised and standardised
     (gaps 0), their presence masks, all zero-padded by `pad_rows`: a circular sum at a lag up to that
     then holds no pair that wraps the run's end round to its start."""
-    fx, fy = np.isfinite(x), np.isfinite(y)
-    idx = np.flatnonzero(fx | fy)
-    lo, hi = int(idx[0]), int(idx[-1]) + 1
-    pad = np.zeros(pad_rows)
-    ma, mb = (np.concatenate((f[lo:hi].astype(float), pad)) for f in (fx, fy))
-    a, b = (np.concatenate((standardise_fill(winsorised(v[lo:hi])), pad)) for v in (x, y))
+    lo, hi = _circle_bounds(x, y)
+    (a, ma), (b, mb) = (_circle_series(v, lo, hi, pad_rows) for v in (x, y))
     return a, b, ma, mb
 
 
+def _circle_bounds(x: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """The first row where either series is present and one past the last."""
+    idx = np.flatnonzero(np.isfinite(x) | np.isfinite(y))
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+def _circle_series(v: np.ndarray, lo: int, hi: int, pad_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """One series of `_on_circle`: winsorised and standardised (gaps 0), and its presence mask."""
+    pad = np.zeros(pad_rows)
+    return (np.concatenate((standardise_fill(winsorised(v[lo:hi])), pad)),
+            np.concatenate((np.isfinite(v[lo:hi]).astype(float), pad)))
+
+
+def scan_bandwidth(n_both: int, bw: int | None = None) -> int:
+    """The HAC bandwidth of a scan over `n_both` pairs: Newey-West's unless one is asked for."""
+    return bandwidth(n_both) if bw is None else max(1, min(bw, n_both // 5))
+
+
+def _scan_shortfall(x: np.ndarray, y: np.ndarray, max_lag: int) -> str | None:
+    """Why `scan` cannot run on x and y (too few pairs for the lags, or a constant series), or None."""
+    both = np.isfinite(x) & np.isfinite(y)
+    n_both = int(both.sum())
+    needed = 2 * max_lag + MIN_OVERLAP
+    if n_both < max(needed, 4) or is_constant(x[both]) or is_constant(y[both]):
+        return (f"{n_both} samples; a scan over +/-{max_lag} lags needs at least {needed} (lower --max-lag)"
+                if n_both < needed else "a series is constant or too short")
+    return None
+
+
+def scan_circle(x: np.ndarray, y: np.ndarray, max_lag: int, names: tuple[Hashable, Hashable] = ("x", "y"),
+                bw: int | None = None) -> Circle | None:
+    """The circle `scan` runs its sums on (None where it cannot run), each series keyed by its name and
+    the circle's bounds: `circular_sums` then shares a series' spectra between pairs that hold it."""
+    if _scan_shortfall(x, y, max_lag) is not None:
+        return None
+    lo, hi = _circle_bounds(x, y)
+    (a, ma), (b, mb) = (_circle_series(v, lo, hi, max_lag) for v in (x, y))
+    n_both = int(np.count_nonzero(np.isfinite(x) & np.isfinite(y)))
+    return Circle(a, b, ma, mb, scan_bandwidth(n_both, bw), tuple((name, lo, hi, max_lag) for name in names))
+
+
 def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.random.Generator,
-         min_shift: int = 1, bw: int | None = None) -> dict:
+         min_shift: int = 1, bw: int | None = None, prepared: tuple[Circle, CircularSums] | None = None) -> dict:
     """Lag-0 and max-over-lags tests of two stationary series on one grid; positive lag = x leads y.
 
     Returns {"lag0": {...}, "lagged": {...}, "equivalence": {...}} where equivalence holds, per lag, the estimate and the HAC standard error of Fisher z (for the equivalence test and
     the detectable effect, which the pipeline computes at its own alpha).
+
+    `prepared`: this pair's `scan_circle` (with the same max_lag and bw) and its `circular_sums`, made
+    beforehand with other pairs' (the pipeline shares each series' spectra among its pairs).
     """
-    fx, fy = np.isfinite(x), np.isfinite(y)
-    both = fx & fy
-    n_both = int(both.sum())
+    n_both = int(np.count_nonzero(np.isfinite(x) & np.isfinite(y)))
     base = {"n": n_both, "n_surrogates": 0, "p": None, "p_adjusted": None}
     lag0: dict = {**base, "r": None, "ci": None, "n_eff": None}
     lagged: dict = {**base, "peak_lag_steps": None, "peak_r": None, "max_lag_steps": max_lag}
-    needed = 2 * max_lag + MIN_OVERLAP
-    if n_both < max(needed, 4) or is_constant(x[both]) or is_constant(y[both]):
-        reason = (f"{n_both} samples; a scan over +/-{max_lag} lags needs at least {needed} (lower --max-lag)"
-                  if n_both < needed else "a series is constant or too short")
+    reason = _scan_shortfall(x, y, max_lag)
+    if reason is not None:
         for t in (lag0, lagged):
             t.update(status=INSUFFICIENT, reason=reason)
         return {"lag0": lag0, "lagged": lagged, "equivalence": None}
-    a, b, ma, mb = _on_circle(x, y, max_lag)
+    if prepared is None:
+        circle = scan_circle(x, y, max_lag, bw=bw)
+        prepared = circle, circular_sums([circle])[0]
+    circle, sums = prepared
+    a, b, ma, mb, bw = circle.a, circle.b, circle.ma, circle.mb, circle.bw
     n = a.size
-    bw = bandwidth(n_both) if bw is None else max(1, min(bw, n_both // 5))
-    c, var_null, var_products, count = circular_t(a, b, ma, mb, bw)
+    c, var_null, var_products, count = sums.sums, sums.var_null, sums.var_products, sums.count
+    rho_a, rho_b = sums.rho_a, sums.rho_b
+    del prepared, sums  # var_null is widened in place below: these sums serve this call only
     taus = np.arange(-max_lag, max_lag + 1)
     # The autocorrelation form is exact when either series is homoskedastic. When both are volatile at
     # the same moments (a training phase that agitates loss and clocks together), the products' own
@@ -333,7 +523,7 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
     # with the statistic widened by the shift check. A lag with too few pairs (a periodic mask can leave
     # none) takes no part, as in the observed max.
     active = count[taus % n] >= MIN_OVERLAP
-    corr = lag_correlation(_autocorrelations(a, ma, bw), _autocorrelations(b, mb, bw), max_lag)
+    corr = lag_correlation(rho_a, rho_b, max_lag)
     draws = gaussian_max(corr, active, n_surrogates, rng)
     p_max = float((1 + np.sum(draws >= observed_max / scale)) / (1 + draws.size))
     band_t = scale * float(np.quantile(draws, 0.95))
@@ -418,7 +608,7 @@ def shift_test(x: np.ndarray, y: np.ndarray, min_shift: int, n_surrogates: int, 
     a, b, ma, mb = _on_circle(x, y, 0)
     n = a.size
     bw = bandwidth(n_both)
-    c, var_null, _, count = circular_t(a, b, ma, mb, bw)
+    c, var_null, _, count = circular_t(a, b, ma, mb, bw, products=False)
     t_stat = np.where(count >= MIN_OVERLAP, c / np.sqrt(np.maximum(var_null, 1e-300)), 0.0)
     shifts = np.arange(max(1, min_shift), n - max(1, min_shift) + 1)
     shifts = shifts[count[shifts] >= MIN_OVERLAP] if shifts.size else shifts

@@ -50,7 +50,7 @@ from scipy import stats
 from scipy.ndimage import percentile_filter
 
 from thermograd.analysis.stats import Z_95
-from thermograd.analysis.stats.lagged import CircularCorrelator, gaussian_max, winsorised
+from thermograd.analysis.stats.lagged import CircularCorrelator, dot, gaussian_max, winsorised
 from thermograd.analysis.stats.series import (
     INSUFFICIENT,
     first_difference,
@@ -260,6 +260,15 @@ def _window_means(cum: np.ndarray, cnt: np.ndarray, lo: np.ndarray, length: int)
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def _consecutive_window_means(cum: np.ndarray, cnt: np.ndarray, first: int, length: int, count: int) -> np.ndarray:
+    """_window_means for `count` consecutive starts first, first + 1, ...: slices of the running sums, not
+    gathers (the same numbers, several times faster on the hundreds of thousands of shifts of a week)."""
+    total = cum[first + length: first + length + count] - cum[first: first + count]
+    present = cnt[first + length: first + length + count] - cnt[first: first + count]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present > 0, total / np.maximum(present, 1), np.nan)
+
+
 def far_shifts(n: int, reach: int) -> np.ndarray:
     """The shifts whose windows never meet the observed alignment's: reach < s < n - reach."""
     return np.arange(reach + 1, n - reach)
@@ -287,20 +296,22 @@ def window_statistics(profile: np.ndarray, windows: Windows, far: np.ndarray, sa
         finite = np.isfinite(seg)
         cum = np.concatenate(([0.0], np.cumsum(np.where(finite, seg, 0.0))))
         cnt = np.concatenate(([0], np.cumsum(finite)))
-        origin = np.arange(shifts.size) + windows.before + 1  # each shift's row 0 in seg
-        before = _window_means(cum, cnt, origin - windows.before, windows.before)
+        origin, chunk = windows.before + 1, shifts.size  # the first shift's row 0 in seg; the rest follow it
+        before = _consecutive_window_means(cum, cnt, origin - windows.before, windows.before, chunk)
         far_here, picked = is_far[shifts], where[shifts]
+        drawn_here = picked >= 0
+        drawn_rows = picked[drawn_here]
         for i, (a, length, edge) in enumerate(zip(windows.starts, windows.lengths, windows.edge, strict=True)):
-            base = _window_means(cum, cnt, origin + a - 1, 1) if edge else before
-            stat = _window_means(cum, cnt, origin + a, int(length)) - base
+            base = _consecutive_window_means(cum, cnt, origin + int(a) - 1, 1, chunk) if edge else before
+            stat = _consecutive_window_means(cum, cnt, origin + int(a), int(length), chunk) - base
             values = stat[far_here]
             values = values[np.isfinite(values)]
             total[i] += values.sum()
-            square[i] += values @ values
+            square[i] += dot(values, values)
             count[i] += values.size
             if lo == 0:
                 observed[i] = stat[0]
-            drawn[picked[picked >= 0], i] = stat[picked >= 0]
+            drawn[drawn_rows, i] = stat[drawn_here]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         sd = np.sqrt(np.maximum(square - count * mean ** 2, 0.0) / np.maximum(count - 1, 1))
@@ -458,11 +469,12 @@ def event_noise(events: Events, noise: np.ndarray, shifts: np.ndarray, circle: i
     return np.maximum(at / baseline, 1.0) if baseline > 0 else np.ones(shifts.size)
 
 
-
+RESPONSE_CLIP = 4.0  # robust z at which a row's response is clipped in the placement test
 PLACEMENT_METHOD = ("spike-triggered average (as with shifts), in a run too short for circular shifts or with too few "
                     "events for them: the same weighted events placed at random rows with every window inside the "
                     "analysed rows (the metric's own segments); each row's response scaled by its local noise and "
-                    "ranked (normal scores) per window; p: the rank of the observed max over windows of |mean/sd| "
+                    f"clipped at {RESPONSE_CLIP:g} robust z per window; p: the rank of the observed max over windows of "
+                    "|mean/sd| "
                     "among the placements' maxima")
 
 
@@ -484,19 +496,29 @@ def row_responses(values: np.ndarray, windows: Windows) -> np.ndarray:
     return out
 
 
-def normal_scores(responses: np.ndarray) -> np.ndarray:
-    """Each window's responses replaced by their van der Waerden normal scores, Phi^-1((rank - 1/2) / m) over the
-    m rows where it is defined (NaN elsewhere). A few events average a few responses, and the metric's heavy tails
-    (a throttle onset, a t-distributed noise) would make the maximum over windows of such an average heavy-tailed
-    too: the placements would then rank a real 4-sigma response among many chance ones. In scores, no one row
-    counts more than the top rank (about 2.7 at 150 rows, as the robust clip bounds it), and an average of a few
-    scores has light tails, so the same response stands out (van der Waerden 1952)."""
+def clipped_scores(responses: np.ndarray, clip: float = RESPONSE_CLIP) -> np.ndarray:
+    """Each window's responses as robust z (median, 1.4826 MAD; the sd where the MAD is 0, as for a quantised
+    metric), clipped at +/-`clip` (NaN where undefined).
+
+    A few events average a few responses, and the metric's heavy tails (a throttle onset, t-distributed noise)
+    would make the maximum over windows of such an average heavy-tailed: the placements would then rank a real
+    4-sigma response among many chance ones. Clipped, no one row counts more than `clip`, so an average of a
+    few has light tails. Ranks (normal scores, van der Waerden 1952) bound a row too, but at the top rank's
+    score, about 2.7 at 150 rows: three events that each met the top responses of the run averaged a z of about
+    4, and after the max over windows and Holm over 15 tests a 3-spike coupling in a 3-minute run was found in
+    20 % of runs where the clip at 4 finds it in 40 %, while independent short runs stay at alpha
+    (bench/calibration_effects.py)."""
     out = np.full(responses.shape, np.nan)
     for i in range(responses.shape[1]):
         ok = np.isfinite(responses[:, i])
-        m = int(ok.sum())
-        if m:
-            out[ok, i] = stats.norm.ppf((stats.rankdata(responses[ok, i]) - 0.5) / m)
+        if not ok.any():
+            continue
+        values = responses[ok, i]
+        centre = float(np.median(values))
+        scale = 1.4826 * float(np.median(np.abs(values - centre)))
+        if not scale > 0:
+            scale = float(np.std(values))
+        out[ok, i] = np.clip((values - centre) / scale, -clip, clip) if scale > 0 else 0.0
     return out
 
 
@@ -553,7 +575,7 @@ def placement_test(trains: list[Events], level: np.ndarray, clipped: np.ndarray,
     if candidates.size < max(MIN_SHIFTS, 2 * max(e.size for e in trains)):
         return None
     scale = np.maximum(noise / float(np.mean(noise[candidates])), 1.0)
-    robust_rows = normal_scores(robust_rows / scale[:, None])
+    robust_rows = clipped_scores(robust_rows / scale[:, None])
     robust = ShiftStatistics.joined([placed_statistics(e, robust_rows, candidates, n_draws, rng) for e in trains])
     # the raw effect's mean and sd are those of the same placements: recomputed on the raw rows
     raw = ShiftStatistics.joined([placed_statistics(e, raw_rows, candidates, min(n_draws, 5000), rng)
