@@ -24,15 +24,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
 
-from thermograd.analysis.backfill import (  # noqa: E402
+from testkit.backfill import (  # noqa: E402
     BLOCK_S,
     backfill_blockwise,
     device_series,
     serve_prometheus,
     train_series,
 )
+from testkit.synthetic import planted_run  # noqa: E402
 from thermograd.analysis.promql import MAX_POINTS_PER_SERIES  # noqa: E402
-from thermograd.analysis.synthetic import planted_run  # noqa: E402
 from thermograd.analysis.table import aligned_start_s, grid_rows  # noqa: E402
 
 DAY_S = 86400

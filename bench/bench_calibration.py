@@ -1,6 +1,6 @@
 """Benchmark: calibration and power of the whole analysis on a zoo of realistic runs.
 
-For every null kind in analysis/scenarios.py (independent training and hardware series shaped like real
+For every null kind in testkit/scenarios.py (independent training and hardware series shaped like real
 runs), `--runs` runs of lengths cycling through `--lengths` (90 s to 1 h) and `--long-runs` more of 4 h
 and a day go through the offline alignment and the
 whole `analyse()`; the false-positive rate of every test (raw p < alpha where the test ran) and of the
@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from testkit.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
 from thermograd.analysis.offline import files_to_table  # noqa: E402
 from thermograd.analysis.pipeline import Settings, analyse  # noqa: E402
-from thermograd.analysis.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
 from thermograd.analysis.verdict import verdicts  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -23,10 +23,10 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
 
+from testkit.fake_nvml import FakeGpu, FakeNvml  # noqa: E402
 from thermograd.exporter.backends.nvml import NvmlBackend  # noqa: E402
 from thermograd.exporter.collector import SnapshotCollector  # noqa: E402
 from thermograd.exporter.exposition import render  # noqa: E402
-from thermograd.exporter.fake_nvml import FakeGpu, FakeNvml  # noqa: E402
 from thermograd.exporter.sampler import Sampler  # noqa: E402
 
 DEVICES = 8

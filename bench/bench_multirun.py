@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def write_runs_dir(folder: Path, n_runs: int, run_s: int) -> None:
     """--runs-dir layout: half the runs coupled (r = 0.5 at lag 0), half not, as a fleet's would differ."""
-    from thermograd.analysis.scenarios import null_run, planted_run, write_files
+    from testkit.scenarios import null_run, planted_run, write_files
 
     for i in range(n_runs):
         rec = planted_run("gaussian", run_s, 0, 0.5, seed=i) if i % 2 == 0 else null_run("ar1", run_s, seed=i)
@@ -64,8 +64,8 @@ def write_runs_dir(folder: Path, n_runs: int, run_s: int) -> None:
 
 def backfill_runs(work: Path, n_runs: int, run_s: int) -> tuple[Path, int, int]:
     """A TSDB holding the runs one after another, each on its own simulated GPU: (tsdb, start, end) in Unix s."""
-    from thermograd.analysis.backfill import backfill_blockwise, device_series, train_series
-    from thermograd.analysis.synthetic import planted_run
+    from testkit.backfill import backfill_blockwise, device_series, train_series
+    from testkit.synthetic import planted_run
 
     span_s = n_runs * (run_s + GAP_S)
     base = int(time.time()) // 3600 * 3600 - span_s - 2 * 86400  # older than the head block
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         t0 = time.perf_counter()
         if args.prometheus:
-            from thermograd.analysis.backfill import serve_prometheus
+            from testkit.backfill import serve_prometheus
 
             log(f"backfilling {args.runs} runs of {args.minutes} min into a TSDB")
             tsdb, start, end = backfill_runs(work, args.runs, run_s)

@@ -1,7 +1,7 @@
 """The planted effects of bench_calibration.py (issue 16): spike-triggered responses, spike-carried lagged
 couplings, couplings whose direction matters, and the throttle cost's coverage on drifting loaders.
 
-Each job runs one recording of analysis/scenario_effects.py through the offline alignment and the whole
+Each job runs one recording of testkit/scenario_effects.py through the offline alignment and the whole
 `analyse()`, and reports what the verdicts made of it:
 
 - spike effects (drops and rises of power after each gradient-norm spike; 3-minute runs where power follows
@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from thermograd.analysis.direction import HARDWARE_TO_TRAINING, SIMULTANEOUS
-from thermograd.analysis.offline import files_to_table
-from thermograd.analysis.pipeline import Settings, analyse
-from thermograd.analysis.scenario_effects import (
+from testkit.scenario_effects import (
     common_cause_run,
     spike_lagged_run,
     spike_response_run,
     throughput_leads_run,
 )
+from thermograd.analysis.direction import HARDWARE_TO_TRAINING, SIMULTANEOUS
+from thermograd.analysis.offline import files_to_table
+from thermograd.analysis.pipeline import Settings, analyse
 from thermograd.analysis.verdict import verdicts
 
 SPIKE_EFFECTS = {  # name: (recording maker, run length s)

@@ -27,11 +27,11 @@ from conftest import free_port
 from test_stack_integration import require_binary
 from test_stack_longterm import COMPARED, differences
 
-from thermograd.analysis.backfill import device_series, train_series
+from testkit.backfill import device_series, train_series
+from testkit.synthetic import planted_run
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.fetch import wait_for_newest_points
 from thermograd.analysis.promql import PromClient, store_note
-from thermograd.analysis.synthetic import planted_run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 
+from testkit.scenarios import hot_run, null_run, write_files
 from thermograd.analysis.catalog import DIRECTIONS, PAIRS, SERIES
 from thermograd.analysis.fetch import series_exprs
 from thermograd.analysis.load_files import load_grad_log, load_rle_csv
 from thermograd.analysis.offline import files_to_table
 from thermograd.analysis.pipeline import Settings, analyse
-from thermograd.analysis.scenarios import hot_run, null_run, write_files
 from thermograd.analysis.stats.throttle import throttle_cost
 from thermograd.analysis.timeparse import get_tz
 from thermograd.analysis.verdict import overall

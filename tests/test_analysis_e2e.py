@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from thermograd.analysis.backfill import (
+from testkit.backfill import (
     create_blocks,
     device_series,
     serve_prometheus,
     train_series,
     write_openmetrics,
 )
-from thermograd.analysis.synthetic import COLLAPSE_DELAY_S, POWER_LAG_S, planted_run
+from testkit.synthetic import COLLAPSE_DELAY_S, POWER_LAG_S, planted_run
 from thermograd.analysis.table import grid_rows, step_within_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

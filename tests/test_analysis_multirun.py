@@ -15,18 +15,18 @@ import pytest
 from conftest import free_port
 from statsmodels.stats.meta_analysis import combine_effects
 
-from thermograd.analysis.align import bin_to_grid
-from thermograd.analysis.backfill import (
+from testkit.backfill import (
     create_blocks,
     device_series,
     serve_prometheus,
     train_series,
     write_openmetrics,
 )
+from testkit.scenarios import Recording, null_run, planted_run, write_files
+from thermograd.analysis.align import bin_to_grid
 from thermograd.analysis.cli import main
 from thermograd.analysis.multirun import meta_analyse, mixed_steps_note, pooled_verdict
 from thermograd.analysis.pipeline import Settings
-from thermograd.analysis.scenarios import Recording, null_run, planted_run, write_files
 from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
 
 RUN_S = 300

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from test_analysis_multirun import analysis, in_process, one_line_error, strict_json
 
+from testkit.scenarios import null_run, planted_run, write_files
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.multirun import MANIFEST_FORMAT, analyse_runs, manifest_name, shard_of
-from thermograd.analysis.scenarios import null_run, planted_run, write_files
 
 RUN_S = 180  # short runs: what is checked is how the runs are gathered, not their statistics
 TABLES = ("runs.csv", "runs.json", "meta_analysis.json", "forest.png")

@@ -8,18 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from thermograd.analysis.align import bin_to_grid
-from thermograd.analysis.direction import HARDWARE_TO_TRAINING, leader_of
-from thermograd.analysis.fetch import series_exprs
-from thermograd.analysis.offline import files_to_table
-from thermograd.analysis.pipeline import Settings, analyse
-from thermograd.analysis.scenario_effects import (
+from testkit.scenario_effects import (
     common_cause_run,
     spike_lagged_run,
     spike_response_run,
     throughput_leads_run,
 )
-from thermograd.analysis.scenarios import ar1_unit, null_run, write_files
+from testkit.scenarios import ar1_unit, null_run, write_files
+from thermograd.analysis.align import bin_to_grid
+from thermograd.analysis.direction import HARDWARE_TO_TRAINING, leader_of
+from thermograd.analysis.fetch import series_exprs
+from thermograd.analysis.offline import files_to_table
+from thermograd.analysis.pipeline import Settings, analyse
 from thermograd.analysis.startup import settled_rows, startup_rows
 from thermograd.analysis.stats import lagged
 from thermograd.analysis.stats.spike_response import noise_threshold, training_events

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from testkit.scenarios import NULL_KINDS, null_run, planted_run, write_files
 from thermograd.analysis.offline import files_to_table
 from thermograd.analysis.pipeline import Settings, analyse
-from thermograd.analysis.scenarios import NULL_KINDS, null_run, planted_run, write_files
 from thermograd.analysis.stats import events, granger
 from thermograd.analysis.stats.series import state_onsets
 from thermograd.analysis.verdict import overall

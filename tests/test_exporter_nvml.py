@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.fake_nvml import FakeGpu, FakeNvml
 from thermograd.exporter.backends import open_backend
 from thermograd.exporter.backends.nvml import NvmlBackend, decode_reasons
 from thermograd.exporter.collector import SnapshotCollector
 from thermograd.exporter.exposition import render
-from thermograd.exporter.fake_nvml import FakeGpu, FakeNvml
 from thermograd.exporter.sampler import Sampler
 
 

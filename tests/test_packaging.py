@@ -46,6 +46,8 @@ def test_a_wheel_holds_only_the_thermograd_package(wheel: Path):
         assert f"thermograd-{tool} = thermograd.{tool}.__main__:main" in entry_points
     assert "thermograd = thermograd.cli:main" in entry_points  # thermograd run
     assert "thermograd/endpoint/server.py" in names
+    # the tests' generators and fakes (testkit/) stay out of what users install
+    assert not [n for n in names if Path(n).stem in {p.stem for p in (ROOT / "testkit").glob("*.py")} - {"__init__"}]
 
 
 def test_pyproject_lists_every_package_folder():

@@ -281,30 +281,39 @@ def window_statistics(profile: np.ndarray, windows: Windows, far: np.ndarray, sa
                       ) -> ShiftStatistics:
     """Every window's after-minus-before statistic at every shift s (the profile's rows [s + a, s + a + length)
     against rows [s - before, s - 1], or against row s + a - 1 for an edge), reduced chunk by chunk as it is made:
-    its value at shift 0, its mean and sd over the far shifts, and its values at the sampled far shifts."""
+    its value at shift 0, its mean and sd over the far shifts, and its values at the sampled far shifts.
+
+    Each window length's running mean is made once per chunk and every window of that length is a slice of it
+    (a week has 600,000 shifts and about a hundred windows); the far shifts are one run of consecutive shifts."""
     n, k = profile.size, windows.starts.size
     reach_after = int(np.max(windows.starts + windows.lengths))
-    is_far = np.zeros(n, dtype=bool)
-    is_far[far] = True
+    if far.size and far[-1] - far[0] + 1 != far.size:
+        raise ValueError("the far shifts must be consecutive (far_shifts)")
+    far_lo, far_hi = (int(far[0]), int(far[-1]) + 1) if far.size else (0, 0)
     where = np.full(n, -1, dtype=np.int64)
     where[sample] = np.arange(sample.size)
     total, square, count = np.zeros(k), np.zeros(k), np.zeros(k)
     observed, drawn = np.full(k, np.nan), np.full((sample.size, k), np.nan)
+    lengths = sorted({int(v) for v in windows.lengths} | {1, int(windows.before)})
     for lo in range(0, n, SHIFT_CHUNK):
-        shifts = np.arange(lo, min(n, lo + SHIFT_CHUNK))
-        seg = profile[(np.arange(lo - windows.before - 1, shifts[-1] + reach_after + 1)) % n]
+        chunk = min(n, lo + SHIFT_CHUNK) - lo
+        seg = profile[(np.arange(lo - windows.before - 1, lo + chunk - 1 + reach_after + 1)) % n]
         finite = np.isfinite(seg)
         cum = np.concatenate(([0.0], np.cumsum(np.where(finite, seg, 0.0))))
         cnt = np.concatenate(([0], np.cumsum(finite)))
-        origin, chunk = windows.before + 1, shifts.size  # the first shift's row 0 in seg; the rest follow it
-        before = _consecutive_window_means(cum, cnt, origin - windows.before, windows.before, chunk)
-        far_here, picked = is_far[shifts], where[shifts]
+        # means[L][j]: the mean of seg[j, j + L), for every start a window of the chunk reads
+        means = {length: _consecutive_window_means(cum, cnt, 0, length, seg.size - length + 1) for length in lengths}
+        origin = windows.before + 1  # the chunk's first shift's row 0 in seg; the others follow it
+        before = means[int(windows.before)][1: 1 + chunk]
+        far_a, far_b = max(far_lo - lo, 0), min(max(far_hi - lo, 0), chunk)
+        picked = where[lo: lo + chunk]
         drawn_here = picked >= 0
         drawn_rows = picked[drawn_here]
         for i, (a, length, edge) in enumerate(zip(windows.starts, windows.lengths, windows.edge, strict=True)):
-            base = _consecutive_window_means(cum, cnt, origin + int(a) - 1, 1, chunk) if edge else before
-            stat = _consecutive_window_means(cum, cnt, origin + int(a), int(length), chunk) - base
-            values = stat[far_here]
+            first = origin + int(a)
+            base = means[1][first - 1: first - 1 + chunk] if edge else before
+            stat = means[int(length)][first: first + chunk] - base
+            values = stat[far_a:far_b]
             values = values[np.isfinite(values)]
             total[i] += values.sum()
             square[i] += dot(values, values)

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thermograd.analysis.load_files import Samples, step_durations
-from thermograd.analysis.scenarios import (
+from testkit.scenarios import (
     RATED_W,
     START_UNIX_S,
     Recording,
@@ -30,6 +29,7 @@ from thermograd.analysis.scenarios import (
     _times,
     ar1_unit,
 )
+from thermograd.analysis.load_files import Samples, step_durations
 
 GRAD_NOISE_SD = 0.4  # the zoo's per-second gradient-norm noise scale (scenarios._latent)
 
