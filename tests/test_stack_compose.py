@@ -230,7 +230,24 @@ def _stages(dockerfile: Path) -> list[list[str]]:
 @pytest.mark.parametrize("service", sorted(OWN_SERVICES))
 def test_dockerfiles_slim_pinned_multistage_non_root(base: dict, service: str):
     build = base["services"][service]["build"]
-    dockerfile = ROOT / build["context"] / build["dockerfile"]
+    assert_slim_pinned_multistage_non_root(ROOT / build["context"] / build["dockerfile"])
+
+
+def test_the_analysis_image_of_the_kubernetes_examples_is_built_here():
+    """No compose service runs the analysis; the Kubernetes examples do, from docker/analysis.Dockerfile."""
+    dockerfile = ROOT / "docker" / "analysis.Dockerfile"
+    assert_slim_pinned_multistage_non_root(dockerfile)
+    text = dockerfile.read_text()
+    assert 'pip install ".[analysis]"' in text and "torch" not in text.split("FROM")[1].split("RUN", 1)[1]
+    assert _entrypoint(dockerfile) == ["thermograd-analysis"]
+    tag = re.search(r"docker build -f docker/analysis.Dockerfile -t (\S+) \.", text).group(1)
+    for example in ("analysis-shards.yaml", "analysis-pool.yaml"):
+        images = [c["image"] for doc in yaml.safe_load_all((ROOT / "deploy/kubernetes/examples" / example).read_text())
+                  if doc and doc.get("kind") == "Job" for c in doc["spec"]["template"]["spec"]["containers"]]
+        assert images == [tag], (example, images)
+
+
+def assert_slim_pinned_multistage_non_root(dockerfile: Path) -> None:
     assert dockerfile.is_file()
     text = dockerfile.read_text()
     base_image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, flags=re.M).group(1)
