@@ -91,3 +91,16 @@ def test_console_scripts_and_python_m(tool: str):
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "usage:" in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["run", "--bogus", "--", "true"], ["run"]])
+def test_thermograd_answers_help_and_usage_errors_without_a_traceback(argv: list[str]):
+    """`thermograd run --help` once raised UnboundLocalError: argparse's own exit passed an except clause naming
+    an exception class that was only imported later."""
+    script = Path(sys.executable).with_name("thermograd")
+    proc = subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    if "--help" in argv:
+        assert proc.returncode == 0 and "usage:" in proc.stdout
+    else:
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
