@@ -164,17 +164,22 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
 
 
 GAP_STEPS = 10  # a silence this many typical steps long is lost log lines or a restart, not one slow step
+# ... and at least this long: a loop of 10 ms steps on a busy machine stalls for 100-200 ms now and then (a
+# collector, another process), and calling each such stall a silence left a user's 2.5-minute run with throughput
+# on 46 of its 147 rows; lost lines or a restart that a grid of seconds would misread last longer
+MIN_SILENCE_S = 1.0
 
 
 def step_durations(t_s: np.ndarray, pause_s: np.ndarray) -> np.ndarray:
     """Seconds of each step: the time since the previous record, less the pause idled before it (the
     trainer times a step from the pause's end, as train_step_duration_seconds does); NaN for the first
-    and after a gap of GAP_STEPS typical steps (lost lines or a restart are not one huge step)."""
+    and after a gap of GAP_STEPS typical steps and MIN_SILENCE_S (lost lines or a restart are not one huge
+    step)."""
     order = np.argsort(t_s, kind="stable")
     out = np.full(t_s.size, np.nan)
     dt = np.diff(t_s[order]) - np.nan_to_num(pause_s[order][1:], nan=0.0)
     typical = float(np.median(dt[dt > 0])) if (dt > 0).any() else 0.0
-    ok = (dt > 0) & (dt <= GAP_STEPS * typical)
+    ok = (dt > 0) & (dt <= max(GAP_STEPS * typical, MIN_SILENCE_S))
     out[order[1:]] = np.where(ok, dt, np.nan)
     return out
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.load_files import load_grad_log, load_rle_csv
+from thermograd.analysis.load_files import load_grad_log, load_rle_csv, step_durations
+from thermograd.analysis.offline import throughput_on_grid
 from thermograd.analysis.timeparse import get_tz
 
 CSV_HEADER = ("timestamp,device,rle_smoothed,rle_raw,rle_norm,E_th,E_pw,temp_c,vram_temp_c,power_w,util_pct,"
@@ -193,3 +194,23 @@ def test_reference_trace_loads_both_devices(rle_lab_csv):
     assert np.all(np.diff(gpu.t_s) > 0)
     assert np.isfinite(gpu.columns["temperature"]).mean() > 0.99
     assert gpu.range_s[0] == pytest.approx(datetime(2025, 10, 28, 8, 0, 0, 408689, tzinfo=UTC).timestamp())
+
+
+def test_a_fast_loops_stalls_are_slow_steps_and_only_long_silences_are_gaps():
+    """10 ms steps with a 150 ms stall every 50 steps (a busy machine): every row keeps a throughput; a 5 s
+    silence (lost lines, a restart) is still a gap."""
+    rng = np.random.default_rng(0)
+    dt = np.full(6000, 0.01) + 0.002 * rng.random(6000)
+    dt[::50] = 0.15
+    dt[3000] = 5.0
+    t = 1_767_225_600.0 + np.cumsum(dt)
+    durations = step_durations(t, np.zeros(t.size))
+    assert np.isnan(durations[0]) and np.isnan(durations[3000])
+    assert np.isfinite(durations[1:3000]).all() and np.isfinite(durations[3001:]).all()
+    start = float(np.ceil(t[0]))
+    rate = throughput_on_grid(t, np.full(t.size, 256.0), durations, start, 1.0, int(t[-1] - start))
+    row_start = start - 1.0 + np.arange(rate.size)  # row i spans [start - 1 + i, start + i]
+    gap_rows = (row_start < t[3000]) & (row_start + 1.0 > t[2999])
+    logged = (row_start >= t[0]) & ~gap_rows
+    assert gap_rows.sum() >= 5 and np.isnan(rate[gap_rows]).all()
+    assert np.isfinite(rate[logged]).all() and logged.sum() == rate.size - gap_rows.sum() - 1
