@@ -471,8 +471,11 @@ def positive_control(cols: Mapping[str, np.ndarray], step_s: float, cfg: Setting
     _correct(list(tests.values()))
     ran = {k: v for k, v in tests.items() if v.get("p_adjusted") is not None}
     if not ran:
+        why = next((v["reason"] for v in tests.values() if v.get("reason")), None)
         return {"intervention": "pause", "detected": False, "tests": tests,
-                "reason": "too few pause onsets (or no utilisation, power or RLE series) to test"}
+                "reason": (f"too few pause bursts to test: {why}; the default schedule (one ~every 2 min from "
+                           "40 s) gives three outside the start-up from runs of about 7 minutes" if why else
+                           "no utilisation, power or RLE series to test the pauses' effect on")}
     # The metric reported: among those whose effect has the direction an idle loop can have (utilisation and
     # power down; RLE either way), the smallest Holm p, then the smallest raw p (Holm's step-down gives several
     # tests the same adjusted p), then the largest effect; a wrongly signed one only when none is right.
