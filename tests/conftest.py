@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from scripts.stacklib import free_port  # (tests import it from here: a loopback port free a moment ago)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from stacklib import free_port  # noqa: E402  (tests import it from here: a loopback port free a moment ago)
 
 
 @pytest.fixture(scope="session")

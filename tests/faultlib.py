@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import REPO_ROOT, free_port
-from stacklib import http_get as get  # (status, body), an HTTP error status included
+
+from scripts.stacklib import http_get as get  # (status, body), an HTTP error status included
 
 __all__ = ["get"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from conftest import free_port
 from test_stack_integration import require_binary
 from test_stack_longterm import COMPARED, differences
 
+from scripts import stacklib as sl
 from testkit.backfill import device_series, train_series
 from testkit.synthetic import planted_run
 from thermograd.analysis.errors import InputError
@@ -34,9 +34,7 @@ from thermograd.analysis.fetch import wait_for_newest_points
 from thermograd.analysis.promql import PromClient, store_note
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import stacklib as sl  # noqa: E402
 
 RUN_S = 90
 AGOS_S = (0, 60, 300)

@@ -15,8 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standin_exporter import go_float, nvml_uuid, nvsmi_uuid
 from test_metric_names import DOCUMENTED
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import stacklib as sl  # noqa: E402
+from scripts import stacklib as sl
 
 DATA = Path(__file__).resolve().parent / "data"
 STANDIN = Path(__file__).resolve().parent / "standin_exporter.py"

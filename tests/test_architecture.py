@@ -99,7 +99,7 @@ def test_the_product_imports_no_test_helper():
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                          [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-                bad = [n for n in names if n.split(".")[0] in {"tests", "testkit", "conftest", "stacklib", "pytest"}]
+                bad = [n for n in names if n.split(".")[0] in {"tests", "testkit", "scripts", "conftest", "stacklib", "pytest"}]
                 assert not bad, f"{path.relative_to(ROOT)} imports {bad} ({package})"
 
 

@@ -14,8 +14,7 @@ from conftest import REPO_ROOT
 from faultlib import ignore_sigint, serving
 from test_stack_demo import assert_nothing_left, demo_argv, fresh_ports
 
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import stacklib as sl  # noqa: E402
+from scripts import stacklib as sl
 
 pytestmark = pytest.mark.integration
 

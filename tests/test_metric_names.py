@@ -18,16 +18,14 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import build_dashboards
 
-import build_dashboards  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 RULE_FILES = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))

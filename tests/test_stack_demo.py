@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+from scripts import stacklib as sl
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scripts" / "demo.py"
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import stacklib as sl  # noqa: E402
 
 
 def demo_argv(out: Path, ports: dict[str, int], *extra: str) -> list[str]:

@@ -22,10 +22,10 @@ from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_metric_names import DOCUMENTED
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import stacklib as sl
 
-import stacklib as sl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,7 +14,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,11 @@ from test_stack_compose import BASE, load
 from test_stack_config import run_ok, tool
 from test_stack_integration import require_binary
 
+from scripts import stacklib as sl
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_longterm  # noqa: E402
-import stacklib as sl  # noqa: E402
 
 RUN_ID = "longterm-run"
 TRAIN_S = 30

@@ -24,10 +24,10 @@ import yaml
 from conftest import free_port
 from test_stack_integration import require_binary
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import stacklib as sl
 
-import stacklib as sl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import http.client
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,10 @@ from conftest import free_port
 from test_stack_integration import require_binary
 from tlsfixtures import Pki, basic_auth_header, make_pki, write_web_config
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import stacklib as sl
 
-import stacklib as sl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
