@@ -1,7 +1,8 @@
 """scripts/calibration_tables.py: the docs' calibration tables come from the bench's JSON, between markers."""
 
 import pytest
-from calibration_tables import BEGIN, END, replaced
+
+from scripts.calibration_tables import BEGIN, END, replaced
 
 
 def test_only_the_block_between_the_markers_is_replaced():

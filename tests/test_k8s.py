@@ -25,14 +25,13 @@ import pytest
 import yaml
 from test_stack_config import run_ok, tool
 
+from scripts import build_dashboards, build_k8s
+
 ROOT = Path(__file__).resolve().parents[1]
 KDIR = ROOT / "deploy" / "kubernetes"
 EXAMPLES = sorted((KDIR / "examples").glob("*.yaml"))
 K8S_VERSION = "1.31.0"  # the oldest Kubernetes still supported upstream when this was written
 MONITORING = "monitoring.coreos.com/v1"
-
-import build_dashboards  # noqa: E402  (conftest puts scripts/ on the path)
-import build_k8s  # noqa: E402
 
 
 def load_all(path: Path) -> list[dict]:

@@ -54,7 +54,7 @@ def test_promtool_check_config():
 def test_the_native_config_is_prometheus_yml_on_loopback():
     """prometheus-local.yml (README: a native stack by hand) is generated from prometheus.yml, scrapes the
     exporter and a training job on their default loopback ports on the same 1 s clock, and promtool takes it."""
-    import build_local  # scripts/ is on the path (conftest.py)
+    from scripts import build_local
 
     assert build_local.OUT.read_text() == build_local.render(), "stale: run scripts/build_local.py"
     config = yaml.safe_load(build_local.OUT.read_text())
@@ -164,7 +164,7 @@ TLS_CONFIG = PROM_DIR / "prometheus-tls.yml"
 
 
 def test_the_tls_config_is_generated_from_prometheus_yml():
-    import build_tls_config  # conftest puts scripts/ on the path
+    from scripts import build_tls_config
 
     assert TLS_CONFIG.read_text() == build_tls_config.render(), "stale: run scripts/build_tls_config.py"
 

@@ -24,11 +24,10 @@ import yaml
 from conftest import free_port
 from test_stack_integration import NEEDS_UNTHROTTLED_WINDOW, fast_alert_rules
 
+from scripts import build_dashboards
 from scripts import stacklib as sl
 
 ROOT = Path(__file__).resolve().parents[1]
-
-import build_dashboards  # noqa: E402
 
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DASHBOARDS = {name: build() for name, build in build_dashboards.DASHBOARDS.items()}

@@ -25,11 +25,10 @@ from test_stack_compose import BASE, load
 from test_stack_config import run_ok, tool
 from test_stack_integration import require_binary
 
+from scripts import build_longterm
 from scripts import stacklib as sl
 
 ROOT = Path(__file__).resolve().parents[1]
-
-import build_longterm  # noqa: E402
 
 RUN_ID = "longterm-run"
 TRAIN_S = 30
