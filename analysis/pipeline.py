@@ -62,6 +62,9 @@ class Settings:
     seed: int = 0
 
 
+MEMO_MAX_ROWS = 1_000_000  # Granger's per-series transforms are shared between pairs up to this many rows
+
+
 def _steps(seconds: float, step_s: float) -> int:
     return max(1, int(round(seconds / step_s)))
 
@@ -342,7 +345,9 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     gr = []
     throttled = cols.get(T.THROTTLED)
     measured = throttled is not None and not is_constant(throttled)
-    transforms = granger.Transforms(step)
+    # the memo holds up to a series per hardware metric: at a month of 1 s rows (20 MB each) that would cost the
+    # 1 GB memory bound, so a run that long transforms each series where a test needs it
+    transforms = granger.Transforms(step) if n <= MEMO_MAX_ROWS else None
     # each series' transform is dropped after the last pair that uses it: a month holds ten of 20 MB each
     last_use = {name: i for i, pair in enumerate(PAIRS) for name in (pair.x, pair.y)}
     for i, pair in enumerate(PAIRS):
@@ -351,14 +356,14 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
                  and T.THROTTLED in (pair.x, pair.y) else None)
         res = granger.granger_both_ways(cols.get(pair.x, absent), cols.get(pair.y, absent),
                                         min(cfg.granger_max_order, _steps(cfg.max_lag_s, step)), step, given, state,
-                                        transforms)
+                                        transforms, (pair.x, pair.y))
         res.update(x=pair.x, y=pair.y, direction=pair.direction)
         secondary += [res[k] for k in ("x_to_y", "y_to_x") if res.get(k)]
         secondary += [res["given"][k] for k in ("x_to_y", "y_to_x") if (res.get("given") or {}).get(k)]
         gr.append(res)
         for name in {pair.x, pair.y}:
-            if last_use[name] == i and name != T.THROTTLED:  # the state conditions every pair without it
-                transforms.forget(cols.get(name, absent))
+            if transforms is not None and last_use[name] == i and name != T.THROTTLED:  # the state: every pair
+                transforms.forget(name)
     del transforms
 
     pert = None

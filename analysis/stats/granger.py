@@ -93,33 +93,35 @@ def transformed(series: np.ndarray, step_s: float, plain: bool = False) -> np.nd
 
 
 class Transforms:
-    """`transformed` of each series, made once for all the pairs and conditional tests that use it: recomputed
-    per pair, it was most of a day's Granger time (1.8 of 3.2 s). Keyed by the array itself (kept here, so its
-    id cannot be reused while the memo lives)."""
+    """`transformed` of each series, by name, made once for all the pairs and conditional tests that use it:
+    recomputed per pair, it was most of a day's Granger time (1.8 of 3.2 s). Keyed by name, not by the array: the
+    pipeline's masked columns are new arrays at every access. `forget` drops a series no test needs any more."""
 
     def __init__(self, step_s: float) -> None:
         self.step_s = step_s
-        self._made: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._made: dict[tuple[str, bool], np.ndarray] = {}
 
-    def of(self, series: np.ndarray, plain: bool = False) -> np.ndarray:
-        key = (id(series), plain)
-        if key not in self._made or self._made[key][0] is not series:
-            self._made[key] = (series, transformed(series, self.step_s, plain))
-        return self._made[key][1]
+    def of(self, name: str, series: np.ndarray, plain: bool = False) -> np.ndarray:
+        key = (name, plain)
+        if key not in self._made:
+            self._made[key] = transformed(series, self.step_s, plain)
+        return self._made[key]
 
-    def forget(self, series: np.ndarray) -> None:
-        """Drop the transforms of `series` (no test left needs them)."""
+    def forget(self, name: str) -> None:
         for plain in (False, True):
-            self._made.pop((id(series), plain), None)
+            self._made.pop((name, plain), None)
 
 
 def _standardised(columns: list[np.ndarray], step_s: float, plain: tuple[int, ...] = (),
-                  transforms: Transforms | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  transforms: Transforms | None = None, names: tuple[str, ...] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The columns' high-passed, volatility-standardised, winsorised differences side by side (the `plain` ones:
     their differences only), centred and scaled over the rows where all are present; and that mask (gaps stay
-    where they are). `transforms`: a memo of the per-series part, shared by a run's tests."""
-    made = transforms if transforms is not None and transforms.step_s == step_s else Transforms(step_s)
-    data = np.column_stack([made.of(c, i in plain) for i, c in enumerate(columns)])
+    where they are). `transforms` with the columns' `names`: a memo of the per-series part, shared by a run's
+    tests."""
+    memo = transforms is not None and names is not None and transforms.step_s == step_s
+    data = np.column_stack([transforms.of(names[i], c, i in plain) if memo else transformed(c, step_s, i in plain)
+                            for i, c in enumerate(columns)])
     keep = np.isfinite(data).all(axis=1)
     if keep.sum() > 1:
         sd = np.nanstd(data[keep], axis=0)
@@ -129,7 +131,7 @@ def _standardised(columns: list[np.ndarray], step_s: float, plain: tuple[int, ..
 
 def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: float = 1.0,
                       given: tuple[str, np.ndarray] | None = None, state: tuple[str, int] | None = None,
-                      transforms: Transforms | None = None) -> dict:
+                      transforms: Transforms | None = None, names: tuple[str, str] | None = None) -> dict:
     """F tests both ways at a fixed order: `max_order`, lowered only as far as the run's length needs.
 
     The order is not chosen from the data: choosing it by the VAR's AIC lets chance cross-lag fits raise
@@ -143,10 +145,10 @@ def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: floa
     precedence that vanishes then is the common cause's, not one series driving the other.
 
     `state`: (name, column: 0 for x, 1 for y) where one of the pair is that measured state itself. Nothing else can
-    be conditioned on then, but the state's own level can: see `given_own_level`. `transforms`: a memo shared by
-    the run's pairs (each series transformed once).
+    be conditioned on then, but the state's own level can: see `given_own_level`. `transforms` with the pair's
+    `names`: a memo shared by the run's pairs (each series transformed once).
     """
-    data, keep = _standardised([x, y], step_s, transforms=transforms)
+    data, keep = _standardised([x, y], step_s, transforms=transforms, names=names)
     out: dict = {"order": None, "x_to_y": None, "y_to_x": None, "n": int(keep.sum()), "label": PRECEDENCE,
                  "method": "VAR (fixed order, up to the lag scan's range) on high-passed, volatility-standardised, winsorised first differences (rows "
                            "whose lags cross a gap left out); F test of the other series' lags"}
@@ -159,20 +161,21 @@ def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: floa
                y_to_x=f_test(data, order, caused=0, gram=both_ways), status="ok")
     del both_ways
     if given is not None:
-        out["given"] = conditional(x, y, given, order, step_s, transforms)
+        out["given"] = conditional(x, y, given, order, step_s, transforms, names)
     elif state is not None:
         out["given"] = given_own_level(data, (x, y)[state[1]], state, order)
     return out
 
 
 def conditional(x: np.ndarray, y: np.ndarray, given: tuple[str, np.ndarray], order: int, step_s: float,
-                transforms: Transforms | None = None) -> dict:
+                transforms: Transforms | None = None, names: tuple[str, str] | None = None) -> dict:
     """Both Granger tests of x and y conditional on a measured series (its past and present). The measured
     series enters as its plain differences: a 0/1 state's changes are its information, and the robust clip and the
     volatility scaling that guard the correlations would distort exactly those (a throttle onset is a rare
     extreme change), leaving what the state explains to the other series' lags."""
     name, z = given
-    data, keep = _standardised([x, y, z], step_s, plain=(2,), transforms=transforms)
+    data, keep = _standardised([x, y, z], step_s, plain=(2,), transforms=transforms,
+                               names=(*names, name) if names is not None else None)
     out: dict = {"series": name, "x_to_y": None, "y_to_x": None, "n": int(keep.sum())}
     if keep.sum() < 30 + 10 * order or is_constant(data[keep, 2]):
         out.update(status=INSUFFICIENT, reason=f"{name} is constant or too short where both series are present")
