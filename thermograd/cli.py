@@ -94,21 +94,15 @@ def run_options(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        # argparse exits by itself for --help (0) and a usage error (2): that SystemExit passes every handler
-        # below, and each handler's exception class must already exist when it does (run's is imported after)
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("give a command: thermograd run [options] -- CMD [ARG...] (see thermograd --help)")
-        from thermograd.run import RunError, run
-    except UsageError as exc:
-        print(f"thermograd: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # never a traceback for the user; THERMOGRAD_DEBUG=1 shows it
-        return internal_error("thermograd", exc)
-    try:
+        # imported here, not at the top: `thermograd --help` stays light; its RunError is a UsageError
+        from thermograd.run import run
+
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="thermograd: %(levelname)s %(message)s")
         return run(run_options(args))
-    except (UsageError, RunError) as exc:
+    except UsageError as exc:
         print(f"thermograd: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # never a traceback for the user; THERMOGRAD_DEBUG=1 shows it

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from thermograd.commandline import UsageError
 from thermograd.exporter.backends import BackendUnavailable
 from thermograd.exporter.backends.sim import ProcessLoad
 from thermograd.exporter.monitor import HardwareMonitor, MonitorSpec
@@ -56,8 +57,8 @@ INSTRUMENT_HINT = ("add two lines to its training loop: `from thermograd import 
 log = logging.getLogger("thermograd.run")
 
 
-class RunError(ValueError):
-    """Bad input to `thermograd run` itself: one line, exit 2."""
+class RunError(UsageError, ValueError):
+    """Bad input to `thermograd run` itself: one line, exit 2 (a UsageError, which the command line reports)."""
 
 
 @dataclass
