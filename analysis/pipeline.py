@@ -322,7 +322,10 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     # The naive numbers are what a naive look at the whole run gives, start-up included.
     pairs = []
     ready = prepared_pairs(cols, [(pair.x, pair.y) for pair in PAIRS], n, step, cfg)
-    for pair, inputs in zip(PAIRS, ready, strict=True):
+    for pair in PAIRS:
+        # next(), not zip(): zip keeps its last tuple (and so the pair before) alive while it fetches the next,
+        # and a month's pair holds 200 MB of series and sums while the next group's are made
+        inputs = next(ready)
         res = analyse_pair(cols.get(pair.x, absent), cols.get(pair.y, absent), (pair.x, pair.y), step, cfg, rng,
                            naive_xy=(table.columns.get(pair.x, absent), table.columns.get(pair.y, absent)),
                            inputs=inputs)

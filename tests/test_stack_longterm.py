@@ -38,21 +38,22 @@ PERTURB = "every=8s,duration=2s,lr_mult=10"
 SCRAPE_INTERVAL = "500ms"
 FIGURES = ("coupling.png", "crosscorr.png")
 STACK_SERIES = '{__name__=~"train_.+|rle_.+"}'
-# VictoriaMetrics stores a value with 12 significant decimal digits (Prometheus: a float64's ~16), so
-# the statistics of the same samples agree to about 1e-11 (r, p) or 1e-11 relative (F, n_eff), not bit
-# for bit; nothing else may differ.
-TOL = 1e-9
+# VictoriaMetrics stores a block's values as decimal mantissas with a common exponent, so a value comes
+# back with 9 to 12 significant digits (Prometheus: a float64's ~16); in CI a gradient norm of
+# 1.2850923538208008 came back as 1.2850923499995588 (3e-9 relative). A statistic of well-conditioned
+# inputs moves by as much as its inputs do: a pair's t differed by 1.3e-9 relative in one CI run. So the
+# statistics of the same samples are compared at 1e-8, three times the worst input difference seen and
+# still far under any digit a report prints; nothing else may differ.
+TOL = 1e-8
 # The run length that would settle an inconclusive pair is n (z se / (atanh 0.3 - |z|))^2: an extrapolation
-# that multiplies a 1e-11 difference of z by 2 / (atanh 0.3 - |z|), hundreds of times when |z| is near the
-# band. Compared at what 1e-11 inputs can give it, 1e-6 relative.
+# that multiplies a difference of z by 2 / (atanh 0.3 - |z|), hundreds of times when |z| is near the
+# band. Compared at 1e-6 relative.
 TOL_BY_KEY = {"run_length_to_settle_s": 1e-6}
 # Granger's F is the ratio of the small sum of squares the other series' lags explain to the residual one:
 # on first differences of 12-digit levels it moves ~1e-9 relative (measured: up to 5e-9 over 200 short
 # synthetic runs whose inputs were rounded to 12 significant digits, against 2e-10 for a lag-0 r).
-# A series' own range and mean as each store returns them: VictoriaMetrics stores a block's values as decimal
-# mantissas, and in CI it returned a gradient norm of 1.2850923538208008 as 1.2850923499995588 (9 significant
-# digits, 3e-9 relative). The statistics computed from the series stay compared at TOL.
-TOL_BY_PREFIX = {".granger[": 1e-6, ".series.": 1e-8}
+# A series' own range and mean as each store returns them are compared at TOL too (see above).
+TOL_BY_PREFIX = {".granger[": 1e-6}
 COMPARED = ("verdict", "verdicts", "window", "series", "pairs", "events", "granger", "perturbation",
             "positive_control", "throttle_cost", "warmup")
 

@@ -215,14 +215,36 @@ def _series_of(circles: Sequence[Circle]) -> dict[Hashable, tuple[np.ndarray, np
 def _cross_spectra(circles: Sequence[Circle], wanted: Sequence[int], series: dict, correlators: dict,
                    fill_of: Callable[[np.ndarray, np.ndarray], Fill]):
     """Yields (i, conj(U) V) for each wanted circle i, U and V the spectra of what `fill_of` writes for its
-    two series. Each series' spectrum is computed once and shared by every wanted circle that holds it; all
-    are dropped when the last product is made."""
-    keys = dict.fromkeys(k for i in wanted for k in circles[i].keys)
-    spectra = {k: correlators[series[k][0].size].spectrum(fill_of(*series[k])) for k in keys}
+    two series. Each series' spectrum is made once, when a wanted circle first needs it, and dropped after the
+    last one that holds it; the last use of U becomes the product itself. A month of 1 s data makes each
+    spectrum 42 MB: a pair alone holds two at most, not its two and a product."""
+    last_use = {k: i for i in wanted for k in circles[i].keys}
+    spectra: dict[Hashable, np.ndarray] = {}
     for i in wanted:
-        product = np.conjugate(spectra[circles[i].keys[0]])
-        product *= spectra[circles[i].keys[1]]
+        for k in circles[i].keys:
+            if k not in spectra:
+                spectra[k] = correlators[series[k][0].size].spectrum(fill_of(*series[k]))
+        ka, kb = circles[i].keys
+        if last_use[ka] == i and ka != kb:
+            product = spectra.pop(ka)
+            np.conjugate(product, out=product)
+        else:
+            product = np.conjugate(spectra[ka])
+        product *= spectra[kb]
+        if last_use[kb] == i:
+            spectra.pop(kb, None)
         yield i, product
+        del product  # the caller's fold overwrites it: not kept while the next product is made
+
+
+def _folded(circles: Sequence[Circle], wanted: Sequence[int], series: dict, correlators: dict,
+            fill_of: Callable[[np.ndarray, np.ndarray], Fill]) -> list[np.ndarray]:
+    """The circular correlation of each wanted circle's pair of what `fill_of` writes (_cross_spectra, folded)."""
+    out = []
+    for i, product in _cross_spectra(circles, wanted, series, correlators, fill_of):
+        out.append(correlators[circles[i].a.size].fold(product))
+        del product  # overwritten by the fold: not kept while the next product is made
+    return out
 
 
 def _copy(values: np.ndarray, _mask: np.ndarray) -> Fill:
@@ -253,9 +275,10 @@ def circular_sums(circles: Sequence[Circle], products: bool = True) -> list[Circ
     series = _series_of(circles)
     correlators = {v.size: CircularCorrelator(v.size) for v, _ in series.values()}
     everyone = range(len(circles))
-    fold = [correlators[c.a.size].fold for c in circles]
-    sums = [fold[i](p) for i, p in _cross_spectra(circles, everyone, series, correlators, _copy)]
-    counts = [np.rint(fold[i](p)) for i, p in _cross_spectra(circles, everyone, series, correlators, _mask)]
+    sums = _folded(circles, everyone, series, correlators, _copy)
+    counts = _folded(circles, everyone, series, correlators, _mask)
+    for count in counts:
+        np.rint(count, out=count)
     rho = {}  # (key, bw) -> autocorrelations: a series shared by circles of one bandwidth is done once
     for c in circles:
         for k, (v, m) in zip(c.keys, ((c.a, c.ma), (c.b, c.mb)), strict=True):
@@ -268,7 +291,7 @@ def circular_sums(circles: Sequence[Circle], products: bool = True) -> list[Circ
         out.append(CircularSums(s, count * max(inflation, 0.1), None, count, rho_a, rho_b))
     if not products:
         return out
-    squares = [fold[i](p) for i, p in _cross_spectra(circles, everyone, series, correlators, _square)]
+    squares = _folded(circles, everyone, series, correlators, _square)
     lagged_terms = _lagged_variances(circles, series, correlators)
     for i, (sq, var_products) in enumerate(zip(squares, lagged_terms, strict=True)):
         var_products += sq
@@ -291,6 +314,7 @@ def _lagged_variances(circles: Sequence[Circle], series: dict, correlators: dict
                 running[i] = product
             else:
                 running[i] += product
+            del product  # not kept while the next lag's spectra are made
     return [correlators[c.a.size].fold(r) if r is not None else np.zeros(c.a.size)
             for c, r in zip(circles, running, strict=True)]
 

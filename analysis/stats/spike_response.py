@@ -43,6 +43,7 @@ the run when shown at every window (an intersection-union test, Berger 1982: no 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -170,9 +171,23 @@ class SpikeResponse:
     spike_rows: list[int] = field(default_factory=list)
 
 
-def _circle(values: np.ndarray, pad: int) -> np.ndarray:
-    """NaN-free copy (gaps 0) zero-padded by `pad`, so no shift within the pad wraps the end onto the start."""
-    return np.concatenate((np.nan_to_num(values, nan=0.0), np.zeros(pad)))
+def _circle_fill(values: np.ndarray) -> Callable[[np.ndarray], None]:
+    """Writes a NaN-free copy of `values` (gaps 0) into the head of a circle, zeros after it (its pad, so no
+    shift within the pad wraps the end onto the start), without a temporary copy of a month's series."""
+    def fill(out: np.ndarray) -> None:
+        head = out[: values.size]
+        np.copyto(head, values)
+        np.nan_to_num(head, copy=False, nan=0.0)
+        out[values.size:] = 0.0
+    return fill
+
+
+def _events_fill(rows: np.ndarray, weights: np.ndarray) -> Callable[[np.ndarray], None]:
+    """Writes `weights` at `rows` of a circle, zeros elsewhere."""
+    def fill(out: np.ndarray) -> None:
+        out[:] = 0.0
+        out[rows] = weights
+    return fill
 
 
 @dataclass(frozen=True)
@@ -242,15 +257,15 @@ def lag_profile(events: Events, values: np.ndarray, present: np.ndarray, pad: in
     counts with its sign reversed; rows present only; NaN where under half the events' weight has a value
     there), for every circular shift s of the padded circle: one FFT correlation each for the sums and for the
     weight present."""
-    n = values.size + pad
-    signed, magnitude = np.zeros(n), np.zeros(n)
-    signed[events.rows], magnitude[events.rows] = events.weights, np.abs(events.weights)
-    corr = CircularCorrelator(n)
-    sums = corr(signed, _circle(values, pad))
-    weight = corr(magnitude, _circle(present.astype(float), pad))
+    corr = CircularCorrelator(values.size + pad)
+    sums = corr.correlate(_events_fill(events.rows, events.weights), _circle_fill(values))
+    weight = corr.correlate(_events_fill(events.rows, np.abs(events.weights)), _circle_fill(present))
     total = float(np.abs(events.weights).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight * 2 >= total, sums / np.maximum(weight, 1e-12), np.nan)
+    enough = weight >= total / 2  # under half the events' weight present: NaN
+    np.maximum(weight, 1e-12, out=weight)
+    sums /= weight
+    sums[~enough] = np.nan
+    return sums
 
 
 def _window_means(cum: np.ndarray, cnt: np.ndarray, lo: np.ndarray, length: int) -> np.ndarray:
