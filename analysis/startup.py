@@ -31,6 +31,11 @@ SETTLE_Z = 3.0          # a bend this many of its later-part spreads from its ty
 SETTLE_MAX_FRACTION = 1 / 3
 SETTLE_MAX_S = 120.0    # slower than this is a trend, the high-pass's job
 WIND_DOWN_S = 5.0
+# The job is away where its training series is missing this long (and for ABSENT_STEPS of its own steps): a
+# restart's or checkpoint's seconds with the device idling. 10 s: the shortest restart the calibration's
+# restart null draws is 20 s.
+ABSENT_S = 10.0
+ABSENT_STEPS = 5
 
 
 def _steps(seconds: float, step_s: float) -> int:
@@ -88,8 +93,8 @@ def startup_rows(train: np.ndarray, step_s: float, warmup_s: float,
     """Rows to leave out of the tests: the run's first `warmup_s` (at most a tenth of its segment) and the same
     after every resume from a gap of LONG_GAP_S or more in the training series; longer where the series in
     `settle` have not settled by then (settled_rows: a run from an idle device, a volatile start), at most a
-    third of the segment and SETTLE_MAX_S; and the wind-down before each long gap. Returns (mask, number of
-    resumes)."""
+    third of the segment and SETTLE_MAX_S; the wind-down before each long gap; and the job's absences themselves
+    (`absent_rows`). Returns (mask, number of resumes)."""
     n = train.size
     mask = np.zeros(n, dtype=bool)
     present = np.isfinite(train)
@@ -106,4 +111,24 @@ def startup_rows(train: np.ndarray, step_s: float, warmup_s: float,
     for e in np.unique(last[present])[:-1]:
         mask[max(0, e - _steps(WIND_DOWN_S, step_s) + 1): e + 1] = True
     mask[: int(np.flatnonzero(present)[0])] = True  # before the first step there is nothing to test
+    mask |= absent_rows(present, step_s)
     return mask, int(starts.size - 1)
+
+
+def absent_rows(present: np.ndarray, step_s: float) -> np.ndarray:
+    """Rows in runs of at least ABSENT_S (and ABSENT_STEPS of the series' typical spacing) where the training
+    series is missing, after its first row: the job is away, and the device idles (power drops to idle, the
+    temperature falls) because of it. That is a state of the job, not a response to anything it did: a test
+    whose window reaches into the gap from a spike just before it (a spike-triggered response, a triggered
+    average) would read the device going idle as the spike's effect. In the calibration's restart runs, three of
+    four spike responses called coupled were loss changes in the last half-minute before the restart."""
+    rows = np.flatnonzero(present)
+    out = np.zeros(present.size, dtype=bool)
+    if rows.size < 2:
+        return out
+    spacing = float(np.median(np.diff(rows)))
+    shortest = max(_steps(ABSENT_S, step_s), int(np.ceil(ABSENT_STEPS * spacing)))
+    ends = np.append(rows, present.size)  # a missing tail after the last row counts too
+    for i in np.flatnonzero(np.diff(ends) - 1 >= shortest):  # few: a month of 1 s rows holds a handful
+        out[ends[i] + 1: ends[i + 1]] = True
+    return out

@@ -20,7 +20,7 @@ from thermograd.analysis.direction import HARDWARE_TO_TRAINING, leader_of
 from thermograd.analysis.fetch import series_exprs
 from thermograd.analysis.offline import files_to_table
 from thermograd.analysis.pipeline import Settings, analyse
-from thermograd.analysis.startup import settled_rows, startup_rows
+from thermograd.analysis.startup import absent_rows, settled_rows, startup_rows
 from thermograd.analysis.stats import lagged
 from thermograd.analysis.stats.spike_response import noise_threshold, training_events
 from thermograd.analysis.stats.throttle import ar1_block_length, batch_means_correction, optimal_block_length
@@ -225,6 +225,29 @@ def test_the_start_up_follows_the_series():
     assert 30 < mask.sum() <= 60  # longer than the fixed 18 s (a tenth), at most a third
     assert startup_rows(grad, 1.0, 30.0, (flat,))[0].sum() == 18
     assert startup_rows(grad, 1.0, 0.0, (ramp,))[0].sum() == 0  # --warmup 0 keeps all
+
+
+def test_the_jobs_absences_are_left_out_not_read_as_responses():
+    """A restart's seconds with the device idling are the job's state: masked from the row after the last step
+    to the next step (and after the last one), for gaps of 10 s and 5 of the series' own steps."""
+    present = np.ones(300, dtype=bool)
+    present[100:120] = False  # a 20 s restart: under the 30 s of a resume, still the job away
+    present[200:205] = False  # a 5 s hiccup: not an absence
+    present[280:] = False  # the job ended, the exporter went on
+    absent = absent_rows(present, 1.0)
+    assert np.array_equal(np.flatnonzero(absent), np.r_[100:120, 280:300])
+    assert startup_rows(np.where(present, 1.0, np.nan), 1.0, 30.0)[0][absent].all()
+    sparse = np.zeros(300, dtype=bool)
+    sparse[::8] = True  # a slow trainer's step every 8 rows: its spacing, not an absence
+    assert not absent_rows(sparse, 1.0).any()
+
+
+@pytest.mark.parametrize("seed", [9054, 9068])
+def test_changes_just_before_a_restart_are_not_responses_to_it(seed):
+    """In these calibration restart runs a loss change fell within 30 s before the restart; the response windows
+    reached into the gap, where the device idled at 60 W, and read it as the change's effect (p = 1/1001)."""
+    _, both = analysed(null_run("restart", 1800, seed), seed)
+    assert not both["optimizer_to_hardware"]["coupled"], both["optimizer_to_hardware"]["summary"]
 
 
 def test_short_runs_from_idle_are_not_called_coupled():
