@@ -11,7 +11,7 @@ from scipy import stats
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import DIRECTIONS, PAIRS
 from thermograd.analysis.direction import lead
-from thermograd.analysis.startup import DEVICE_SETTLE_SERIES, SETTLE_SERIES, startup_rows
+from thermograd.analysis.startup import DEVICE_SETTLE_SERIES, SETTLE_SERIES, absent_rows, startup_rows
 from thermograd.analysis.stats import correlation, events, granger, lagged, perturbation
 from thermograd.analysis.stats.multiple import holm
 from thermograd.analysis.stats.series import (
@@ -227,19 +227,26 @@ SPIKE_TRAINS = ((T.GRAD_NORM, T.GRAD_NORM_MAX), (T.LOSS, T.LOSS_MAX))  # each wi
 RESPONSE_METRICS = (T.POWER, T.TEMPERATURE, T.UTILIZATION, T.SM_CLOCK, T.RLE)
 
 
+def job_away_rows(table: T.Table, train: np.ndarray) -> np.ndarray:
+    """The rows where the job is away (startup.absent_rows): left out of every test, with or without --warmup."""
+    return absent_rows(np.isfinite(train), table.step_s, table.columns.get(T.STEP_DURATION))
+
+
 def response_masks(table: T.Table, train: np.ndarray, cfg: Settings) -> dict[str, np.ndarray]:
     """For each spike train, the rows its spike-triggered responses leave out: the start-up until the train's own
-    series and the device (DEVICE_SETTLE_SERIES) have settled, the wind-downs, and the pauses with their settling.
+    series and the device (DEVICE_SETTLE_SERIES) have settled, the wind-downs, the job's absences and the pauses
+    with their settling.
 
     A response compares each spike's window with the seconds just before it, so it needs the spikes' series and
     the device settled, not the other training series: in a 3-minute run the loss's early descent (a bend the
     run-wide start-up waits out, up to a third of the run) held back the first of its three gradient-norm spikes."""
     step = table.step_s
     paused = pause_rows(table.columns.get(T.PAUSE), table.n, _steps(PAUSE_SETTLE_S, step))
+    away = job_away_rows(table, train)
     out = {}
     for name, _ in SPIKE_TRAINS:
         own = tuple(table.columns[c] for c in (name, *DEVICE_SETTLE_SERIES) if c in table.columns)
-        out[name] = startup_rows(train, step, cfg.warmup_s, own)[0] | paused
+        out[name] = startup_rows(train, step, cfg.warmup_s, own)[0] | paused | away
     return out
 
 
@@ -307,14 +314,15 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
     settle = tuple(table.columns[c] for c in SETTLE_SERIES if c in table.columns)
     excluded, resumes = startup_rows(train, step, cfg.warmup_s, settle)
     first = int(np.argmax(~excluded)) if (~excluded).any() else n
+    away = job_away_rows(table, train)
     warmup = {"seconds": first * step, "rows_excluded": int(excluded.sum()), "resumes": resumes,
-              "analysed_from_unix": table.start_s + first * step}
-    cols = MaskedColumns(table.columns, excluded)
+              "rows_job_away": int(away.sum()), "analysed_from_unix": table.start_s + first * step}
     # A pause is the trainer's own intervention: power, utilisation and throughput all drop at once. Its
     # rows (and the settling after it) are the positive control's, not evidence for either direction of
-    # coupling: the pair, event, Granger and learning-rate tests leave them out.
-    paused = pause_rows(cols.get(T.PAUSE), n, _steps(PAUSE_SETTLE_S, step))
-    cols = MaskedColumns(table.columns, excluded | paused)
+    # coupling: the pair, event, Granger and learning-rate tests leave them out. Found on the whole table: a
+    # pause's rows have no step, so a long one is also a stretch of the job away.
+    paused = pause_rows(table.columns.get(T.PAUSE), n, _steps(PAUSE_SETTLE_S, step))
+    cols = MaskedColumns(table.columns, excluded | away | paused)
     # The positive control keeps the start-up: its after-minus-before windows on the high-passed metric do not
     # read a warm-up's slow trend as an effect, and a warm-up's rising power and utilisation can only work
     # against the drop it looks for. Left out, a two-minute run from idle loses most of its pauses.

@@ -93,8 +93,8 @@ def startup_rows(train: np.ndarray, step_s: float, warmup_s: float,
     """Rows to leave out of the tests: the run's first `warmup_s` (at most a tenth of its segment) and the same
     after every resume from a gap of LONG_GAP_S or more in the training series; longer where the series in
     `settle` have not settled by then (settled_rows: a run from an idle device, a volatile start), at most a
-    third of the segment and SETTLE_MAX_S; the wind-down before each long gap; and the job's absences themselves
-    (`absent_rows`). Returns (mask, number of resumes)."""
+    third of the segment and SETTLE_MAX_S; and the wind-down before each long gap. Returns (mask, number of
+    resumes). The gaps themselves are `absent_rows`, with or without a warm-up."""
     n = train.size
     mask = np.zeros(n, dtype=bool)
     present = np.isfinite(train)
@@ -111,24 +111,29 @@ def startup_rows(train: np.ndarray, step_s: float, warmup_s: float,
     for e in np.unique(last[present])[:-1]:
         mask[max(0, e - _steps(WIND_DOWN_S, step_s) + 1): e + 1] = True
     mask[: int(np.flatnonzero(present)[0])] = True  # before the first step there is nothing to test
-    mask |= absent_rows(present, step_s)
     return mask, int(starts.size - 1)
 
 
-def absent_rows(present: np.ndarray, step_s: float) -> np.ndarray:
+def absent_rows(present: np.ndarray, step_s: float, step_duration_s: np.ndarray | None = None) -> np.ndarray:
     """Rows in runs of at least ABSENT_S (and ABSENT_STEPS of the series' typical spacing) where the training
-    series is missing, after its first row: the job is away, and the device idles (power drops to idle, the
-    temperature falls) because of it. That is a state of the job, not a response to anything it did: a test
-    whose window reaches into the gap from a spike just before it (a spike-triggered response, a triggered
-    average) would read the device going idle as the spike's effect. In the calibration's restart runs, three of
-    four spike responses called coupled were loss changes in the last half-minute before the restart."""
+    series is missing, after its first row, unless the step that ends the run lasted at least half of it
+    (`step_duration_s` on the same grid: a stalled step, the device busy all along): the job is away (a
+    restart, a checkpoint, an evaluation, a hang), and the device idles because of it. That is a state of the
+    job, not a response to anything it did: a test whose window reaches into the gap from a change just before
+    it (a spike-triggered response, a triggered average) would read the device going idle as that change's
+    effect. In the calibration's restart runs, three of four spike responses called coupled were loss changes
+    in the last half-minute before the restart."""
+    present = np.asarray(present, dtype=bool)
     rows = np.flatnonzero(present)
     out = np.zeros(present.size, dtype=bool)
-    if rows.size < 2:
+    if rows.size == 0:
         return out
-    spacing = float(np.median(np.diff(rows)))
+    spacing = float(np.median(np.diff(rows))) if rows.size > 1 else 1.0
     shortest = max(_steps(ABSENT_S, step_s), int(np.ceil(ABSENT_STEPS * spacing)))
     ends = np.append(rows, present.size)  # a missing tail after the last row counts too
     for i in np.flatnonzero(np.diff(ends) - 1 >= shortest):  # few: a month of 1 s rows holds a handful
-        out[ends[i] + 1: ends[i + 1]] = True
+        lo, hi = ends[i] + 1, ends[i + 1]
+        if step_duration_s is not None and hi < present.size and step_duration_s[hi] >= 0.5 * (hi - lo) * step_s:
+            continue  # one long step: the job was there, stalled
+        out[lo:hi] = True
     return out

@@ -229,14 +229,17 @@ def test_the_start_up_follows_the_series():
 
 def test_the_jobs_absences_are_left_out_not_read_as_responses():
     """A restart's seconds with the device idling are the job's state: masked from the row after the last step
-    to the next step (and after the last one), for gaps of 10 s and 5 of the series' own steps."""
+    to the next step (and after the last one), for gaps of 10 s and 5 of the series' own steps, unless one
+    step took the gap (a stall)."""
     present = np.ones(300, dtype=bool)
     present[100:120] = False  # a 20 s restart: under the 30 s of a resume, still the job away
     present[200:205] = False  # a 5 s hiccup: not an absence
     present[280:] = False  # the job ended, the exporter went on
     absent = absent_rows(present, 1.0)
     assert np.array_equal(np.flatnonzero(absent), np.r_[100:120, 280:300])
-    assert startup_rows(np.where(present, 1.0, np.nan), 1.0, 30.0)[0][absent].all()
+    stalled = np.full(300, 1.0)
+    stalled[120] = 21.0  # the step that ends the gap took it all: the job was there, stalled
+    assert np.array_equal(np.flatnonzero(absent_rows(present, 1.0, stalled)), np.r_[280:300])
     sparse = np.zeros(300, dtype=bool)
     sparse[::8] = True  # a slow trainer's step every 8 rows: its spacing, not an absence
     assert not absent_rows(sparse, 1.0).any()
@@ -246,8 +249,12 @@ def test_the_jobs_absences_are_left_out_not_read_as_responses():
 def test_changes_just_before_a_restart_are_not_responses_to_it(seed):
     """In these calibration restart runs a loss change fell within 30 s before the restart; the response windows
     reached into the gap, where the device idled at 60 W, and read it as the change's effect (p = 1/1001)."""
-    _, both = analysed(null_run("restart", 1800, seed), seed)
+    rec = null_run("restart", 1800, seed)
+    result, both = analysed(rec, seed)
     assert not both["optimizer_to_hardware"]["coupled"], both["optimizer_to_hardware"]["summary"]
+    assert result["warmup"]["rows_job_away"] >= 20
+    table = files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"])
+    assert analyse(table, Settings(seed=seed, warmup_s=0.0))["warmup"]["rows_job_away"] >= 20  # not a warm-up
 
 
 def test_short_runs_from_idle_are_not_called_coupled():
