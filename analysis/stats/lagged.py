@@ -370,8 +370,8 @@ def hac_ci(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, lag: in
     psi = np.where(present, u * v - 0.5 * r * (u * u + v * v), 0.0)
     gamma0 = dot(psi, psi) / n
     lrv = gamma0
-    for k in range(1, bw + 1):
-        lrv += 2.0 * (1.0 - k / (bw + 1.0)) * dot(psi[:-k], psi[k:]) / n
+    for k, w in enumerate(hac_weights(bw)[1:], start=1):
+        lrv += float(w) * dot(psi[:-k], psi[k:]) / n
     lrv = max(lrv, 0.1 * gamma0, 1e-12)
     se_r = scale * np.sqrt(lrv / n)
     rc = float(np.clip(r, -0.999999, 0.999999))

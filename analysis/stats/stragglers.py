@@ -41,6 +41,7 @@ import numpy as np
 from scipy import stats
 
 from thermograd.analysis.stats import Z_95
+from thermograd.analysis.stats.lagged import hac_weights
 from thermograd.analysis.stats.multiple import holm
 
 
@@ -148,8 +149,8 @@ def long_run_variance(x: np.ndarray, lags: int | None = None) -> float:
     n = e.size
     lags = andrews_bandwidth(x) if lags is None else lags
     total = float(e @ e) / n
-    for k in range(1, lags + 1):
-        total += 2 * (1 - k / (lags + 1)) * float(e[k:] @ e[:-k]) / n
+    for k, w in enumerate(hac_weights(lags)[1:], start=1):
+        total += float(w) * float(e[k:] @ e[:-k]) / n
     return max(total, float(e @ e) / n / max(n, 1))  # never below a white-noise floor's share
 
 
@@ -171,8 +172,8 @@ def hac_difference(y: np.ndarray, state: np.ndarray) -> tuple[float, float]:
     score = xc * resid
     lags = andrews_bandwidth(resid)
     lrv = float(score @ score)
-    for k in range(1, lags + 1):
-        lrv += 2 * (1 - k / (lags + 1)) * float(score[k:] @ score[:-k])
+    for k, w in enumerate(hac_weights(lags)[1:], start=1):
+        lrv += float(w) * float(score[k:] @ score[:-k])
     return b, float(np.sqrt(max(lrv, float(score @ score)) / sxx**2))
 
 
