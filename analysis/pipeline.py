@@ -11,7 +11,13 @@ from scipy import stats
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import DIRECTIONS, PAIRS
 from thermograd.analysis.direction import lead
-from thermograd.analysis.startup import DEVICE_SETTLE_SERIES, SETTLE_SERIES, absent_rows, startup_rows
+from thermograd.analysis.startup import (
+    ABSENT_S,
+    DEVICE_SETTLE_SERIES,
+    SETTLE_SERIES,
+    absent_rows,
+    startup_rows,
+)
 from thermograd.analysis.stats import correlation, events, granger, lagged, perturbation
 from thermograd.analysis.stats.multiple import holm
 from thermograd.analysis.stats.series import (
@@ -428,6 +434,11 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         notes.append(f"The training series resumes {resumes} time(s) after a gap of {LONG_GAP_S:g} s or more "
                      "(a restart, a checkpoint or an evaluation); the start of each resumed stretch is left out "
                      "of the tests like the run's own start, and no window or lag reaches across a gap.")
+    if away.any():
+        notes.append(f"{int(away.sum()) * step:g} s without training steps ({ABSENT_S:g} s or more at a time, and "
+                     "after the last step): the job was away (a restart, a checkpoint, an evaluation) and the device "
+                     "idled because of it; the tests leave those rows out, so no window reads the device going idle "
+                     "as the effect of what the training did just before.")
     cost = throttle_cost(control_cols.get(T.THROUGHPUT, absent), control_cols.get(T.THROTTLED, absent),
                          control_cols.get(T.COLLAPSED, absent), paused.astype(float), step,
                          _steps(THROTTLE_BLOCK_S, step))

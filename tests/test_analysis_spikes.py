@@ -224,7 +224,7 @@ def test_the_start_up_follows_the_series():
     mask, _ = startup_rows(grad, 1.0, 30.0, (ramp,))
     assert 30 < mask.sum() <= 60  # longer than the fixed 18 s (a tenth), at most a third
     assert startup_rows(grad, 1.0, 30.0, (flat,))[0].sum() == 18
-    assert startup_rows(grad, 1.0, 0.0, (ramp,))[0].sum() == 0  # --warmup 0 keeps all
+    assert startup_rows(grad, 1.0, 0.0, (ramp,))[0].sum() == 0  # --warmup 0 keeps the start-up
 
 
 def test_the_jobs_absences_are_left_out_not_read_as_responses():
