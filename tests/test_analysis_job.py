@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from jobgen import write_job
 
-from thermograd.analysis.stats.stragglers import GpuRows, RankRows, analyse_job, log_ratios
+from thermograd.analysis.jobfiles import step_states
+from thermograd.analysis.stats.stragglers import MIXED_STEP, GpuRows, RankRows, analyse_job, log_ratios
 from thermograd.processes import find_binary
 
 
@@ -59,6 +60,27 @@ def test_a_rank_slower_throughout_on_a_cool_gpu_is_another_cause_and_no_gpu_is_u
     assert analyse_job(ranks, gpus, step, 1.0).ranks[3].cause == "unknown"
     quiet = analyse_job(*_rows(600, 1.0, 1.0, None), 1.0)
     assert not quiet.stragglers
+
+
+def test_a_step_is_throttled_only_where_every_reading_around_it_says_so():
+    """Readings every second, throttled at 3-5 s: a step is known hot or cool only when the reading at or before
+    its start and the one at or after its end (and every one between) agree; else MIXED_STEP."""
+    t = np.arange(10.0)
+    flags = ((t >= 3) & (t <= 5)).astype(float)
+    start, end = np.array([0.1, 2.2, 3.2, 5.5, 7.0, 2.5]), np.array([0.4, 2.5, 3.5, 5.8, 7.3, 6.5])
+    assert step_states(t, flags, start, end).tolist() == [0.0, MIXED_STEP, 1.0, MIXED_STEP, 0.0, MIXED_STEP]
+    assert np.isnan(step_states(t, np.full(10, np.nan), start, end)).all()
+
+
+def test_the_cost_ci_covers_what_a_64_rank_job_lost(tmp_path: Path):
+    """bench_job's job 11 (64 ranks): with the state read at each step's end only, the steps around each change of
+    state fell on the wrong side, and the CI's upper end sat 0.2 % under the planted loss."""
+    job = write_job(tmp_path / "job", "thermal", 64, seconds=600, seed=1011)
+    proc = analysis("--job-dir", str(job.folder), "--out", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lost = next(iter(json.loads((tmp_path / "out" / "report.json").read_text())["job"]
+                     ["tokens_lost_to_throttling"].values()))
+    assert lost["ci_95"][0] <= job.tokens_lost <= lost["ci_95"][1]
 
 
 def test_job_dir_names_the_thermal_straggler_and_what_it_cost(tmp_path: Path):

@@ -55,6 +55,7 @@ def all_nan_is_nan() -> Iterator[None]:
 
 MARGIN = 0.05  # the smallest slowdown worth naming: a rank 5 % slower than the others
 MIN_ROWS = 30  # rows with data a rank needs before it is tested
+MIXED_STEP = 0.5  # a step whose GPU's state changed during it, or between the readings around it
 MIN_STATE_ROWS = 10  # rows in each throttle state before a slowdown "while throttled" can be estimated
 
 
@@ -88,7 +89,7 @@ class StepMatrix:
     compute_s: np.ndarray  # ranks x steps
     step_s: np.ndarray  # steps
     tokens: np.ndarray  # steps (all ranks)
-    throttled: np.ndarray  # ranks x steps, 0/1 (NaN: unknown)
+    throttled: np.ndarray  # ranks x steps, 0/1, MIXED_STEP where the readings around the step differ (NaN: unknown)
 
 
 @dataclass
@@ -246,33 +247,51 @@ def _tokens_lost_by_step(rank_index: int, steps: StepMatrix, slowdown: float,
                          slowdown_se: float) -> tuple[float, tuple[float, float]]:
     """The same cost step by step, where the steps are known: at each step the rank's GPU was throttled, the job's
     step would have been the largest compute of that step with the rank's divided by its slowdown, plus the same
-    communication; exact but for the slowdown, whose uncertainty the CI carries."""
-    on = (steps.throttled[rank_index] > 0.5) & np.isfinite(steps.compute_s[rank_index])
-    if not on.any():
+    communication; exact but for the slowdown, whose uncertainty the CI carries, and for the steps around a change
+    of state (MIXED_STEP), which may or may not have been slowed: the estimate counts half of what they would
+    have cost, the CI's lower end none of it and its upper end all of it."""
+    state = steps.throttled[rank_index]
+    usable = np.isfinite(steps.compute_s[rank_index])
+    on, mixed = usable & (state > MIXED_STEP), usable & (state == MIXED_STEP)
+    if not (on.any() or mixed.any()):
         return 0.0, (0.0, 0.0)
-    compute = steps.compute_s[:, on]
-    mine = compute[rank_index]
-    with all_nan_is_nan():
-        others = np.nanmax(np.delete(compute, rank_index, axis=0), axis=0) if compute.shape[0] > 1 else 0 * mine
-        communication = steps.step_s[on] - np.fmax(mine, others)
-    others = np.nan_to_num(others)
 
-    def lost(log_slowdown: float) -> float:
-        step_then = np.maximum(mine * np.exp(-log_slowdown), others) + np.nan_to_num(communication)
-        step_then = np.clip(np.minimum(step_then, steps.step_s[on]), 1e-9, None)
-        return float(np.nansum(steps.tokens[on] * (steps.step_s[on] / step_then - 1)))
+    def lost(log_slowdown: float, where: np.ndarray) -> float:
+        if not where.any():
+            return 0.0
+        compute = steps.compute_s[:, where]
+        mine = compute[rank_index]
+        with all_nan_is_nan():
+            others = (np.nanmax(np.delete(compute, rank_index, axis=0), axis=0) if compute.shape[0] > 1
+                      else 0 * mine)
+            communication = steps.step_s[where] - np.fmax(mine, others)
+        step_then = np.maximum(mine * np.exp(-log_slowdown), np.nan_to_num(others)) + np.nan_to_num(communication)
+        step_then = np.clip(np.minimum(step_then, steps.step_s[where]), 1e-9, None)
+        return float(np.nansum(steps.tokens[where] * (steps.step_s[where] / step_then - 1)))
 
-    return lost(slowdown), (lost(slowdown - Z_95 * slowdown_se), lost(slowdown + Z_95 * slowdown_se))
+    low, high = slowdown - Z_95 * slowdown_se, slowdown + Z_95 * slowdown_se
+    return (lost(slowdown, on) + 0.5 * lost(slowdown, mixed),
+            (lost(low, on), lost(high, on) + lost(high, mixed)))
 
 
 def _throttle_slowdown(row: np.ndarray, gpu: GpuRows) -> tuple[float, float] | None:
     """(log slowdown while its GPU throttles, its HAC standard error), when the GPU's state varies enough
-    over the rows where the rank has data; None otherwise."""
-    ok = np.isfinite(row) & np.isfinite(gpu.throttled)
-    state = gpu.throttled[ok] > 0.5
-    if state.sum() < MIN_STATE_ROWS or (~state).sum() < MIN_STATE_ROWS:
+    over the rows where the rank has data; None otherwise.
+
+    The rows next to a change of state are left out: a row holds several steps and its state is its readings'
+    (any of them throttled), so the steps of such a row are partly of the other state, and counting them
+    diluted the slowdown towards 1 (by about two standard errors in 64-rank jobs, bench/bench_job.py)."""
+    state = np.where(np.isfinite(gpu.throttled), gpu.throttled > 0.5, np.nan)
+    edge = np.zeros(state.size, dtype=bool)
+    changed = np.isfinite(state[1:]) & np.isfinite(state[:-1]) & (state[1:] != state[:-1])
+    edge[1:] |= changed
+    edge[:-1] |= changed
+    state = np.where(edge, np.nan, state)
+    ok = np.isfinite(row) & np.isfinite(state)
+    hot = state[ok] > 0.5
+    if hot.sum() < MIN_STATE_ROWS or (~hot).sum() < MIN_STATE_ROWS:
         return None
-    return hac_difference(np.where(ok, row, np.nan), (gpu.throttled > 0.5).astype(float))
+    return hac_difference(np.where(ok, row, np.nan), state)
 
 
 def analyse_job(ranks: list[RankRows], gpus: dict[str, GpuRows], step: np.ndarray, step_s: float,
