@@ -177,11 +177,18 @@ def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argp
     in_main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
 
+    def worker_died(running: list[str]) -> InputError:  # which of the running runs took the worker down is not told
+        return InputError(f"a worker process died while analysing {', '.join(running)} (killed, e.g. out of "
+                          "memory): give --workers fewer processes or the command more memory")
+
     def hand_out_next() -> None:
         if (item := next(queue, None)) is not None:
             i, (run_id, ns) = item
             _progress(i, len(runs), run_id)
-            in_flight[pool.submit(analyse_or_skip, analyse_one, ns)] = run_id
+            try:
+                in_flight[pool.submit(analyse_or_skip, analyse_one, ns)] = run_id
+            except BrokenProcessPool:  # a worker died while another's run finished: the pool takes no more
+                raise worker_died(list(in_flight.values())) from None
 
     try:
         for _ in range(workers):
@@ -192,10 +199,8 @@ def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argp
                 run_id = in_flight.pop(future)
                 try:
                     outcomes[run_id] = future.result()  # a run's unexpected error is raised here
-                except BrokenProcessPool:  # which of the running runs took the worker down is not told
-                    running = ", ".join([run_id, *in_flight.values()])
-                    raise InputError(f"a worker process died while analysing {running} (killed, e.g. out of "
-                                     "memory): give --workers fewer processes or the command more memory") from None
+                except BrokenProcessPool:
+                    raise worker_died([run_id, *in_flight.values()]) from None
                 except Exception as exc:  # a bug met in one run: say which run, the progress lines interleave
                     raise RuntimeError(f"run {run_id}: {type(exc).__name__}: {exc}") from exc
                 hand_out_next()
