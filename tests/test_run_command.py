@@ -71,7 +71,10 @@ with TrainingMetrics() as metrics:
 TEST_PAUSES = "every=12s,duration=3s,start=34s"
 # The duty loop's own load swings (0.6 to 1.0) are noise to the pauses' effect (1 to 0): longer pauses stand
 # out of it.
-DUTY_PAUSES = "every=12s,duration=4s,start=34s"
+# Six pauses in the 150 s run, the first after the start-up: every 12 s from 34 s left half the rows to the
+# positive control, and a start-up the analysis extended to 32-36 s on a busy CI machine left 28-38 rows for the
+# pairs: "inconclusive", rightly, in 2 of 3 CI runs of 2026-12-07.
+DUTY_PAUSES = "every=20s,duration=4s,start=40s"
 
 
 def write_script(folder: Path, name: str, text: str) -> Path:
