@@ -238,7 +238,8 @@ def job_away_rows(table: T.Table, train: np.ndarray) -> np.ndarray:
     return absent_rows(np.isfinite(train), table.step_s, table.columns.get(T.STEP_DURATION))
 
 
-def response_masks(table: T.Table, train: np.ndarray, cfg: Settings) -> dict[str, np.ndarray]:
+def response_masks(table: T.Table, train: np.ndarray, away: np.ndarray, cfg: Settings
+                   ) -> dict[str, np.ndarray]:
     """For each spike train, the rows its spike-triggered responses leave out: the start-up until the train's own
     series and the device (DEVICE_SETTLE_SERIES) have settled, the wind-downs, the job's absences and the pauses
     with their settling.
@@ -248,7 +249,6 @@ def response_masks(table: T.Table, train: np.ndarray, cfg: Settings) -> dict[str
     run-wide start-up waits out, up to a third of the run) held back the first of its three gradient-norm spikes."""
     step = table.step_s
     paused = pause_rows(table.columns.get(T.PAUSE), table.n, _steps(PAUSE_SETTLE_S, step))
-    away = job_away_rows(table, train)
     out = {}
     for name, _ in SPIKE_TRAINS:
         own = tuple(table.columns[c] for c in (name, *DEVICE_SETTLE_SERIES) if c in table.columns)
@@ -396,7 +396,7 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
 
     control = positive_control(control_cols, step, cfg)
     responses = spike_responses({name: MaskedColumns(table.columns, mask) for name, mask in
-                                 response_masks(table, train, cfg).items()}, step, cfg, rng)
+                                 response_masks(table, train, away, cfg).items()}, step, cfg, rng)
     _correct(secondary)
     for res in gr:
         res["precedence"] = granger_precedence(res, cfg.alpha)

@@ -256,16 +256,15 @@ def _tokens_lost_by_step(rank_index: int, steps: StepMatrix, slowdown: float,
     if not (on.any() or mixed.any()):
         return 0.0, (0.0, 0.0)
 
+    mine = steps.compute_s[rank_index]
+    with all_nan_is_nan():  # each step's other ranks and communication, once for every bound
+        others = (np.nanmax(np.delete(steps.compute_s, rank_index, axis=0), axis=0) if steps.compute_s.shape[0] > 1
+                  else 0 * mine)
+        communication = np.nan_to_num(steps.step_s - np.fmax(mine, others))
+    others = np.nan_to_num(others)
+
     def lost(log_slowdown: float, where: np.ndarray) -> float:
-        if not where.any():
-            return 0.0
-        compute = steps.compute_s[:, where]
-        mine = compute[rank_index]
-        with all_nan_is_nan():
-            others = (np.nanmax(np.delete(compute, rank_index, axis=0), axis=0) if compute.shape[0] > 1
-                      else 0 * mine)
-            communication = steps.step_s[where] - np.fmax(mine, others)
-        step_then = np.maximum(mine * np.exp(-log_slowdown), np.nan_to_num(others)) + np.nan_to_num(communication)
+        step_then = np.maximum(mine[where] * np.exp(-log_slowdown), others[where]) + communication[where]
         step_then = np.clip(np.minimum(step_then, steps.step_s[where]), 1e-9, None)
         return float(np.nansum(steps.tokens[where] * (steps.step_s[where] / step_then - 1)))
 
