@@ -9,6 +9,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
+TEST_WORKERS ?= auto
 
 .PHONY: install system-deps test lint unit bench demo clean
 
@@ -28,7 +29,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@bash scripts/test.sh $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -116,6 +116,7 @@ def test_bad_job_input_is_one_line(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.quiet
 def test_a_two_rank_torchrun_job_with_a_poorly_cooled_gpu_against_a_real_prometheus(tmp_path: Path):
     """Two ranks under torchrun (gloo), each on its own simulated GPU; GPU 1's heat sink is clogged. With the
     emulated clock path its rank computes slower as it throttles, rank 0 waits for it, and the job's analysis —

@@ -109,6 +109,7 @@ def report(folder: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.quiet
 def test_a_users_own_loop_to_a_verdict_without_prometheus(tmp_path: Path):
     """No Prometheus on PATH: the hardware is recorded to a CSV, the loop's log to steps.jsonl, and the
     analysis reads both. The simulated GPU is said to be simulated, first; its hardware -> training question
@@ -140,6 +141,7 @@ def test_a_users_own_loop_to_a_verdict_without_prometheus(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.quiet
 def test_with_prometheus_the_same_run_gets_the_same_verdict_as_from_its_files(tmp_path: Path):
     if find_binary("prometheus") is None:
         pytest.fail("prometheus not found: run `make system-deps`")

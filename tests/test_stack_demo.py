@@ -70,6 +70,7 @@ def test_missing_prometheus_prints_the_install_command_in_one_line(tmp_path: Pat
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.quiet
 def test_demo_end_to_end_with_a_busy_port(tmp_path: Path):
     ports = fresh_ports()
     out = tmp_path / "out"
