@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from thermograd.analysis.catalog import SERIES
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.timeparse import parse_iso_s
+from thermograd.timestamps import EPOCH_FIELDS, epoch_s, parse_iso_s, parse_time_s
 
 
 @dataclass
@@ -56,25 +57,18 @@ def _number(value: object, where: str, name: str, required: bool) -> float:
         raise InputError(f"{where}: field {name!r} is not a number: {value!r}") from None
 
 
-# Epoch fields win over ISO strings: the RLE lab's own training logs carry `timestamp_shared` (epoch) next
-# to `timestamp_iso`, a naive *local* time, which read as UTC would shift the run by the host's offset.
-EPOCH_FIELDS = ("time_unix", "timestamp_shared")
 ISO_FIELDS = ("timestamp", "timestamp_iso")
 
 
-# Epoch values this large are not seconds: 1e11 s is the year 5138, 1e11 ms is 1973.
-_EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
-
-
 def epoch_seconds(value: float, where: str, name: str, units_seen: set[str]) -> float:
-    """Unix seconds from an epoch number in s, ms, us or ns (recognised by size; the unit is noted)."""
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"{where}: {name} {value!r} is not a Unix time")
-    for threshold, per_second, unit in _EPOCH_UNITS:
-        if value >= threshold:
-            units_seen.add(unit)
-            return value / per_second
-    return value
+    """Unix seconds from an epoch number in s, ms, us or ns (timestamps.epoch_s; the unit is noted)."""
+    try:
+        seconds, unit = epoch_s(value)
+    except ValueError:
+        raise InputError(f"{where}: {name} {value!r} is not a Unix time") from None
+    if unit:
+        units_seen.add(unit)
+    return seconds
 
 
 def _record_time(rec: dict, where: str, tz: tzinfo, units_seen: set[str]) -> float:
@@ -190,11 +184,11 @@ OPTIONAL_RLE_COLUMNS = {"utilization": (("util_pct",), 0.01),
                         "sm_clock": (("sm_clock_hz",), 1.0), "sm_clock_mhz": (("sm_clock_mhz", "gpu_clock_mhz"), 1e6),
                         "sm_clock_max": (("sm_clock_max_hz",), 1.0),
                         "throttled": (("throttled", "throttle_active"), 1.0)}
-RLE_COLUMNS = {"rle": "rle_smoothed", "temperature": "temp_c", "power": "power_w", "a_load": "a_load",
-               "collapsed": "collapse"}
+# Every other device column series.csv names a file column for (its `offline`): required in the file.
+RLE_COLUMNS = {s.column: s.offline for s in SERIES
+               if s.source == "device" and s.offline and s.column not in OPTIONAL_RLE_COLUMNS}
 # Device-wide text of the exporter's recording (--record): who the device is and what drives it.
 DEVICE_TEXT_COLUMNS = ("uuid", "model", "kind", "backend", "heat_source", "host")
-HARDWARE_EPOCH_FIELDS = ("time_unix", "timestamp_shared")
 
 
 def _pick_device(path: Path, rows: list[tuple[int, dict]], wanted: str | None) -> str:
@@ -232,7 +226,7 @@ def _hardware_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in ("device", *RLE_COLUMNS.values()) if c not in header]
-        if "timestamp" not in header and not any(c in header for c in HARDWARE_EPOCH_FIELDS):
+        if "timestamp" not in header and not any(c in header for c in EPOCH_FIELDS):
             missing.insert(0, "timestamp")
         if missing:
             raise InputError(f"{path}:1: missing column(s) {', '.join(missing)}")
@@ -242,7 +236,7 @@ def _hardware_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
             raise InputError(f"{path}: not a readable CSV: {exc}") from None
     # The lab's monitor leaves trailing CPU-only columns off its GPU rows, so a short row is fine as long
     # as it reaches every column read here; one that does not is truncated (a file still being written).
-    needed = [c for c in ("timestamp", *HARDWARE_EPOCH_FIELDS, "device", *RLE_COLUMNS.values()) if c in header]
+    needed = [c for c in ("timestamp", *EPOCH_FIELDS, "device", *RLE_COLUMNS.values()) if c in header]
     for lineno, row in rows:
         if any(row.get(c) is None for c in needed):
             got = sum(v is not None for k, v in row.items() if k is not None)
@@ -261,14 +255,18 @@ def _device_samples(path: Path, header: list[str], rows: list[tuple[int, dict[st
         if row["device"] != device:
             continue
         where = f"{path}:{lineno}"
-        epoch = next((name for name in HARDWARE_EPOCH_FIELDS if row.get(name) not in (None, "")), None)
+        epoch = next((name for name in EPOCH_FIELDS if row.get(name) not in (None, "")), None)
         if epoch is not None:
             times.append(epoch_seconds(_number(row[epoch], where, epoch, True), where, epoch, units_seen))
         else:
             try:
-                times.append(parse_iso_s(row.get("timestamp") or "", tz))
+                seconds, unit = parse_time_s(row.get("timestamp") or "", tz)
             except ValueError:
-                raise InputError(f"{where}: timestamp {row.get('timestamp')!r} is not ISO 8601") from None
+                raise InputError(f"{where}: timestamp {row.get('timestamp')!r} is neither ISO 8601 nor Unix time"
+                                 ) from None
+            times.append(seconds)
+            if unit:
+                units_seen.add(unit)
         for col, key in RLE_COLUMNS.items():
             cols[col].append(_number(row.get(key), where, key, False))
         for col, (key, factor) in optional.items():

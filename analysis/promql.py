@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import requests
@@ -130,11 +131,12 @@ class PromClient:
                 time.sleep(self.backoff_s * 2**attempt)
         raise BackendUnreachable(f"Prometheus at {self.url} unreachable ({path}): {last_error}")
 
-    def _get(self, path: str, params: dict | list | None = None) -> dict:
-        """The `data` of a successful API answer (retried as _get_response does)."""
-        return self._decode(self._get_response(path, params), f"{self.url}{path}")
+    def _get(self, path: str, params: dict | list | None = None, expect: type = dict) -> Any:
+        """The `data` of a successful API answer (retried as _get_response does): an object, or a list where
+        `expect` says so (/api/v1/series, /api/v1/labels)."""
+        return self._decode(self._get_response(path, params), f"{self.url}{path}", expect)
 
-    def _decode(self, resp: requests.Response, endpoint: str) -> dict:
+    def _decode(self, resp: requests.Response, endpoint: str, expect: type = dict) -> Any:
         try:
             body = resp.json()
         except ValueError as exc:
@@ -148,9 +150,9 @@ class PromClient:
         if body.get("status") != "success":
             raise InputError(f"{endpoint} answered HTTP {resp.status_code}: "
                              f"{body.get('errorType', 'error')}: {_first_line(str(body.get('error')))}")
-        if not isinstance(body.get("data"), dict):
-            raise InputError(f"{endpoint} answered HTTP {resp.status_code} without a `data` object "
-                             "(not a Prometheus API answer)")
+        if not isinstance(body.get("data"), expect):
+            raise InputError(f"{endpoint} answered HTTP {resp.status_code} without a `data` "
+                             f"{'object' if expect is dict else 'list'} (not a Prometheus API answer)")
         return body["data"]
 
     def _result(self, data: dict, path: str) -> list[dict]:

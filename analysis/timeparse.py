@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from thermograd.analysis.errors import InputError
+from thermograd.timestamps import parse_iso_s
+
+__all__ = ["get_tz", "parse_duration_s", "parse_instant_s", "parse_iso_s"]
 
 _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -37,17 +40,6 @@ def get_tz(name: str | None) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise InputError(f"unknown time zone {name!r} for --tz: {exc}") from exc
-
-
-def parse_iso_s(text: str, naive_tz: tzinfo = UTC) -> float:
-    """ISO 8601 -> Unix seconds; an explicit offset is honoured, a naive time is read in naive_tz."""
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    parsed = datetime.fromisoformat(value)  # ValueError propagates: callers name the file and line
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=naive_tz)
-    return parsed.timestamp()
 
 
 def parse_instant_s(text: str) -> float:

@@ -1,6 +1,6 @@
 """A fleet-scale job against VictoriaMetrics (issue 18 item 5): a synthetic job of R ranks (default 1,024) over H
 hours (default 24) at 1 s, one GPU throttled in hot spells (>= 20 % of the run) and its rank computing 1.25x slower
-while it is (tests/jobgen.py's model, streamed: `stream_job`), imported into a real VictoriaMetrics started with
+while it is (testkit/jobgen.py's model, streamed: `stream_job`), imported into a real VictoriaMetrics started with
 its default flags, then `thermograd-analysis --prometheus URL --job RUN_ID` timed as a subprocess.
 
 The series are exactly those `--job` queries (analysis/jobprometheus.py), with the names and labels the live
@@ -39,10 +39,11 @@ import numpy as np
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the job generator lives with the tests
+sys.path.insert(0, str(REPO))  # testkit: the job generator
 sys.path.insert(0, str(REPO / "scripts"))
 import stacklib as sl  # noqa: E402
-from jobgen import MAX_CLOCK_HZ, TOKENS_PER_STEP, stream_job  # noqa: E402
+
+from testkit.jobgen import MAX_CLOCK_HZ, TOKENS_PER_STEP, stream_job  # noqa: E402
 
 RUN_ID = "fleet-bench"
 REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")  # the query's five
@@ -96,7 +97,7 @@ def _same(value: str, n: int) -> str:
 
 class Temperatures:
     """Whole-degree readings that wander as real GPUs' do (each card its own level, a slow AR(1) around it), 17 C
-    up while hot (tests/jobgen.py's 70 -> 87 C): so the store holds, compresses and scans a realistic series, not
+    up while hot (testkit/jobgen.py's 70 -> 87 C): so the store holds, compresses and scans a realistic series, not
     a constant. Only the figure shows temperature; no verdict depends on it."""
 
     def __init__(self, ranks: int, seed: int):

@@ -1,5 +1,5 @@
 """A job's stragglers, measured on synthetic jobs of 2-64 ranks through the command (`thermograd-analysis
---job-dir`), against what was planted (tests/jobgen.py):
+--job-dir`), against what was planted (testkit/jobgen.py):
 
 * ``thermal``: one GPU throttled in hot spells covering 20-50 % of a 10-minute run, its rank 1.25x slower while
   it is: the goal is that rank named, with cause "thermal or power", in >= 95 % of jobs, and the tokens-lost CI
@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the job generator lives with the tests
-from jobgen import KINDS, write_job  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit: the job generator
+from testkit.jobgen import KINDS, write_job  # noqa: E402
 
 RANKS = (2, 4, 8, 16, 32, 64)
 

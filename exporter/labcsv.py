@@ -1,7 +1,9 @@
-"""Reading RLE-lab recordings (CSV with timestamp, device, util_pct, temp_c, power_w, ...).
+"""Reading RLE-lab recordings (CSV with timestamp, device, util_pct, temp_c, power_w, ...) for the exporter.
 
 Shared by `recompute` and the replay backend. Any malformed value raises `LabCsvError`, whose
-message names the file, the line and the column, so a user can find it.
+message names the file, the line and the column, so a user can find it. Times follow the rules every reader
+of these files shares (thermograd.timestamps), so a replay and the offline analysis of one file agree on
+every instant; this reader adds what playing and scoring a file need (plausible ranges, increasing times).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import csv
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from thermograd.exporter.backends.base import PLAUSIBLE_RANGES
+from thermograd.timestamps import EPOCH_FIELDS, epoch_s, parse_time_s
 
 REQUIRED_COLUMNS = ("timestamp", "device", "util_pct", "power_w", "temp_c")
 
@@ -42,22 +44,6 @@ class LabRow:
     fan_ratio: float | None
 
 
-def parse_timestamp(text: str) -> float:
-    """ISO 8601 (a trailing Z or an offset is honoured; a naive time is UTC) or plain Unix seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise ValueError(f"not a finite time: {text!r}")
-        return value
-    stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if stamp.tzinfo is None:  # some lab recorders write naive times; never read them in the host's zone
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
-
-
 class _RowParser:
     def __init__(self, path: Path, line: int, fields: dict[str, str]) -> None:
         self.path, self.line, self.fields = path, line, fields
@@ -83,11 +69,15 @@ class _RowParser:
         return value
 
     def timestamp(self) -> float:
-        text = (self.fields.get("timestamp") or "").strip()
+        """The row's time by the rules every reader of these files shares (thermograd.timestamps): an epoch
+        column (time_unix, timestamp_shared) first, else `timestamp` (ISO 8601, a naive time is UTC; or a
+        Unix time in s, ms, us or ns)."""
+        column = next((c for c in EPOCH_FIELDS if (self.fields.get(c) or "").strip()), "timestamp")
+        text = (self.fields.get(column) or "").strip()
         try:
-            return parse_timestamp(text)
+            return parse_time_s(text)[0] if column == "timestamp" else epoch_s(float(text))[0]
         except ValueError:
-            raise self.fail("timestamp", f"not an ISO 8601 time or Unix seconds: {text!r}") from None
+            raise self.fail(column, f"not an ISO 8601 time or a Unix time: {text!r}") from None
 
 
 def read_header(path: Path) -> list[str]:
@@ -100,7 +90,8 @@ def read_header(path: Path) -> list[str]:
         raise LabCsvError(f"{path}: not a readable CSV: {exc}") from None
     if not header:
         raise LabCsvError(f"{path}: line 1: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header
+               and not (c == "timestamp" and any(e in header for e in EPOCH_FIELDS))]
     if missing:
         raise LabCsvError(f"{path}: line 1, column {missing[0]!r}: missing from the header")
     return header

@@ -357,8 +357,8 @@ class Demo:
         sel = f'{{uuid="{uuid}"}}' if uuid else ""
         end = time.time()
         start = end - self.args.duration - STARTUP_TIMEOUT_S
-        collapsed = prom.query_range(f"rle_collapsed{sel}", start, end, 1)
-        temps = {float(t): float(v) for r in prom.query_range(f"rle_temperature_celsius{sel}", start, end, 1)
+        collapsed = prom.series_range(f"rle_collapsed{sel}", start, end, 1)
+        temps = {float(t): float(v) for r in prom.series_range(f"rle_temperature_celsius{sel}", start, end, 1)
                  for t, v in r["values"]}
         onsets = []
         for series in collapsed:
@@ -384,11 +384,11 @@ class Demo:
 
     def report_pauses(self, prom: sl.PrometheusAPI, sel: str, start: float, end: float) -> None:
         """Does the simulated GPU see the trainer's pauses? Mean utilisation and power during vs outside them."""
-        pause = {float(t): float(v) for r in prom.query_range('max(train_perturbation_active{kind="pause"})',
+        pause = {float(t): float(v) for r in prom.series_range('max(train_perturbation_active{kind="pause"})',
                                                                start, end, 1) for t, v in r["values"]}
         for name, expr, scale, unit in (("utilisation", f"max(rle_utilization_ratio{sel})", 100, "%"),
                                         ("power", f"max(rle_power_watts{sel})", 1, "W")):
-            values = {float(t): float(v) for r in prom.query_range(expr, start, end, 1) for t, v in r["values"]}
+            values = {float(t): float(v) for r in prom.series_range(expr, start, end, 1) for t, v in r["values"]}
             during = [v for t, v in values.items() if pause.get(t) == 1]
             outside = [v for t, v in values.items() if pause.get(t) == 0]
             if during and outside:

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.promql import BackendUnreachable, PromClient
 from thermograd.processes import (  # noqa: F401 (re-exported: the demo and the tests use them from here)
     APT_PACKAGES,
     BINARY_NAMES,
@@ -183,25 +185,34 @@ def wait_http_ok(url: str, timeout_s: float, *, supervisor: Supervisor | None = 
     wait_until(lambda: http_get(url, 2.0)[0] == 200, timeout_s, url, supervisor=supervisor)
 
 
-class PrometheusAPI:
-    """The few calls of the Prometheus HTTP API the demo and the tests need."""
-
-    def __init__(self, base_url: str):
-        self.base_url = base_url.rstrip("/")
+class PrometheusAPI(PromClient):
+    """The analysis's Prometheus client (analysis.promql.PromClient: retries with back-off, a deadline for each
+    answer, answers checked) with the raw calls the demo and the tests need. A Prometheus not (yet) reachable is
+    a ConnectionError, which wait_until keeps polling through; any other failure is a StackError."""
 
     def get(self, path: str, **params: Any) -> Any:
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        status, body = http_get(f"{self.base_url}{path}?{query}", 30.0)
-        payload = json.loads(body)
-        if status != 200 or payload.get("status") != "success":
-            raise StackError(f"Prometheus {path} {params}: HTTP {status}: {payload.get('error', body[:200])}")
-        return payload["data"]
+        """The `data` of a successful answer to GET `path` (parameters that are None are left out): a list from
+        the series and label APIs, else an object."""
+        expect = list if path.startswith(("/api/v1/series", "/api/v1/label")) else dict
+        try:
+            return self._get(path, {k: v for k, v in params.items() if v is not None}, expect)
+        except BackendUnreachable as err:
+            raise ConnectionError(str(err)) from None
+        except InputError as err:
+            raise StackError(f"Prometheus {path} {params}: {err}") from None
+
+    def _series(self, path: str, **params: Any) -> list[dict]:
+        try:
+            return self._result(self.get(path, **params), path)
+        except InputError as err:
+            raise StackError(str(err)) from None
 
     def query(self, expr: str, time_s: float | None = None) -> list[dict]:
-        return self.get("/api/v1/query", query=expr, time=time_s)["result"]
+        return self._series("/api/v1/query", query=expr, time=time_s)
 
-    def query_range(self, expr: str, start_s: float, end_s: float, step_s: float) -> list[dict]:
-        return self.get("/api/v1/query_range", query=expr, start=start_s, end=end_s, step=step_s)["result"]
+    def series_range(self, expr: str, start_s: float, end_s: float, step_s: float) -> list[dict]:
+        """The matrix of a range query as served (PromClient.query_range places named series on a grid)."""
+        return self._series("/api/v1/query_range", query=expr, start=start_s, end=end_s, step=step_s)
 
     def scalar(self, expr: str) -> float | None:
         result = self.query(expr)

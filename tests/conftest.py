@@ -38,3 +38,18 @@ def rle_lab_csv(shared_dir: Path) -> Path:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+# make test's parallel pass (scripts/test.sh: pytest -n --dist loadgroup) spreads the tests over the workers one by
+# one; a test that uses a module-scoped fixture (a running Prometheus, VictoriaMetrics, a training job) stays on
+# one worker with its module's others, so that fixture starts once.
+SHARED_SCOPES = ("module", "class", "package")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):  # -p no:xdist: no groups to keep (nor their marker)
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None and any(d.scope in SHARED_SCOPES for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

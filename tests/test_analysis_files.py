@@ -214,3 +214,19 @@ def test_a_fast_loops_stalls_are_slow_steps_and_only_long_silences_are_gaps():
     logged = (row_start >= t[0]) & ~gap_rows
     assert gap_rows.sum() >= 5 and np.isnan(rate[gap_rows]).all()
     assert np.isfinite(rate[logged]).all() and logged.sum() == rate.size - gap_rows.sum() - 1
+
+
+def test_series_csv_names_the_file_columns_the_loader_reads():
+    """series.csv's `offline` column is the one reference for which file field holds each series: the step log's
+    fields and the hardware CSV's columns the loader reads."""
+    from thermograd.analysis import load_files
+    from thermograd.analysis.catalog import SERIES
+
+    for s in SERIES:
+        if not s.offline:
+            continue
+        if s.source == "train":
+            assert s.offline in load_files.GRAD_FIELDS.values(), s
+        else:
+            first_alias = load_files.OPTIONAL_RLE_COLUMNS.get(s.column, ((None,), 1.0))[0][0]
+            assert s.offline in (load_files.RLE_COLUMNS.get(s.column), first_alias), s

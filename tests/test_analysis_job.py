@@ -1,5 +1,5 @@
 """A job of many ranks: its stragglers, their cause and cost — from files (`--job-dir`, synthetic jobs of
-tests/jobgen.py) and live (a 2-rank torchrun job on two simulated GPUs, one poorly cooled, with the emulated clock
+testkit/jobgen.py) and live (a 2-rank torchrun job on two simulated GPUs, one poorly cooled, with the emulated clock
 path, scraped by a real Prometheus through `thermograd run --prometheus`)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jobgen import write_job
 
+from testkit.jobgen import write_job
 from thermograd.analysis.jobfiles import step_states
 from thermograd.analysis.stats.stragglers import MIXED_STEP, GpuRows, RankRows, analyse_job, log_ratios
 from thermograd.processes import find_binary

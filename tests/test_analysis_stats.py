@@ -458,3 +458,33 @@ def test_granger_directions_share_one_gram_matrix():
         for caused, causing in ((1, 0), (0, 1)):
             alone = granger.f_test(data, 4, caused, causing, current)
             assert granger.f_test(data, 4, caused, causing, current, gram=gram) == alone
+
+
+@pytest.mark.parametrize("gaps", ["none", "blocks", "scattered"])
+def test_granger_gram_from_lagged_products_is_the_lag_matrix_s(gaps: str):
+    """The Gram matrices built from the columns' lagged products (O(n p)) equal those of the lag matrix itself
+    (the design row by row, rows with a non-finite value anywhere in their window left out), at the edges, by
+    gaps of every kind and with a conditioned-on present value."""
+    from thermograd.analysis.stats import granger
+
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((700, 3)) + 0.5
+    if gaps == "blocks":
+        data[:3] = np.nan
+        data[100:112, 0] = np.nan
+        data[400:401, 2] = np.nan
+        data[-2:, 1] = np.nan
+    elif gaps == "scattered":
+        data[rng.random(data.shape) < 0.05] = np.nan
+    for order, current in ((1, ()), (6, ()), (6, (2,))):
+        columns = data if current else data[:, :2]
+        n, m = columns.shape
+        rows = [t for t in range(order, n) if np.isfinite(columns[t - order: t + 1]).all()]
+        design = np.array([[1.0, *(columns[t - lag, c] for lag in range(1, order + 1) for c in range(m)),
+                            *(columns[t, c] for c in current)] for t in rows])
+        present = columns[rows]
+        zz, zy, yy, used = granger._gram(columns, order, current)
+        assert used == len(rows)
+        np.testing.assert_allclose(zz, design.T @ design, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(zy, design.T @ present, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(yy, present.T @ present, rtol=1e-12, atol=1e-9)

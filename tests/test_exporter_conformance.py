@@ -114,15 +114,47 @@ def test_recompute_scores_rows_without_power_like_the_lab_and_says_so(tmp_path: 
 
 
 def test_naive_lab_timestamps_are_utc(monkeypatch):
-    from thermograd.exporter.labcsv import parse_timestamp
+    from thermograd.timestamps import parse_time_s
 
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     try:
-        assert parse_timestamp("2025-10-29T00:54:13.5") == parse_timestamp("2025-10-29T00:54:13.5Z") == 1761699253.5
+        assert parse_time_s("2025-10-29T00:54:13.5")[0] == parse_time_s("2025-10-29T00:54:13.5Z")[0] == 1761699253.5
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+@pytest.mark.parametrize("times", [
+    ("2025-10-29T00:54:13.5Z", "2025-10-29T00:54:14.5Z"),  # ISO with Z
+    ("2025-10-29T01:54:13.5+01:00", "2025-10-29T00:54:14.5"),  # an offset; a naive time is UTC
+    ("1761699253.5", "1761699254.5"),  # Unix seconds
+    ("1761699253500", "1761699254500"),  # Unix milliseconds
+])
+def test_the_replay_and_the_analysis_read_a_files_times_alike(tmp_path, times):
+    """One file, two readers (the exporter's replay and recompute; the offline analysis): the same instants."""
+    from datetime import UTC
+
+    from thermograd.analysis.load_files import load_rle_csv
+
+    path = tmp_path / "lab.csv"
+    rows = [f"{t},gpu,50,150,60,0.5,0.5,0" for t in times]
+    path.write_text("timestamp,device,util_pct,power_w,temp_c,rle_smoothed,a_load,collapse\n" + "\n".join(rows) + "\n")
+    replayed = [row.timestamp_s for row in iter_rows(path)]
+    analysed = list(load_rle_csv(path, None, UTC)[0].t_s)
+    assert replayed == pytest.approx(analysed, abs=1e-6) and replayed == pytest.approx([1761699253.5, 1761699254.5])
+
+
+def test_an_epoch_column_wins_over_naive_local_text_in_both_readers(tmp_path):
+    """The RLE lab's timestamp_shared (epoch) beside a naive local timestamp: both readers take the epoch."""
+    from datetime import UTC
+
+    from thermograd.analysis.load_files import load_rle_csv
+
+    path = tmp_path / "lab.csv"
+    path.write_text("timestamp,timestamp_shared,device,util_pct,power_w,temp_c,rle_smoothed,a_load,collapse\n"
+                    "2025-10-28T20:54:13.5,1761699253.5,gpu,50,150,60,0.5,0.5,0\n")
+    assert [row.timestamp_s for row in iter_rows(path)] == list(load_rle_csv(path, None, UTC)[0].t_s) == [1761699253.5]
 
 
 @pytest.mark.parametrize(("bad_line", "column"), [

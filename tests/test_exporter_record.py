@@ -81,7 +81,6 @@ def test_a_full_disk_is_warned_once_counted_and_leaves_only_whole_lines(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.quiet
 def test_a_recording_is_read_by_the_offline_analysis_simulated_and_without_power(tmp_path: Path):
     """Two recordings made beside a training job's step log: a simulated GPU (named simulated in the verdict's
     first line and report.json) and this machine's CPU (no RAPL here: no power, so no RLE — analysed on

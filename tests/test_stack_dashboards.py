@@ -234,7 +234,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
             supervisor.start(fmt, [sys.executable, str(STANDIN), "--format", fmt, "--port", str(ports[fmt]),
                                    "--uuid", GPU_UUID, *flags], tmp / f"{fmt}.log")
         prom = sl.PrometheusAPI(f"http://127.0.0.1:{ports['prometheus']}")
-        sl.wait_http_ok(f"{prom.base_url}/-/ready", 60, supervisor=supervisor)
+        sl.wait_http_ok(f"{prom.url}/-/ready", 60, supervisor=supervisor)
         sl.wait_until(lambda: prom.scalar(f'count(device:gpu_temperature_celsius:max{{uuid="{GPU_UUID}"}})') == 3,
                       90, "the GPU's temperature from all three sources", supervisor=supervisor)
         start_s = time.time()
@@ -314,7 +314,7 @@ def test_every_panel_returns_data_for_every_source(live: Live, name: str):
                 if expr in checked:
                     continue
                 checked.add(expr)
-                if not live.prom.query_range(expr, live.start_s, live.end_s, 1) and not any(
+                if not live.prom.series_range(expr, live.start_s, live.end_s, 1) and not any(
                         rule in expr for rule in NEEDS_UNTHROTTLED_WINDOW):
                     empty.append(f"source={values['source']} / {panel['title']}: {expr}")
     assert empty == []
@@ -337,7 +337,7 @@ BASE_UNIT_RANGES = [
 @pytest.mark.parametrize(("expr", "lowest", "highest"), BASE_UNIT_RANGES, ids=[r[0] for r in BASE_UNIT_RANGES])
 def test_every_source_lands_in_base_units(live: Live, expr: str, lowest: float, highest: float):
     """The last value of each source in the window (the run's series end when its trainer exits)."""
-    result = live.prom.query_range(expr, live.start_s, live.end_s, 1)
+    result = live.prom.series_range(expr, live.start_s, live.end_s, 1)
     by_source = {r["metric"]["source"]: float(r["values"][-1][1]) for r in result}
     assert sorted(by_source) == sorted(build_dashboards.SOURCES)
     assert all(lowest <= value <= highest for value in by_source.values()), by_source

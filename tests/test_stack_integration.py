@@ -137,7 +137,7 @@ def test_every_exposed_metric_is_documented(stack: LiveStack):
 def test_grad_norm_and_rle_come_back_on_identical_timestamps(stack: LiveStack):
     def one_query_range() -> tuple[float, dict[str, list[float]]] | None:
         start, end = stack.window()
-        result = stack.prom.query_range(
+        result = stack.prom.series_range(
             f'train_grad_norm{{run_id="{RUN_ID}"}} or rle_efficiency{{uuid="{SIM_UUID}"}}', start, end, 1)
         by_name = {r["metric"]["__name__"]: [float(t) for t, _ in r["values"]] for r in result}
         # 40 tiny steps can take under two seconds: the lingering trainer keeps its last values up,
@@ -165,7 +165,7 @@ def test_every_recording_rule_evaluates(stack: LiveStack):
                for r in g["rules"]]
     peaks = {}
     for record in records:
-        result = stack.prom.query_range(f'{{__name__="{record}"}}', start, end, 1)
+        result = stack.prom.series_range(f'{{__name__="{record}"}}', start, end, 1)
         if not result and record in NEEDS_UNTHROTTLED_WINDOW:
             continue
         assert result, f"{record} never evaluated to a sample"
@@ -173,7 +173,7 @@ def test_every_recording_rule_evaluates(stack: LiveStack):
     assert peaks["rank:train_steps:rate1m"] > 0
     # on failure, say which input of the ratio was missing (a CI run once saw it 0 while the steps rate was not)
     inputs = {name: [max((float(v) for _, v in series["values"]), default=None)
-                     for series in stack.prom.query_range(f'{{__name__="{name}"}}', start, end, 1)]
+                     for series in stack.prom.series_range(f'{{__name__="{name}"}}', start, end, 1)]
               for name in ("train_tokens_total", "rank:train_tokens:rate1m", "rank:train_tokens_on_gpu:rate1m",
                            "device:gpu_energy_joules:rate1m", "train_run_info")}
     assert peaks["rank:train_tokens_per_joule:ratio_rate1m"] > 0, f"peaks of its inputs: {inputs}"
