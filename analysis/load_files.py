@@ -13,7 +13,7 @@ import numpy as np
 
 from thermograd.analysis.catalog import SERIES
 from thermograd.analysis.errors import InputError
-from thermograd.timestamps import EPOCH_FIELDS, epoch_s, parse_iso_s, parse_time_s
+from thermograd.timestamps import EPOCH_FIELDS, epoch_s, parse_time_s
 
 
 @dataclass
@@ -71,18 +71,31 @@ def epoch_seconds(value: float, where: str, name: str, units_seen: set[str]) -> 
     return seconds
 
 
+def _filled(value: object) -> bool:
+    """A field with a value: not missing, null or blank."""
+    return value is not None and str(value).strip() != ""
+
+
+def _text_time(text: str, where: str, name: str, tz: tzinfo, units_seen: set[str]) -> float:
+    try:
+        seconds, unit = parse_time_s(text, tz)
+    except ValueError:
+        raise InputError(f"{where}: {name} {text!r} is neither ISO 8601 nor a Unix time") from None
+    if unit:
+        units_seen.add(unit)
+    return seconds
+
+
 def _record_time(rec: dict, where: str, tz: tzinfo, units_seen: set[str]) -> float:
-    """An epoch field first (time_unix, timestamp_shared), else an ISO one (offset honoured, naive = tz)."""
+    """An epoch field first (time_unix, timestamp_shared), else a text one: ISO 8601 (offset honoured, naive = tz)
+    or a Unix time (thermograd.timestamps' rules, as for the hardware CSV)."""
     for name in EPOCH_FIELDS:
-        if rec.get(name) not in (None, ""):
+        if _filled(rec.get(name)):
             return epoch_seconds(_number(rec[name], where, name, True), where, name, units_seen)
     for name in ISO_FIELDS:
         stamp = rec.get(name)
-        if isinstance(stamp, str) and stamp:
-            try:
-                return parse_iso_s(stamp, tz)
-            except ValueError:
-                raise InputError(f"{where}: {name} {stamp!r} is not ISO 8601") from None
+        if _filled(stamp) and not isinstance(stamp, bool):
+            return _text_time(str(stamp), where, name, tz, units_seen)
     raise InputError(f"{where}: no time field (epoch: {', '.join(EPOCH_FIELDS)}; ISO: {', '.join(ISO_FIELDS)})")
 
 
@@ -255,18 +268,11 @@ def _device_samples(path: Path, header: list[str], rows: list[tuple[int, dict[st
         if row["device"] != device:
             continue
         where = f"{path}:{lineno}"
-        epoch = next((name for name in EPOCH_FIELDS if row.get(name) not in (None, "")), None)
+        epoch = next((name for name in EPOCH_FIELDS if _filled(row.get(name))), None)
         if epoch is not None:
             times.append(epoch_seconds(_number(row[epoch], where, epoch, True), where, epoch, units_seen))
         else:
-            try:
-                seconds, unit = parse_time_s(row.get("timestamp") or "", tz)
-            except ValueError:
-                raise InputError(f"{where}: timestamp {row.get('timestamp')!r} is neither ISO 8601 nor Unix time"
-                                 ) from None
-            times.append(seconds)
-            if unit:
-                units_seen.add(unit)
+            times.append(_text_time(row.get("timestamp") or "", where, "timestamp", tz, units_seen))
         for col, key in RLE_COLUMNS.items():
             cols[col].append(_number(row.get(key), where, key, False))
         for col, (key, factor) in optional.items():

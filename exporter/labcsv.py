@@ -68,16 +68,21 @@ class _RowParser:
             raise self.fail(column, f"{text} is outside the physically plausible {low:g} to {high:g}")
         return value
 
+    def time_column(self) -> str:
+        """The column the row's time is read from: an epoch column with a value, else `timestamp`."""
+        return next((c for c in EPOCH_FIELDS if (self.fields.get(c) or "").strip()), "timestamp")
+
     def timestamp(self) -> float:
         """The row's time by the rules every reader of these files shares (thermograd.timestamps): an epoch
         column (time_unix, timestamp_shared) first, else `timestamp` (ISO 8601, a naive time is UTC; or a
         Unix time in s, ms, us or ns)."""
-        column = next((c for c in EPOCH_FIELDS if (self.fields.get(c) or "").strip()), "timestamp")
+        column = self.time_column()
         text = (self.fields.get(column) or "").strip()
         try:
             return parse_time_s(text)[0] if column == "timestamp" else epoch_s(float(text))[0]
         except ValueError:
-            raise self.fail(column, f"not an ISO 8601 time or a Unix time: {text!r}") from None
+            what = "an ISO 8601 time or a Unix time" if column == "timestamp" else "a Unix time"
+            raise self.fail(column, f"not {what}: {text!r}") from None
 
 
 def read_header(path: Path) -> list[str]:
@@ -127,7 +132,7 @@ def iter_rows(path: Path, device: str | None = None) -> Iterator[LabRow]:
                 fan = p.number("fan_pct", optional=True) if "fan_pct" in header else None
                 timestamp_s = p.timestamp()
                 if name in previous and not timestamp_s > previous[name][0]:
-                    raise p.fail("timestamp", f"not after the previous {name} row's (line {previous[name][1]}); "
+                    raise p.fail(p.time_column(), f"not after the previous {name} row's (line {previous[name][1]}); "
                                  "timestamps must increase")
                 previous[name] = (timestamp_s, line)
                 yield LabRow(line=line, fields=fields, timestamp_s=timestamp_s, device=name,

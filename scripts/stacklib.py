@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,15 @@ def wait_http_ok(url: str, timeout_s: float, *, supervisor: Supervisor | None = 
     wait_until(lambda: http_get(url, 2.0)[0] == 200, timeout_s, url, supervisor=supervisor)
 
 
+@dataclass
 class PrometheusAPI(PromClient):
     """The analysis's Prometheus client (analysis.promql.PromClient: retries with back-off, a deadline for each
     answer, answers checked) with the raw calls the demo and the tests need. A Prometheus not (yet) reachable is
-    a ConnectionError, which wait_until keeps polling through; any other failure is a StackError."""
+    a ConnectionError, which wait_until keeps polling through; any other failure is a StackError. Polled, a
+    check must not outlast its caller's deadline: one retry, 10 s an answer."""
+
+    timeout_s: float = 10.0
+    retries: int = 1
 
     def get(self, path: str, **params: Any) -> Any:
         """The `data` of a successful answer to GET `path` (parameters that are None are left out): a list from

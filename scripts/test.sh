@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# make test: every test in two passes. Most tests share the machine well and run in parallel, one by one over
-# the workers (--dist loadgroup; tests/conftest.py keeps the tests of a module-scoped fixture, a running
-# Prometheus or VictoriaMetrics, on one worker so that it starts once). The `quiet` ones assert what
-# a simulated GPU measured while a real trainer ran: its load is the trainer's CPU use, so they run afterwards,
-# one at a time, on an otherwise idle machine.
+# make test: every test in two passes. Most tests share the machine well and run in parallel (pytest-xdist; the
+# scheduler in tests/conftest.py gives each module to one worker whole, so that its Prometheus or VictoriaMetrics
+# fixture starts once, and spreads the calibration simulations test by test). The `quiet` ones assert what a
+# simulated GPU measured while a real trainer ran: its load is the trainer's CPU use, so they run afterwards, one
+# at a time, on an otherwise idle machine.
 # Usage: scripts/test.sh PYTHON WORKERS [pytest arguments...]
+# Arguments that choose marks, workers or plugins themselves (-m, -n, -p) get one plain pytest run instead.
 set -uo pipefail
 python=$1 workers=$2
 shift 2
+for arg in "$@"; do
+    case $arg in
+        -m|-m*|-n|-n*|--numprocesses*|-p|-p*|--dist*) exec "$python" -m pytest "$@" ;;
+    esac
+done
 status=()
-"$python" -m pytest -n "$workers" --dist loadgroup -m "not quiet" "$@"; status+=($?)
+"$python" -m pytest -n "$workers" -m "not quiet" "$@"; status+=($?)
+# 2: interrupted, 3: internal error, 4: usage error: the second pass would only repeat it
+case ${status[0]} in 2|3|4) exit "${status[0]}" ;; esac
 "$python" -m pytest -p no:xdist -m quiet "$@"; status+=($?)
 # 5 is pytest's "no tests collected": fine for one pass (a selection with no quiet test), not for both
 if [[ ${status[0]} -eq 5 && ${status[1]} -eq 5 ]]; then

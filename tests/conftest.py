@@ -40,16 +40,19 @@ def port() -> int:
     return free_port()
 
 
-# make test's parallel pass (scripts/test.sh: pytest -n --dist loadgroup) spreads the tests over the workers one by
-# one; a test that uses a module-scoped fixture (a running Prometheus, VictoriaMetrics, a training job) stays on
-# one worker with its module's others, so that fixture starts once.
-SHARED_SCOPES = ("module", "class", "package")
+# make test's parallel pass (scripts/test.sh: pytest -n): each test module goes to one worker whole, so a
+# module-scoped fixture (a running Prometheus, VictoriaMetrics, a training job) starts once, except the modules
+# below, whose many independent simulations are spread test by test (they are most of the pass's CPU time).
+SPREAD_MODULES = ("tests/test_analysis_zoo.py", "tests/test_analysis_spikes.py")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):  # -p no:xdist: no groups to keep (nor their marker)
-        return
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is not None and any(d.scope in SHARED_SCOPES for defs in info.name2fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without it (-p no:xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module in SPREAD_MODULES else module
+
+    return ModulesWhole(config, log)

@@ -222,6 +222,9 @@ def test_series_csv_names_the_file_columns_the_loader_reads():
     from thermograd.analysis import load_files
     from thermograd.analysis.catalog import SERIES
 
+    # the hardware CSV's required columns (the RLE lab's monitor writes them; the exporter's --record too)
+    assert load_files.RLE_COLUMNS == {"rle": "rle_smoothed", "temperature": "temp_c", "power": "power_w",
+                                      "a_load": "a_load", "collapsed": "collapse"}
     for s in SERIES:
         if not s.offline:
             continue

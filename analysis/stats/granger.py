@@ -40,6 +40,9 @@ def _gram(data: np.ndarray, order: int, current: tuple[int, ...] = ()
     """
     n, m = data.shape
     lags = order + 1
+    if n <= order:  # no row has a full window
+        k = 1 + m * order + len(current)
+        return np.zeros((k, k)), np.zeros((k, m)), np.zeros((m, m)), 0
     finite = np.isfinite(data)
     gaps = np.concatenate(([0], np.cumsum(~finite.all(axis=1))))
     # rows t = 0 .. n - 1 + order: the lagged products reach that far; a row is used when t >= order and its
