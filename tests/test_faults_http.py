@@ -114,7 +114,11 @@ def test_idle_connections_are_capped_and_wait_instead_of_spawning_threads(tmp_pa
         while not scrape_raw(served.port, timeout=2):
             assert time.monotonic() < deadline, "the endpoint did not recover"
         assert errors(served, "busy") >= 1
-        assert threads(served.proc.pid) <= base_threads + 1
+        # and the handler threads end: each finds its client gone, but on a busy machine not all within the
+        # moment the endpoint first answers again
+        while threads(served.proc.pid) > base_threads + 1:
+            assert time.monotonic() < deadline + 15, f"{threads(served.proc.pid)} threads, {base_threads} at rest"
+            time.sleep(0.1)
 
 
 def _drip(port: int, stop: threading.Event, every_s: float) -> socket.socket:
