@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -140,9 +141,18 @@ class Supervisor:
             if child not in except_for:
                 child.check()
 
-    def stop_all(self) -> None:
-        for child in reversed(self.children):
-            child.stop()
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every child (the last started first), then wait for them together: one grace period for all,
+        then SIGKILL for any still running. Stopped one after another, four children slow to stop on a loaded
+        machine took up to 4 x 15 s, the whole of a caller's minute."""
+        children = list(reversed(self.children))
+        for child in children:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in children:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        for child in children:
+            child.stop(grace_s=0.0)  # SIGKILL what is left; closes each log
 
     def __enter__(self) -> Supervisor:
         return self
