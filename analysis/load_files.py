@@ -13,7 +13,7 @@ import numpy as np
 
 from thermograd.analysis.catalog import SERIES
 from thermograd.analysis.errors import InputError
-from thermograd.timestamps import EPOCH_FIELDS, epoch_s, parse_time_s
+from thermograd.timestamps import EPOCH_FIELDS, epoch_field, epoch_s, has_value, parse_time_s
 
 
 @dataclass
@@ -71,11 +71,6 @@ def epoch_seconds(value: float, where: str, name: str, units_seen: set[str]) -> 
     return seconds
 
 
-def _filled(value: object) -> bool:
-    """A field with a value: not missing, null or blank."""
-    return value is not None and str(value).strip() != ""
-
-
 def _text_time(text: str, where: str, name: str, tz: tzinfo, units_seen: set[str]) -> float:
     try:
         seconds, unit = parse_time_s(text, tz)
@@ -89,12 +84,11 @@ def _text_time(text: str, where: str, name: str, tz: tzinfo, units_seen: set[str
 def _record_time(rec: dict, where: str, tz: tzinfo, units_seen: set[str]) -> float:
     """An epoch field first (time_unix, timestamp_shared), else a text one: ISO 8601 (offset honoured, naive = tz)
     or a Unix time (thermograd.timestamps' rules, as for the hardware CSV)."""
-    for name in EPOCH_FIELDS:
-        if _filled(rec.get(name)):
-            return epoch_seconds(_number(rec[name], where, name, True), where, name, units_seen)
+    if (name := epoch_field(rec)) is not None:
+        return epoch_seconds(_number(rec[name], where, name, True), where, name, units_seen)
     for name in ISO_FIELDS:
         stamp = rec.get(name)
-        if _filled(stamp) and not isinstance(stamp, bool):
+        if has_value(stamp) and not isinstance(stamp, bool):
             return _text_time(str(stamp), where, name, tz, units_seen)
     raise InputError(f"{where}: no time field (epoch: {', '.join(EPOCH_FIELDS)}; ISO: {', '.join(ISO_FIELDS)})")
 
@@ -268,8 +262,7 @@ def _device_samples(path: Path, header: list[str], rows: list[tuple[int, dict[st
         if row["device"] != device:
             continue
         where = f"{path}:{lineno}"
-        epoch = next((name for name in EPOCH_FIELDS if _filled(row.get(name))), None)
-        if epoch is not None:
+        if (epoch := epoch_field(row)) is not None:
             times.append(epoch_seconds(_number(row[epoch], where, epoch, True), where, epoch, units_seen))
         else:
             times.append(_text_time(row.get("timestamp") or "", where, "timestamp", tz, units_seen))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thermograd.exporter.backends.base import PLAUSIBLE_RANGES
-from thermograd.timestamps import EPOCH_FIELDS, epoch_s, parse_time_s
+from thermograd.timestamps import EPOCH_FIELDS, epoch_field, epoch_s, parse_time_s
 
 REQUIRED_COLUMNS = ("timestamp", "device", "util_pct", "power_w", "temp_c")
 
@@ -70,7 +70,7 @@ class _RowParser:
 
     def time_column(self) -> str:
         """The column the row's time is read from: an epoch column with a value, else `timestamp`."""
-        return next((c for c in EPOCH_FIELDS if (self.fields.get(c) or "").strip()), "timestamp")
+        return epoch_field(self.fields) or "timestamp"
 
     def timestamp(self) -> float:
         """The row's time by the rules every reader of these files shares (thermograd.timestamps): an epoch

@@ -10,6 +10,7 @@ caller names (UTC unless told otherwise). Errors are ValueError: the caller name
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 
 # Epoch fields win over ISO strings: the RLE lab's own training logs carry `timestamp_shared` (epoch) next to
@@ -17,6 +18,16 @@ from datetime import UTC, datetime, tzinfo
 EPOCH_FIELDS = ("time_unix", "timestamp_shared")
 # Epoch values this large are not seconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
+
+
+def has_value(value: object) -> bool:
+    """A time field with a value: not missing, null or blank."""
+    return value is not None and str(value).strip() != ""
+
+
+def epoch_field(fields: Mapping[str, object]) -> str | None:
+    """The epoch field (EPOCH_FIELDS, in order) a record's time is read from, or None: read the text one then."""
+    return next((name for name in EPOCH_FIELDS if has_value(fields.get(name))), None)
 
 
 def iso_utc(unix_s: float, *, timespec: str = "auto", zulu: bool = True) -> str:

@@ -1,7 +1,8 @@
 """Granger causality both ways on the differenced series: a VAR of fixed order, F tests.
 
 Least squares via normal equations (one Gram matrix per design, from the columns' lagged products: O(n p)),
-so a week of 1 s data takes a fraction of a second; statsmodels' VAR builds its lag matrix row by row in Python (minutes at that size).
+so a week of 1 s data takes a fraction of a second; statsmodels' VAR builds its lag matrix row by row in
+Python (minutes at that size).
 The tests check the F test against statsmodels' grangercausalitytests (ssr F test), which defines it.
 """
 
@@ -75,12 +76,13 @@ def _gram(data: np.ndarray, order: int, current: tuple[int, ...] = ()
         sums -= window.sum(axis=0)
     design = [lag * m + c for lag in range(1, lags) for c in range(m)] + list(current)
     present = list(range(m))
+    rows_used = int(used.sum())
     zz = np.empty((1 + len(design), 1 + len(design)))
-    zz[0, 0] = used.sum()
+    zz[0, 0] = rows_used
     zz[0, 1:] = zz[1:, 0] = sums[design]
     zz[1:, 1:] = products[np.ix_(design, design)]
     zy = np.vstack((sums[present], products[np.ix_(design, present)]))
-    return zz, zy, products[np.ix_(present, present)], int(used.sum())
+    return zz, zy, products[np.ix_(present, present)], rows_used
 
 
 def _rss(gram: np.ndarray, zy: np.ndarray, yy: float, cols: np.ndarray) -> float:
