@@ -16,7 +16,19 @@ from thermograd.analysis.stats.series import (
 
 
 def spike_indices(grad_norm: np.ndarray, z_threshold: float) -> np.ndarray:
-    """Onsets of upward spikes: robust z of the first differences above the threshold."""
+    """Onsets of upward spikes: robust z of the first differences above the threshold.
+
+    Parameters
+    ----------
+    grad_norm : the series on the grid (NaN: missing; a difference that involves a missing value is never a
+        spike).
+    z_threshold : the robust z (series.robust_z over all the finite differences) a difference must exceed.
+
+    Returns
+    -------
+    ndarray of int : the rows where the difference into the row first exceeds the threshold (a run of
+        consecutive rows above it counts once, at its first row).
+    """
     z = robust_z(first_difference(grad_norm))
     return onsets(np.nan_to_num(z, nan=-np.inf) > z_threshold)
 
@@ -43,7 +55,17 @@ def _precursor_rate(a_rows: np.ndarray, b: np.ndarray, window: int) -> np.ndarra
 
 def randomised_p(null: np.ndarray, observed: float, rng: np.random.Generator) -> float:
     """Rank p-value with ties broken at random: exactly uniform under the null even for a statistic that
-    takes few values (a rate over three spikes), where the plain (1 + #>=) / (1 + N) is conservative."""
+    takes few values (a rate over three spikes), where the plain (1 + #>=) / (1 + N) is conservative.
+
+    Parameters
+    ----------
+    null : the statistic at the N surrogates; observed: its observed value (larger: more extreme).
+    rng : draws the tie-breaking uniform U.
+
+    Returns
+    -------
+    float : (#{null > observed} + U (#{null == observed} + 1)) / (1 + N), U uniform on [0, 1): in [0, 1).
+    """
     greater = int(np.sum(null > observed))
     ties = int(np.sum(null == observed))
     return float((greater + rng.uniform(0.0, 1.0) * (ties + 1)) / (1 + null.size))
@@ -54,7 +76,18 @@ SURROGATE_BLOCK = 64  # surrogate rows built and scored at a time: memory O(bloc
 
 def surrogate_shifts(m: int, margin: int, n_surrogates: int, rng: np.random.Generator) -> np.ndarray:
     """The circular shifts (in valid rows) of the surrogates: all when there are at most n_surrogates;
-    shifts within `margin` rows of zero are left out."""
+    shifts within `margin` rows of zero are left out.
+
+    Parameters
+    ----------
+    m : the valid rows (the circle's length); margin: the shifts s with s <= margin or s >= m - margin are
+        left out (margin 0: every shift but 0).
+    n_surrogates : the most shifts returned; rng: draws them, without replacement, where there are more.
+
+    Returns
+    -------
+    ndarray of int : the shifts, in valid rows (ascending unless drawn).
+    """
     shifts = np.arange(margin + 1, m - margin)
     if shifts.size > n_surrogates:
         shifts = rng.choice(shifts, size=n_surrogates, replace=False)
@@ -62,7 +95,13 @@ def surrogate_shifts(m: int, margin: int, n_surrogates: int, rng: np.random.Gene
 
 
 def shift_events(pos: np.ndarray, valid: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Events at valid-row positions `pos` moved by each shift (one sorted row per shift)."""
+    """Events at valid-row positions `pos` moved by each shift (one sorted row per shift).
+
+    Returns
+    -------
+    ndarray (shifts, events) : the grid rows (elements of `valid`) the events land on, shifted around the
+        circle of the valid rows.
+    """
     return np.sort(valid[(pos[None, :] + shifts[:, None]) % valid.size], axis=1)
 
 
@@ -71,14 +110,52 @@ def shifted_events(events: np.ndarray, valid: np.ndarray, margin: int, n_surroga
     """The events moved together by circular shifts along the valid rows (rows are sorted), one shift
     per surrogate row: their spacing and clustering are kept, only their timing against the other
     series changes. All shifts when there are at most n_surrogates; shifts within `margin` valid rows
-    of zero are left out."""
+    of zero are left out.
+
+    Parameters
+    ----------
+    events : the events' grid rows, each one of `valid`; valid: the grid rows the circle runs over, ascending.
+    margin, n_surrogates, rng : as for `surrogate_shifts`.
+
+    Returns
+    -------
+    ndarray (shifts, events) : each surrogate's grid rows, sorted.
+    """
     shifts = surrogate_shifts(valid.size, margin, n_surrogates, rng)
     return shift_events(np.searchsorted(valid, events), valid, shifts)
 
 
 def coincidence(spikes: np.ndarray, collapses: np.ndarray, valid: np.ndarray, window: int,
                 n_surrogates: int, rng: np.random.Generator) -> dict:
-    """Event coincidence analysis (Donges et al. 2016); null: the spike train circularly shifted."""
+    """Event coincidence analysis (Donges et al. 2016); null: the spike train circularly shifted.
+
+    Parameters
+    ----------
+    spikes : the spikes' grid rows, each one of `valid`; collapses: the collapse onsets' grid rows.
+    valid : the grid rows where both series are known, ascending: the circle the spike train is shifted along.
+    window : the coincidence window in rows (both ends included).
+    n_surrogates : the most shifts (every nonzero shift where there are no more); rng: draws them and breaks
+        ties (`randomised_p`).
+
+    Returns
+    -------
+    dict
+        n_spikes, n_collapses, window_steps : the inputs' sizes and the window in rows.
+        precursor_rate, precursor_p : the fraction of collapse onsets with a spike at most `window` rows
+            before them (or at them), and its `randomised_p` among the shifts.
+        trigger_rate, trigger_p : the fraction of spikes with a collapse onset at them or at most `window`
+            rows after, and its p.
+        null_trigger_rate_mean : the trigger rate's mean over the shifts.
+        n_surrogates : the shifts used; null: the null in words.
+        status : "ok", or INSUFFICIENT with a reason (no spikes, no collapse onsets, or at most
+            2 window + 22 valid rows); then the rates and p-values are None and null_trigger_rate_mean is
+            absent.
+
+    References
+    ----------
+    Donges et al. (2016), Eur. Phys. J. Spec. Top. 225, 471-487 (event coincidence analysis).
+    Lancaster et al. (2018), Phys. Rep. 748, 1-60 (surrogate data, rotations).
+    """
     out: dict = {"n_spikes": int(spikes.size), "n_collapses": int(collapses.size), "window_steps": window,
                  "precursor_rate": None, "precursor_p": None, "trigger_rate": None, "trigger_p": None,
                  "n_surrogates": 0, "null": "the spike train circularly shifted along the valid rows "
@@ -126,6 +203,33 @@ def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng
     observed alignment, so they cost no power. The level is high-passed (series.highpass_level) because a
     slow trend (the gradient norm decays while the device heats and collapses more) is not what the
     question is about.
+
+    Parameters
+    ----------
+    state : the 0/1 state on the grid (NaN: unknown).
+    values : the series' level on the same grid (NaN: missing), high-passed here at `step_s` (seconds).
+    n_surrogates : the most circular shifts of the state (drawn with `rng` where there are more).
+
+    Returns
+    -------
+    dict
+        r : the lag-0 correlation of the state and the high-passed level, each winsorised and standardised
+            (lagged.shift_test; the 0/1 state stays two-valued).
+        p : (1 + #{shifts with |t| >= the observed |t|}) / (1 + shifts), t being r's HAC-studentised sum.
+        ci : the 95 % Fisher-z interval from the HAC variance of r's influence function, widened by the
+            shifts' spread where it exceeds 1; surrogates: the null in words.
+        n : the rows where both are finite; n_surrogates: the shifts; p_adjusted: None (Holm, later).
+        method : the test in words.
+        status : "ok", or INSUFFICIENT with a reason (under 30 rows, a constant series, or under 30 shifts);
+            then r and p are None and ci and surrogates are absent.
+
+    References
+    ----------
+    Lancaster et al. (2018), Phys. Rep. 748, 1-60 (surrogate data, rotations).
+    Newey & West (1987), Econometrica 55, 703-708; (1994), Rev. Econ. Stud. 61, 631-653 (the HAC CI).
+    Fisher (1915), Biometrika 10, 507-521; Fisher (1921), Metron 1, 3-32 (the z transform).
+    Wilcox (2012), Introduction to Robust Estimation and Hypothesis Testing, 3rd ed., Academic Press
+    (winsorising, MAD).
     """
     level = highpass_level(np.asarray(values, dtype=float), step_s)
     state = np.asarray(state, dtype=float)
@@ -143,7 +247,28 @@ def point_biserial(state: np.ndarray, values: np.ndarray, n_surrogates: int, rng
 
 def spikes_vs_collapses(grad_norm: np.ndarray, collapsed: np.ndarray, z_threshold: float, window: int,
                         n_surrogates: int, rng: np.random.Generator, step_s: float = 1.0) -> dict:
-    """Both the coincidence analysis and the point-biserial r (collapse state vs grad norm)."""
+    """Both the coincidence analysis and the point-biserial r (collapse state vs grad norm).
+
+    Parameters
+    ----------
+    grad_norm : the gradient norm on the grid (NaN: missing).
+    collapsed : the 0/1 collapse state on the same grid (NaN: unknown); its onsets are series.state_onsets.
+    z_threshold : the spikes' robust-z threshold (`spike_indices`); only spikes at rows where both series are
+        known are kept.
+    window : the coincidence window in rows; n_surrogates, rng: as for `coincidence` and `point_biserial`.
+    step_s : the grid step in seconds (the point-biserial test's high-pass).
+
+    Returns
+    -------
+    dict
+        `coincidence`'s result, with spike_z_threshold, point_biserial (`point_biserial`'s result), and
+        spike_steps and collapse_onset_steps: the first 1,000 spike rows and collapse onset rows.
+
+    References
+    ----------
+    Donges et al. (2016), Eur. Phys. J. Spec. Top. 225, 471-487 (event coincidence analysis).
+    Lancaster et al. (2018), Phys. Rep. 748, 1-60 (surrogate data, rotations).
+    """
     spikes = spike_indices(grad_norm, z_threshold)
     collapse_onsets = state_onsets(collapsed)  # a NaN inside a collapse is not a new onset
     valid = np.flatnonzero(np.isfinite(grad_norm) & np.isfinite(collapsed))

@@ -100,7 +100,32 @@ def f_test(data: np.ndarray, order: int, caused: int, causing: int | None = None
     ssr F test; with a third column it is the conditional test (Geweke 1984).
 
     `gram`: `_gram(data, order, current)` when the caller has it: both directions of a pair regress on the
-    same design, and its Gram matrix is the test's whole cost on a long run."""
+    same design, and its Gram matrix is the test's whole cost on a long run.
+
+    Parameters
+    ----------
+    data : (rows, columns) on the grid, NaN where missing; a row takes part only where its present and its
+        `order` lagged values are all finite.
+    order : the lags of every column in both regressions, in rows; both regressions have a constant.
+    caused : the column regressed; causing: the column whose lags the restricted regression leaves out
+        (default: the other one of two columns).
+    current : the columns whose present value enters both regressions too.
+    gram : `_gram(data, order, current)`, computed once for both directions.
+
+    Returns
+    -------
+    dict
+        F : ((RSS_restricted - RSS_full) / order) / (RSS_full / df_resid); p: its upper tail under
+            F(order, df_resid); p_adjusted: None (Holm, later); df: [order, df_resid], df_resid being the rows
+            used less the full regression's coefficients.
+        status : INSUFFICIENT (F and p None) where df_resid <= 0 or the full regression fits perfectly (a
+            degenerate design); absent otherwise.
+
+    References
+    ----------
+    Granger (1969), Econometrica 37, 424-438 (the test).
+    Geweke (1984), J. Amer. Statist. Assoc. 79, 907-915 (conditional on a third series).
+    """
     m = data.shape[1]
     causing = 1 - caused if causing is None else causing
     gram, zy, yy, t = _gram(data, order, current) if gram is None else gram
@@ -123,26 +148,43 @@ PRECEDENCE = ("precedence, not cause: Granger causality says the past of one ser
 
 def transformed(series: np.ndarray, step_s: float, plain: bool = False) -> np.ndarray:
     """A series' high-passed, volatility-standardised, winsorised differences (`plain`: its high-passed
-    differences only)."""
+    differences only).
+
+    Parameters
+    ----------
+    series : a level on the grid (NaN: missing); step_s: the grid step in seconds.
+    plain : first differences of series.highpass_level only (no volatility scaling, no clip).
+
+    Returns
+    -------
+    ndarray, the length of `series`: NaN at the first row and wherever a difference is undefined.
+    """
     return first_difference(highpass_level(series, step_s)) if plain else winsorised(stationary(series, step_s))
 
 
 class Transforms:
     """`transformed` of each series, by name, made once for all the pairs and conditional tests that use it:
     recomputed per pair, it was most of a day's Granger time (1.8 of 3.2 s). Keyed by name, not by the array: the
-    pipeline's masked columns are new arrays at every access. `forget` drops a series no test needs any more."""
+    pipeline's masked columns are new arrays at every access. `forget` drops a series no test needs any more.
+
+    Parameters
+    ----------
+    step_s : the grid step in seconds that every memoised series was transformed at.
+    """
 
     def __init__(self, step_s: float) -> None:
         self.step_s = step_s
         self._made: dict[tuple[str, bool], np.ndarray] = {}
 
     def of(self, name: str, series: np.ndarray, plain: bool = False) -> np.ndarray:
+        """`transformed(series, step_s, plain)`, made at the first call for (`name`, `plain`), then reused."""
         key = (name, plain)
         if key not in self._made:
             self._made[key] = transformed(series, self.step_s, plain)
         return self._made[key]
 
     def forget(self, name: str) -> None:
+        """Drops both transforms (plain or not) of the series `name`."""
         for plain in (False, True):
             self._made.pop((name, plain), None)
 
@@ -182,6 +224,34 @@ def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: floa
     `state`: (name, column: 0 for x, 1 for y) where one of the pair is that measured state itself. Nothing else can
     be conditioned on then, but the state's own level can: see `given_own_level`. `transforms` with the pair's
     `names`: a memo shared by the run's pairs (each series transformed once).
+
+    Parameters
+    ----------
+    x, y : the two series' levels on one grid (NaN: missing). The VAR runs on their `transformed` differences,
+        centred and scaled over the rows where both are finite; a row whose lags cross a gap is left out.
+    max_order : the VAR's order in rows; lowered to (rows where both are finite - 30) // 10 where that is
+        less.
+    step_s : the grid step in seconds (the high-pass and volatility windows are set in seconds).
+    given : (name, series) of a measured state to condition on (`conditional`); takes precedence over `state`.
+    state : (name, column) where x or y is the measured state (`given_own_level`).
+    transforms, names : a `Transforms` memo (used only at the same step_s) and the pair's names as its keys.
+
+    Returns
+    -------
+    dict
+        order : the order used (None where insufficient); n: the rows where both transformed series are
+            finite.
+        x_to_y, y_to_x : `f_test` results (x's past predicting y, y's past predicting x), None where
+            insufficient.
+        status : "ok", or INSUFFICIENT where the order falls under 1 or a transformed series is constant.
+        label : PRECEDENCE (what a significant test means); method: the test in words.
+        given : `conditional`'s or `given_own_level`'s result, present only when `given` or `state` is set and
+            the plain tests ran.
+
+    References
+    ----------
+    Granger (1969), Econometrica 37, 424-438 (the test).
+    Geweke (1984), J. Amer. Statist. Assoc. 79, 907-915 (conditional on a third series).
     """
     data, keep = _standardised([x, y], step_s, transforms=transforms, names=names)
     out: dict = {"order": None, "x_to_y": None, "y_to_x": None, "n": int(keep.sum()), "label": PRECEDENCE,
@@ -207,7 +277,29 @@ def conditional(x: np.ndarray, y: np.ndarray, given: tuple[str, np.ndarray], ord
     """Both Granger tests of x and y conditional on a measured series (its past and present). The measured
     series enters as its plain differences: a 0/1 state's changes are its information, and the robust clip and the
     volatility scaling that guard the correlations would distort exactly those (a throttle onset is a rare
-    extreme change), leaving what the state explains to the other series' lags."""
+    extreme change), leaving what the state explains to the other series' lags.
+
+    Parameters
+    ----------
+    x, y : the pair's levels on one grid (NaN: missing), transformed as in `granger_both_ways`.
+    given : (name, series): the measured series, entered as its high-passed first differences, lagged and at
+        the present row, in both equations.
+    order : the VAR's order in rows (as `granger_both_ways` chose it); step_s: the grid step in seconds.
+    transforms, names : the memo and the pair's names, as for `granger_both_ways`.
+
+    Returns
+    -------
+    dict
+        series : the conditioning series' name; n: the rows where all three transformed series are finite.
+        x_to_y, y_to_x : `f_test` results with the third column's past and present in both regressions.
+        status : "ok", or INSUFFICIENT with a reason where n < 30 + 10 order or the measured series'
+            differences are constant (then x_to_y and y_to_x are None).
+
+    References
+    ----------
+    Granger (1969), Econometrica 37, 424-438 (the test).
+    Geweke (1984), J. Amer. Statist. Assoc. 79, 907-915 (conditional on a third series).
+    """
     name, z = given
     data, keep = _standardised([x, y, z], step_s, plain=(2,), transforms=transforms,
                                names=(*names, name) if names is not None else None)
@@ -229,7 +321,27 @@ def given_own_level(data: np.ndarray, level: np.ndarray, state: tuple[str, int],
     slowed by the state carries its level, and so predicts the state's end (an episode of some seconds ends) better
     than the state's own differences do: in runs whose throttle episodes slow the steps, "throughput precedes
     throttled" was significant in most runs, and given the state's level in none (bench/calibration_effects.py).
-    The other way (the state preceding the series) is left to the plain test."""
+    The other way (the state preceding the series) is left to the plain test.
+
+    Parameters
+    ----------
+    data : the pair's standardised, transformed differences, (rows, 2), as `granger_both_ways` made them.
+    level : the state's own level on the grid (0/1, NaN: unknown); its value one row before, centred and
+        scaled, enters both regressions as a third column (with its lags).
+    state : (name, column of `data` that is the state); order: the VAR's order in rows.
+
+    Returns
+    -------
+    dict
+        series : the state's name; conditioned_on: "its own level".
+        x_to_y, y_to_x : the `f_test` of the other column's past predicting the state's differences under the
+            key for that direction; the other key stays None.
+        status : "ok", or INSUFFICIENT with a reason where the state's level is constant (or never known).
+
+    References
+    ----------
+    Granger (1969), Econometrica 37, 424-438 (the test).
+    """
     name, column = state
     other = 1 - column
     previous = np.concatenate(([np.nan], np.asarray(level, dtype=float)[:-1]))

@@ -35,7 +35,17 @@ def _window_means(cum: np.ndarray, cnt: np.ndarray, lo: np.ndarray, hi: np.ndarr
 
 
 def burst_lengths(active: np.ndarray) -> list[int]:
-    """Lengths in rows of the bursts seen to start and end (NaN = unknown, never a boundary)."""
+    """Lengths in rows of the bursts seen to start and end (NaN = unknown, never a boundary).
+
+    Parameters
+    ----------
+    active : the 0/1 burst state on the grid (NaN: unknown).
+
+    Returns
+    -------
+    list of int : for each seen onset (series.state_onsets) with a seen end after it, the rows from the onset
+        to that end.
+    """
     s = np.asarray(active, dtype=float)
     starts, ends = state_onsets(s), state_onsets(np.where(np.isfinite(s), 1.0 - s, np.nan))
     return [int(ends[ends > b][0] - b) for b in starts if (ends > b).any()]
@@ -52,7 +62,18 @@ def default_window(active: np.ndarray, delayed: bool = True, clear_rows: int = 0
     four onsets. Either way no longer than the median time between bursts less `clear_rows` (for a pause: the
     settling rows after a burst and the row before the next, where the device is still recovering or already
     slowing), so that a dense schedule's window before an onset does not reach back into the previous burst
-    (which would read the burst's own effect as the baseline and shrink it); at least one row."""
+    (which would read the burst's own effect as the baseline and shrink it); at least one row.
+
+    Parameters
+    ----------
+    active : the 0/1 burst (or pause) state on the grid (NaN: unknown).
+    delayed : True for a delayed response (twice the median burst), False for an immediate one.
+    clear_rows : rows taken off the median time between bursts before it caps the window.
+
+    Returns
+    -------
+    int : the window in rows; 30 where no burst is seen to start and end.
+    """
     lengths = burst_lengths(active)
     if not lengths:
         return 30
@@ -70,6 +91,17 @@ def usable_onsets(metric: np.ndarray, active: np.ndarray, window: int, step_s: f
 
     An onset next to a restart compares the device before it with the device re-warming after it: one such
     window pair in a run made the test read re-warming as an effect of the bursts.
+
+    Parameters
+    ----------
+    metric : the metric on the grid (NaN: missing); active: the 0/1 state on the same grid (NaN: unknown).
+    window : the before and after windows' length in rows: [onset - window, onset) and
+        [onset, onset + window).
+    step_s : the grid step in seconds (it turns LONG_GAP_S into rows).
+
+    Returns
+    -------
+    ndarray of int : the usable onset rows, ascending.
     """
     n = metric.size
     onsets = state_onsets(active)
@@ -95,6 +127,32 @@ def triggered_average(metric: np.ndarray, active: np.ndarray, window: int, step_
     windows on the other bursts' effects and lose all power, and one that draws onsets at random ignores
     the schedule. The onsets themselves are the replicates: each gives one after-minus-before
     difference, nearly independent of the next when bursts are further apart than the metric's memory.
+
+    Parameters
+    ----------
+    metric : the metric on the grid (NaN: missing; a window's mean is over its finite rows).
+    active : the 0/1 perturbation (or pause) state on the same grid (NaN: unknown); its `usable_onsets` count.
+    window : the before and after windows' length in rows (`default_window`).
+    step_s : the grid step in seconds; the trend taken out spans max(TREND_MIN_S, TREND_WINDOWS windows).
+
+    Returns
+    -------
+    dict
+        effect : the mean over onsets of the high-passed metric's after-minus-before difference, in the
+            metric's units; effect_sd_units: that over the high-passed metric's sd.
+        ci, p : the 95 % t interval of the effect and its two-sided t-test p, on onsets - 1 df;
+            p_adjusted: None (Holm, later).
+        n_onsets : the usable onsets (where ok, those whose difference is defined); window_steps: the window
+            in rows.
+        eta, eta_offsets_steps : the event-triggered average of the raw metric minus each onset's mean over
+            the window before, at rows -window .. window - 1 from the onset (None where no onset has a value).
+        method : the test in words.
+        status : "ok", or INSUFFICIENT with a reason (under MIN_ONSETS differences, or all equal); then
+            effect, ci, p and eta are None and eta_offsets_steps is absent.
+
+    References
+    ----------
+    Student (1908), Biometrika 6, 1-25 (the t test across onsets).
     """
     usable = usable_onsets(metric, active, window, step_s)
     out: dict = {"n_onsets": int(usable.size), "window_steps": window, "effect": None, "effect_sd_units": None,

@@ -21,7 +21,19 @@ LONG_GAP_S = 30.0  # a gap this long ends a segment: no window reaches across it
 
 def segment_bounds(present: np.ndarray, min_gap_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """For every row, the first and last row of its segment: runs of the grid separated by at least
-    `min_gap_rows` consecutive missing rows (shorter gaps are just missing values inside a segment)."""
+    `min_gap_rows` consecutive missing rows (shorter gaps are just missing values inside a segment).
+
+    Parameters
+    ----------
+    present : bool, a row per grid row: whether the series has a value there.
+    min_gap_rows : the shortest run of missing rows that ends a segment.
+
+    Returns
+    -------
+    (first, last) : int arrays the length of `present`: the first and last present row of each row's
+        segment (a row in a gap takes the segment before it, a row before the first present row the first
+        one); every row gets (0, n - 1) where nothing is present.
+    """
     n = present.size
     idx = np.flatnonzero(present)
     starts, ends = np.zeros(n, dtype=np.int64), np.full(n, max(n - 1, 0), dtype=np.int64)
@@ -58,7 +70,12 @@ def _windows(first: int, stop: int, data_first: int, half_width: int,
 
 def rolling_mean(x: np.ndarray, half_width: int, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Centred mean of the finite values within +/-half_width rows, clipped to each row's segment
-    (O(n) from running sums over chunks); NaN where the window holds nothing."""
+    (O(n) from running sums over chunks); NaN where the window holds nothing.
+
+    Parameters
+    ----------
+    x : the series (NaN: missing); half_width: in rows; bounds: `segment_bounds` of the series.
+    """
     out = np.empty(x.size)
     for first, stop, d0, d1 in _chunks(x.size, half_width):
         seg = x[d0:d1]
@@ -75,7 +92,17 @@ def rolling_mean(x: np.ndarray, half_width: int, bounds: tuple[np.ndarray, np.nd
 def rolling_linear_trend(x: np.ndarray, half_width: int, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """At every row, the value at that row of a least-squares line through the finite values within
     +/-half_width rows (clipped to the segment); O(n) from running sums over chunks. Unlike a running mean
-    it follows a curve's slope into the window's clipped ends, where a run's transients are steepest."""
+    it follows a curve's slope into the window's clipped ends, where a run's transients are steepest.
+
+    Parameters
+    ----------
+    x : the series (NaN: missing); half_width: in rows; bounds: `segment_bounds` of the series.
+
+    Returns
+    -------
+    ndarray, the length of `x`: the line's value at each row; the window's mean where its values cannot fix
+    a line (one row, say); NaN where the window holds no finite value.
+    """
     out = np.empty(x.size)
     for first, stop, d0, d1 in _chunks(x.size, half_width):
         seg = x[d0:d1]
@@ -99,6 +126,7 @@ def rolling_linear_trend(x: np.ndarray, half_width: int, bounds: tuple[np.ndarra
 
 
 def rows_for(seconds: float, step_s: float) -> int:
+    """`seconds` as a number of rows of a grid with step `step_s` seconds (rounded), at least 2."""
     return max(2, int(round(seconds / step_s)))
 
 
@@ -114,6 +142,17 @@ def stationary(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
     difference over VOLATILITY_S, floored at a quarter of its median so a flat stretch is not blown up)
     keeps such a shared volatile stretch from dominating every sum. A spike stays a spike: one value
     barely moves a minute's mean. Windows never reach across a gap of LONG_GAP_S or more.
+
+    Parameters
+    ----------
+    x : a level on the grid (NaN: missing).
+    step_s : the grid step in seconds: HIGHPASS_S, VOLATILITY_S and LONG_GAP_S are turned into rows with it.
+
+    Returns
+    -------
+    ndarray, the length of `x`: the differences less their running local-linear trend over HIGHPASS_S, over
+    `local_scale`; NaN at the first row and wherever a difference is missing. Under three finite differences,
+    the plain differences.
     """
     d = first_difference(np.asarray(x, dtype=float))
     finite = np.isfinite(d)
@@ -127,7 +166,18 @@ def stationary(x: np.ndarray, step_s: float = 1.0) -> np.ndarray:
 def local_scale(d: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], step_s: float) -> np.ndarray:
     """The local noise scale of differences `d`: their running mean absolute value over VOLATILITY_S within
     each segment, floored at a quarter of its median (a flat stretch is not blown up); the median where the
-    window holds nothing."""
+    window holds nothing.
+
+    Parameters
+    ----------
+    d : differences on the grid (NaN: missing); bounds: their `segment_bounds`; step_s: the grid step in
+        seconds.
+
+    Returns
+    -------
+    ndarray, the length of `d`, in its units: finite and positive at every row where `d` has any finite value
+    (the median is replaced by the mean |d|, or 1, where it is not positive).
+    """
     finite = np.isfinite(d)
     scale = rolling_mean(np.abs(d), rows_for(VOLATILITY_S / 2, step_s), bounds)
     typical = np.nanmedian(scale[finite]) if finite.any() else 0.0
@@ -139,7 +189,18 @@ def local_scale(d: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], step_s: fl
 def volatility_standardised(level: np.ndarray, step_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A level divided by the local noise scale of its differences (`local_scale`, relative to its median), and
     that relative scale: a stretch where every series is noisier at once (early training, a settling device)
-    counts like any other."""
+    counts like any other.
+
+    Parameters
+    ----------
+    level : a (high-passed) level on the grid (NaN: missing); step_s: the grid step in seconds.
+
+    Returns
+    -------
+    (standardised, relative) : the level over the relative scale, and that scale (the local scale over its
+        median on the rows with a finite difference); under three finite differences, the level unchanged and
+        ones.
+    """
     d = first_difference(level)
     finite = np.isfinite(d)
     if finite.sum() < 3:
@@ -154,12 +215,24 @@ def highpass_level(x: np.ndarray, step_s: float = 1.0, width_s: float = HIGHPASS
     taken out. A running mean leaves a curve's slope in where its window is clipped (a run's start, a
     restart's re-warming): the point-biserial r read the gradient norm's decay against collapses that a
     cold start makes rarer (8 % false positives at 5 %), and the perturbation test the re-warming after a
-    restart as an effect of the learning-rate bursts there (8 %)."""
+    restart as an effect of the learning-rate bursts there (8 %).
+
+    Parameters
+    ----------
+    x : a float level on the grid (NaN: missing).
+    step_s : the grid step in seconds; width_s: the trend's full window in seconds (a row's window is
+        +/- width_s / 2, clipped to its segment: gaps of LONG_GAP_S or more end one).
+
+    Returns
+    -------
+    ndarray, the length of `x`, in its units: NaN where `x` is.
+    """
     bounds = segment_bounds(np.isfinite(x), rows_for(LONG_GAP_S, step_s))
     return x - rolling_linear_trend(x, rows_for(width_s / 2, step_s), bounds)
 
 
 def is_constant(x: np.ndarray) -> bool:
+    """True where `x` has fewer than two finite values or all of them are equal."""
     finite = x[np.isfinite(x)]
     return finite.size < 2 or float(np.ptp(finite)) == 0.0
 
@@ -176,7 +249,22 @@ def standardise_fill(x: np.ndarray) -> np.ndarray:
 
 
 def robust_z(x: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD): a spike cannot inflate its own yardstick."""
+    """(x - median) / (1.4826 * MAD): a spike cannot inflate its own yardstick.
+
+    Parameters
+    ----------
+    x : values (NaN: missing; the median and MAD are over the finite ones).
+
+    Returns
+    -------
+    ndarray, the shape of `x`: NaN where `x` is (all NaN where nothing is finite); where the MAD is 0, the
+    scale is the sd instead (1 where that is 0 too).
+
+    References
+    ----------
+    Wilcox (2012), Introduction to Robust Estimation and Hypothesis Testing, 3rd ed., Academic Press
+    (the MAD as a scale).
+    """
     finite = x[np.isfinite(x)]
     if finite.size == 0:
         return np.full(x.shape, np.nan)
@@ -196,7 +284,16 @@ def onsets(mask: np.ndarray) -> np.ndarray:
 
 def state_onsets(state: np.ndarray) -> np.ndarray:
     """Rows where a 0/1 state (NaN = unknown) is seen to turn on: on now, *known* off one row before.
-    A state that reappears on after a gap, or is on at the first row, was not seen to start."""
+    A state that reappears on after a gap, or is on at the first row, was not seen to start.
+
+    Parameters
+    ----------
+    state : the state on the grid; on means > 0.5, off <= 0.5.
+
+    Returns
+    -------
+    ndarray of int : the onset rows, ascending.
+    """
     s = np.asarray(state, dtype=float)
     on = np.where(np.isfinite(s), s > 0.5, False)
     known_off = np.where(np.isfinite(s), s <= 0.5, False)
