@@ -11,10 +11,18 @@ import re
 import sys
 from pathlib import Path
 
+from thermograd.analysis.coupling.settings import Settings
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.pipeline import Settings
-from thermograd.analysis.promql import PromClient
-from thermograd.analysis.timeparse import parse_duration_s
+from thermograd.analysis.requests import (
+    ClientOptions,
+    FileRun,
+    Grid,
+    JobRequest,
+    RunRequest,
+    StoreRun,
+    Window,
+)
+from thermograd.analysis.timeparse import parse_duration_s, parse_instant_s
 
 SCRAPE_JOBS = ("exporter", "trainer")  # the stack's job names (prometheus/prometheus.yml)
 
@@ -37,8 +45,8 @@ def _headers(items: list[str]) -> dict[str, str]:
     return out
 
 
-def client_from_args(args: argparse.Namespace) -> PromClient:
-    """The client the backend flags describe: URL, bearer token (or its file), basic auth, headers, timeout."""
+def client_options(args: argparse.Namespace) -> ClientOptions:
+    """The backend the flags describe: URL, bearer token (or its file), basic auth, headers, timeout."""
     token = args.bearer_token
     if args.bearer_token_file:
         try:
@@ -51,8 +59,60 @@ def client_from_args(args: argparse.Namespace) -> PromClient:
         if not sep:
             raise InputError("--basic-auth must be USER:PASSWORD")
         basic = (user, password)
-    return PromClient(args.prometheus, timeout_s=args.timeout, retries=max(args.retries, 0), bearer_token=token,
-                      basic_auth=basic, headers=_headers(args.header), progress=sys.stderr.isatty())
+    return ClientOptions(args.prometheus, timeout_s=args.timeout, retries=max(args.retries, 0), bearer_token=token,
+                         basic_auth=basic, headers=_headers(args.header), progress=sys.stderr.isatty())
+
+
+def window_from_args(args: argparse.Namespace) -> Window:
+    """--start, --end and --lookback, checked (the start before the end where both are given)."""
+    window = Window(parse_instant_s(args.start) if args.start else None,
+                    parse_instant_s(args.end) if args.end else None, duration_flag("--lookback", args.lookback))
+    if window.start_s is not None and window.end_s is not None and window.start_s >= window.end_s:
+        raise InputError("--start must be before --end")
+    return window
+
+
+def check_hardware_flags(args: argparse.Namespace) -> None:
+    if args.rated_power is not None and not (math.isfinite(args.rated_power) and args.rated_power > 0):
+        raise InputError(f"--rated-power {args.rated_power:g}: must be a finite number of watts > 0")
+    if args.temp_limit is not None and not (math.isfinite(args.temp_limit) and -50 <= args.temp_limit <= 150):
+        raise InputError(f"--temp-limit {args.temp_limit:g}: must be a temperature in -50..150 C")
+
+
+def run_request(args: argparse.Namespace) -> RunRequest:
+    """One run's analysis as the flags ask for it; every bad value fails here, before anything is created or
+    fetched."""
+    settings = settings_from_args(args)
+    check_hardware_flags(args)
+    source: StoreRun | FileRun
+    if args.prometheus:
+        source = store_run(args)
+    elif args.grad_log and args.rle_csv:
+        source = FileRun(args.grad_log, args.rle_csv, args.device, args.tz)
+    else:
+        raise InputError("give --prometheus URL, or both --grad-log FILE and --rle-csv FILE")
+    return RunRequest(source, settings, args.out, grid_from_args(args), args.warmup)
+
+
+def store_run(args: argparse.Namespace) -> StoreRun:
+    """The run (--run, --rank), GPU (--device, --hardware-source) and window the flags name in a store."""
+    return StoreRun(client_options(args), window_from_args(args), args.run, args.rank, args.device,
+                    args.hardware_source, args.rated_power, args.temp_limit)
+
+
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    return Grid(duration_flag("--step", args.step) if args.step else None, args.step, args.max_rows)
+
+
+def job_request(args: argparse.Namespace) -> JobRequest:
+    """A job's analysis as the flags ask for it (--job-dir DIR, or --job [RUN_ID] with --prometheus)."""
+    step_s = duration_flag("--step", args.step) if args.step else None
+    if args.job_dir is not None:
+        return JobRequest(args.out, args.alpha, step_s, job_dir=args.job_dir, tz=args.tz)
+    if not args.prometheus:
+        raise InputError("--job needs --prometheus URL (or analyse files with --job-dir DIR)")
+    return JobRequest(args.out, args.alpha, step_s, store=client_options(args), window=window_from_args(args),
+                      run_id=args.job or None)
 
 
 MIN_MAX_ROWS, MAX_MAX_ROWS = 1_000, 1_000_000_000

@@ -3,44 +3,40 @@ and what they cost — written to OUT/report.json (`job`), OUT/job.png, and said
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.jobfiles import JobInputs, load_job
-from thermograd.analysis.jobreport import job_png, job_section, job_summary
+from thermograd.analysis.files.job import JobInputs, load_job
+from thermograd.analysis.output.job import job_png, job_section, job_summary
+from thermograd.analysis.output.report import versions, write_report
 from thermograd.analysis.provenance import Provenance
-from thermograd.analysis.report import versions, write_report
+from thermograd.analysis.requests import JobRequest
 from thermograd.analysis.stats.stragglers import analyse_job
-from thermograd.analysis.timeparse import get_tz, parse_duration_s
+from thermograd.analysis.timeparse import get_tz
 
 
-def job_inputs(args: argparse.Namespace) -> tuple[JobInputs, dict]:
-    step_s = parse_duration_s(args.step) if args.step else None
-    if step_s is not None and not step_s > 0:
-        raise InputError(f"--step {args.step!r}: must be a duration > 0")
-    if args.job_dir is not None:
-        return load_job(args.job_dir, get_tz(args.tz), step_s), {"source": "files", "job_dir": str(args.job_dir)}
-    if not args.prometheus:
-        raise InputError("--job needs --prometheus URL (or analyse files with --job-dir DIR)")
-    from thermograd.analysis.jobprometheus import load_job_prometheus
+def job_inputs(req: JobRequest) -> tuple[JobInputs, dict]:
+    if req.job_dir is not None:
+        return load_job(req.job_dir, get_tz(req.tz), req.step_s), {"source": "files", "job_dir": str(req.job_dir)}
+    from thermograd.analysis.sources.job import load_job_prometheus
 
-    return load_job_prometheus(args, step_s)
+    assert req.store is not None  # a JobRequest names a folder or a store (arguments.job_request)
+    return load_job_prometheus(req.store, req.window, req.run_id, req.step_s)
 
 
-def run_job(args: argparse.Namespace) -> int:
+def run_job(req: JobRequest, quiet: bool = False) -> int:
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        req.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"--out {args.out}: {exc}") from None
+        raise InputError(f"--out {req.out}: {exc}") from None
     started = time.perf_counter()
-    inputs, source = job_inputs(args)
+    inputs, source = job_inputs(req)
     if len(inputs.ranks) < 2:
         raise InputError(f"a job's analysis compares ranks: {len(inputs.ranks)} found "
                          f"({source.get('job_dir') or source.get('run_id')})")
     fetched = time.perf_counter()
-    verdict = analyse_job(inputs.ranks, inputs.gpus, inputs.step, inputs.step_s, args.alpha, steps=inputs.steps)
+    verdict = analyse_job(inputs.ranks, inputs.gpus, inputs.step, inputs.step_s, req.alpha, steps=inputs.steps)
     provenance = Provenance(inputs.provenance.get("backend"), inputs.provenance.get("heat_source", ""),
                             f"the job's {len(inputs.gpus)} GPU(s)", inputs.provenance.get("emulation", ""))
     description = provenance.first_line()
@@ -53,9 +49,9 @@ def run_job(args: argparse.Namespace) -> int:
               "job": section, "versions": versions(),
               "timing_s": {"fetch_align": fetched - started, "statistics": analysed - fetched}}
     title = f"{source.get('run_id') or source.get('job_dir')}: {len(verdict.stragglers)} straggler(s)"
-    job_png(inputs, verdict, args.out / "job.png", title)
-    write_report(report, args.out)
-    if not args.quiet:
+    job_png(inputs, verdict, req.out / "job.png", title)
+    write_report(report, req.out)
+    if not quiet:
         print(job_summary(section, verdict, description))
-        print(f"report: {args.out / 'report.json'}; figure: {args.out / 'job.png'}", file=sys.stderr)
+        print(f"report: {req.out / 'report.json'}; figure: {req.out / 'job.png'}", file=sys.stderr)
     return 0

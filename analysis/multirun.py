@@ -13,7 +13,6 @@ would have written. Every path gathers the runs in the same order, so the tables
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import hashlib
 import json
@@ -28,20 +27,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from thermograd.analysis.arguments import (
-    client_from_args,
-    duration_flag,
+    check_hardware_flags,
+    grid_from_args,
     settings_from_args,
     shard_flag,
+    store_run,
     workers_flag,
 )
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.verdict import pooled_verdict
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.pipeline import Settings, _equivalence, strength_from_ci
-from thermograd.analysis.report import clean
+from thermograd.analysis.output.report import clean
+from thermograd.analysis.requests import ClientOptions, FileRun, Grid, RunRequest, StoreRun, Window
+from thermograd.analysis.run import analyse_run
 from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
 from thermograd.analysis.stats.multiple import holm
 from thermograd.analysis.stats.series import INSUFFICIENT
@@ -72,18 +76,14 @@ def run_dirs(runs_dir: Path) -> dict[str, tuple[Path, Path]]:
     return out
 
 
-def prometheus_runs(args: argparse.Namespace) -> tuple[list[str], float]:
+def prometheus_runs(store: ClientOptions, window: Window) -> tuple[list[str], float]:
     """Run ids with samples in the window, oldest first, and the window's start (for each run's lookup)."""
-    from thermograd.analysis.selection import discover_runs
-    from thermograd.analysis.timeparse import parse_instant_s
+    from thermograd.analysis.sources.runs import discover_runs
 
-    end_s = parse_instant_s(args.end) if args.end else time.time()
-    start_s = parse_instant_s(args.start) if args.start else end_s - duration_flag("--lookback", args.lookback)
-    if start_s >= end_s:
-        raise InputError("--start must be before --end")
-    runs = discover_runs(client_from_args(args), start_s, end_s)
+    start_s, end_s = window.bounds()
+    runs = discover_runs(store.client(), start_s, end_s)
     if not runs:
-        raise InputError(f"no runs in the window at {args.prometheus} (no train_run_start_time_seconds between "
+        raise InputError(f"no runs in the window at {store.url} (no train_run_start_time_seconds between "
                          f"{start_s:.0f} and {end_s:.0f}; widen --lookback or --start/--end)")
     return sorted(runs, key=lambda r: (runs[r].start_time_s, r)), start_s
 
@@ -92,47 +92,58 @@ def _safe_name(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", run_id) or "_"
 
 
-def run_namespaces(args: argparse.Namespace) -> dict[str, argparse.Namespace]:
-    """One single-run command line per run: the same flags, its own --out under DIR/runs/."""
-    base = copy.copy(args)
-    base.all_runs, base.quiet = False, True
-    out: dict[str, argparse.Namespace] = {}
-    if args.prometheus:
-        ids, start_s = prometheus_runs(args)
+def run_requests(source: StoreRun | Path, settings: Settings, grid: Grid, warmup_flag: str, out: Path,
+                 device: str | None = None, tz: str | None = None) -> dict[str, RunRequest]:
+    """One single-run request per run, in the runs' order, each writing under out/runs/: every run in `source`'s
+    window of a store (each looked up over its own series), or every run folder of a --runs-dir."""
+    found: dict[str, StoreRun | FileRun] = {}
+    if isinstance(source, StoreRun):
+        ids, start_s = prometheus_runs(source.client, source.window)
         # each run over its own series: the lookup window reaches back to the window's start
-        lookback = f"{math.ceil(time.time() - start_s) + 60}s"
-        for run_id in ids:
-            out[run_id] = argparse.Namespace(**{**vars(base), "run": run_id, "start": None, "end": None,
-                                                "lookback": lookback})
+        window = Window(lookback_s=math.ceil(time.time() - start_s) + 60.0)
+        found = {run_id: replace(source, run_id=run_id, window=window) for run_id in ids}
     else:
-        for run_id, (log, rle) in run_dirs(args.runs_dir).items():
-            out[run_id] = argparse.Namespace(**{**vars(base), "grad_log": log, "rle_csv": rle})
+        found = {run_id: FileRun(log, rle, device, tz) for run_id, (log, rle) in run_dirs(source).items()}
+    requests: dict[str, RunRequest] = {}
     used: set[str] = set()
-    for run_id, ns in out.items():
+    for run_id, where in found.items():
         name = _safe_name(run_id)
         while name in used:
             name += "_"
         used.add(name)
-        ns.out = args.out / "runs" / name
-    return out
+        requests[run_id] = RunRequest(where, settings, out / "runs" / name, grid, warmup_flag)
+    return requests
 
 
 # --- analysing the runs: here, or in worker processes -----------------------------------------------------
-RunOutcome = str | None  # None: analysed (its report.json written); else why the run was skipped
+@dataclass(frozen=True)
+class RunOutcome:
+    """What became of one run: its pairs' rows (analysed: its report.json written), or why it was skipped."""
+
+    rows: list[dict] | None = None
+    skipped: str | None = None
 
 
 def _progress(i: int, n: int, run_id: str) -> None:
     print(f"analysis: run {i}/{n}: {run_id}", file=sys.stderr, flush=True)
 
 
-def analyse_or_skip(analyse_one: Callable[[argparse.Namespace], int], ns: argparse.Namespace) -> RunOutcome:
-    """One run through the single-run command; an InputError skips it (one bad run does not sink the
-    others; it is listed). Module level, so a worker process can be handed it."""
+AnalyseOne = Callable[[str, RunRequest], list[dict]]
+
+
+def run_rows(run_id: str, request: RunRequest) -> list[dict]:
+    """One run's analysis (run.analyse_run), its report written; its pairs' rows for the pooling, not the whole
+    report, are what a worker hands back."""
+    return pair_rows(run_id, analyse_run(request).document)
+
+
+def analyse_or_skip(analyse_one: AnalyseOne, run_id: str, request: RunRequest) -> RunOutcome:
+    """One run through `analyse_one`; an InputError skips it (one bad run does not sink the others; it is
+    listed). Module level, so a worker process can be handed it."""
     try:
-        analyse_one(ns)
+        return RunOutcome(rows=analyse_one(run_id, request))
     except InputError as exc:
-        return str(exc)
-    return None
+        return RunOutcome(skipped=str(exc))
 
 
 def _ignore_sigint() -> None:
@@ -164,8 +175,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=10)
 
 
-def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argparse.Namespace], int],
-                workers: int) -> dict[str, RunOutcome]:
+def _in_workers(runs: dict[str, RunRequest], analyse_one: AnalyseOne, workers: int) -> dict[str, RunOutcome]:
     """Each run in a worker process; a run is handed out only when a worker is free, so no more runs are in
     memory at once than there are workers, and each progress line marks a run as it starts."""
     queue = iter(enumerate(runs.items(), start=1))
@@ -183,10 +193,10 @@ def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argp
 
     def hand_out_next() -> None:
         if (item := next(queue, None)) is not None:
-            i, (run_id, ns) = item
+            i, (run_id, request) = item
             _progress(i, len(runs), run_id)
             try:
-                in_flight[pool.submit(analyse_or_skip, analyse_one, ns)] = run_id
+                in_flight[pool.submit(analyse_or_skip, analyse_one, run_id, request)] = run_id
             except BrokenProcessPool:  # a worker died while another's run finished: the pool takes no more
                 raise worker_died(list(in_flight.values())) from None
 
@@ -214,16 +224,15 @@ def _in_workers(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argp
     return {run_id: outcomes[run_id] for run_id in runs}  # the runs' order, whatever finished first
 
 
-def analyse_runs(runs: dict[str, argparse.Namespace], analyse_one: Callable[[argparse.Namespace], int],
-                 workers: int) -> dict[str, RunOutcome]:
-    """Every run's outcome, in the runs' order: one after another in this process (one worker, or one run),
-    else in `workers` processes."""
+def analyse_runs(runs: dict[str, RunRequest], analyse_one: AnalyseOne, workers: int) -> dict[str, RunOutcome]:
+    """Every run's outcome through `analyse_one` (run_rows), in the runs' order: one after another in this
+    process (one worker, or one run), else in `workers` processes."""
     if workers > 1 and len(runs) > 1:
         return _in_workers(runs, analyse_one, min(workers, len(runs)))
     outcomes = {}
-    for i, (run_id, ns) in enumerate(runs.items(), start=1):
+    for i, (run_id, request) in enumerate(runs.items(), start=1):
         _progress(i, len(runs), run_id)
-        outcomes[run_id] = analyse_or_skip(analyse_one, ns)
+        outcomes[run_id] = analyse_or_skip(analyse_one, run_id, request)
     return outcomes
 
 
@@ -265,18 +274,19 @@ def report_flags(args: argparse.Namespace) -> dict:
     return {name: None if getattr(args, name, None) is None else str(getattr(args, name)) for name in REPORT_FLAGS}
 
 
-def shard_manifest(shard: tuple[int, int], args: argparse.Namespace, cfg: Settings,
-                   runs: dict[str, argparse.Namespace], outcomes: dict[str, RunOutcome]) -> dict:
+def shard_manifest(shard: tuple[int, int], selection: dict, flags: dict, cfg: Settings,
+                   runs: dict[str, RunRequest], outcomes: dict[str, RunOutcome], out: Path) -> dict:
     """A shard's record for --pool-shards: its runs with their place in the order of all runs (where the
-    pooled tables put them) and, for each analysed one, its report relative to the shard's --out."""
+    pooled tables put them) and, for each analysed one, its report relative to the shard's --out `out`;
+    `selection` (source_of) and `flags` (report_flags) as given, for the pooling step to compare."""
     position = {run_id: i for i, run_id in enumerate(runs)}
     analysed = [{"run": run_id, "position": position[run_id],
-                 "report": (runs[run_id].out / "report.json").relative_to(args.out).as_posix()}
-                for run_id, why in outcomes.items() if why is None]
-    skipped = [{"run": run_id, "position": position[run_id], "reason": why}
-               for run_id, why in outcomes.items() if why is not None]
-    return {"format": MANIFEST_FORMAT, "shard": {"k": shard[0], "n": shard[1]}, **source_of(args),
-            "settings": vars(cfg), "flags": report_flags(args), "runs_total": len(runs), "runs_digest": runs_digest(list(runs)),
+                 "report": (runs[run_id].out / "report.json").relative_to(out).as_posix()}
+                for run_id, outcome in outcomes.items() if outcome.skipped is None]
+    skipped = [{"run": run_id, "position": position[run_id], "reason": outcome.skipped}
+               for run_id, outcome in outcomes.items() if outcome.skipped is not None]
+    return {"format": MANIFEST_FORMAT, "shard": {"k": shard[0], "n": shard[1]}, **selection,
+            "settings": vars(cfg), "flags": flags, "runs_total": len(runs), "runs_digest": runs_digest(list(runs)),
             "analysed": analysed, "skipped": skipped}
 
 
@@ -309,24 +319,6 @@ def _usable(row: dict) -> bool:
     values = (row["r"], row["ci_low"], row["ci_high"])
     return (all(isinstance(v, float | int) and math.isfinite(v) and abs(v) < 1 for v in values)
             and row["ci_high"] > row["ci_low"])
-
-
-def pooled_verdict(pooled: dict, p_adjusted: float, cfg: Settings) -> dict:
-    """The single run's bands on the pooled r: coupled (strength from the CI's bound nearest zero) when the
-    Holm-corrected pooled test is significant and |r| >= min_effect, negligible when it is significant but
-    smaller, none when an equivalence test puts the pooled r inside +/-equivalence_bound, else inconclusive."""
-    equiv = _equivalence({"z": [pooled["z"]], "se_z": [pooled["se_z"]]}, cfg)
-    equivalence = {k: v for k, v in equiv.items() if not k.startswith("_")}
-    equivalence["method"] = (f"TOST on the pooled r: its {100 * (1 - 2 * cfg.alpha):g} % CI inside "
-                             f"(-{cfg.equivalence_bound:g}, {cfg.equivalence_bound:g})")
-    if p_adjusted < cfg.alpha:
-        if abs(pooled["r"]) < cfg.min_effect:
-            coupled, strength = False, "negligible"
-        else:
-            coupled, strength = True, strength_from_ci(pooled["ci"])
-    else:
-        coupled, strength = False, "none" if equiv["equivalent"] else "inconclusive"
-    return {"coupled": coupled, "strength": strength, "equivalence": equivalence}
 
 
 def meta_analyse(rows: list[dict], cfg: Settings) -> list[dict]:
@@ -399,7 +391,7 @@ def pool_and_write(rows: list[dict], skipped: dict[str, str], n_runs: int, sourc
                    quiet: bool) -> None:
     """From every run's rows (in the runs' order) to runs.csv/json, meta_analysis.json, forest.png and the
     summary: the end of --all-runs and of --pool-shards alike, so both write the same bytes."""
-    from thermograd.analysis.forest import forest_png
+    from thermograd.analysis.output.forest import forest_png
 
     if not rows:
         raise InputError(f"none of the {n_runs} run(s) could be analysed: "
@@ -424,15 +416,15 @@ def read_report(path: Path) -> dict:
         raise InputError(f"{path}: cannot read the run's report ({exc}); analyse that run again") from None
 
 
-def rows_and_skipped(outcomes: dict[str, RunOutcome], reports: dict[str, Path]) -> tuple[list[dict], dict[str, str]]:
+def rows_and_skipped(outcomes: dict[str, RunOutcome]) -> tuple[list[dict], dict[str, str]]:
     """The analysed runs' rows and the skipped runs' reasons, both in the order of `outcomes`."""
     rows: list[dict] = []
     skipped: dict[str, str] = {}
-    for run_id, why in outcomes.items():
-        if why is None:
-            rows += pair_rows(run_id, read_report(reports[run_id]))
+    for run_id, outcome in outcomes.items():
+        if outcome.skipped is None:
+            rows += outcome.rows or []
         else:
-            skipped[run_id] = why
+            skipped[run_id] = outcome.skipped
     return rows, skipped
 
 
@@ -461,15 +453,15 @@ def check_many_runs_flags(args: argparse.Namespace) -> None:
                          "(and --start or --lookback)")
 
 
-def finish_shard(shard: tuple[int, int], args: argparse.Namespace, cfg: Settings,
-                 runs: dict[str, argparse.Namespace], outcomes: dict[str, RunOutcome]) -> int:
+def finish_shard(shard: tuple[int, int], manifest: dict, out: Path, quiet: bool) -> int:
     """A shard writes its manifest, not the tables: shards on a shared --out would overwrite each other's."""
-    _make_out(args.out)
-    path = args.out / manifest_name(*shard)
-    write_json_atomically(shard_manifest(shard, args, cfg, runs, outcomes), path)
-    if not args.quiet:
-        skipped = {run_id: why for run_id, why in outcomes.items() if why is not None}
-        print(f"shard {shard[0]}/{shard[1]}: {len(outcomes) - len(skipped)} of the {len(runs)} run(s) analysed"
+    _make_out(out)
+    path = out / manifest_name(*shard)
+    write_json_atomically(manifest, path)
+    if not quiet:
+        skipped = {entry["run"]: entry["reason"] for entry in manifest["skipped"]}
+        print(f"shard {shard[0]}/{shard[1]}: {len(manifest['analysed'])} of the {manifest['runs_total']} run(s) "
+              "analysed"
               + (f", {len(skipped)} skipped" if skipped else "") + f"; wrote {path}. Once every shard has "
               "finished: thermograd-analysis --pool-shards DIR... --out OUT")
         for run_id, why in skipped.items():
@@ -477,20 +469,23 @@ def finish_shard(shard: tuple[int, int], args: argparse.Namespace, cfg: Settings
     return 0
 
 
-def run_all(args: argparse.Namespace, analyse_one: Callable[[argparse.Namespace], int]) -> int:
-    """Analyse every run (or one shard's) with `analyse_one` (the single-run command), then pool each pair
-    across runs (or leave that to --pool-shards)."""
+def run_all(args: argparse.Namespace) -> int:
+    """--all-runs: analyse every run (or one shard's), then pool each pair across runs (or leave that to
+    --pool-shards). The command layer: the flags become requests here, and nothing below sees them."""
     cfg = settings_from_args(args)
     check_many_runs_flags(args)
+    check_hardware_flags(args)
     workers = workers_flag(args.workers)
     shard = shard_flag(args.shard) if args.shard else None
-    runs = run_namespaces(args)
-    mine = runs if shard is None else {run_id: ns for run_id, ns in runs.items()
+    source: StoreRun | Path = store_run(args) if args.prometheus else args.runs_dir
+    runs = run_requests(source, cfg, grid_from_args(args), args.warmup, args.out, args.device, args.tz)
+    mine = runs if shard is None else {run_id: request for run_id, request in runs.items()
                                        if shard_of(run_id, shard[1]) == shard[0]}
-    outcomes = analyse_runs(mine, analyse_one, workers)
+    outcomes = analyse_runs(mine, run_rows, workers)
     if shard is not None:
-        return finish_shard(shard, args, cfg, runs, outcomes)
-    rows, skipped = rows_and_skipped(outcomes, {run_id: ns.out / "report.json" for run_id, ns in runs.items()})
+        manifest = shard_manifest(shard, source_of(args), report_flags(args), cfg, runs, outcomes, args.out)
+        return finish_shard(shard, manifest, args.out, args.quiet)
+    rows, skipped = rows_and_skipped(outcomes)
     pool_and_write(rows, skipped, len(runs), source_of(args)["source"], cfg, args.out, args.quiet)
     return 0
 
@@ -565,9 +560,8 @@ def check_shards(manifests: list[tuple[Path, dict]]) -> dict:
     return first
 
 
-def pooled_outcomes(manifests: list[tuple[Path, dict]], runs_total: int) -> tuple[dict[str, RunOutcome],
-                                                                                  dict[str, Path]]:
-    """Every shard's runs in the order one process analyses them, and each analysed run's report."""
+def pooled_outcomes(manifests: list[tuple[Path, dict]], runs_total: int) -> dict[str, RunOutcome]:
+    """Every shard's runs in the order one process analyses them, each analysed one's rows read from its report."""
     entries = sorted([(entry["position"], entry["run"], path.parent / entry["report"], None)
                       for path, manifest in manifests for entry in manifest["analysed"]]
                      + [(entry["position"], entry["run"], None, entry["reason"])
@@ -575,9 +569,8 @@ def pooled_outcomes(manifests: list[tuple[Path, dict]], runs_total: int) -> tupl
     if [entry[0] for entry in entries] != list(range(runs_total)):
         raise InputError(f"the shards' runs are not the {runs_total} run(s) each of them found, once each: run "
                          "every shard again")
-    outcomes = {run_id: why for _, run_id, _, why in entries}
-    reports = {run_id: report for _, run_id, report, _ in entries if report is not None}
-    return outcomes, reports
+    return {run_id: RunOutcome(skipped=why) if why is not None else RunOutcome(rows=pair_rows(run_id, read_report(report)))
+            for _, run_id, report, why in entries}
 
 
 def pool_shards(args: argparse.Namespace) -> int:
@@ -591,8 +584,7 @@ def pool_shards(args: argparse.Namespace) -> int:
         raise InputError(f"--pool-shards combines finished shards' results: drop {'/'.join(given)}")
     manifests = read_manifests(args.pool_shards)
     first = check_shards(manifests)
-    outcomes, reports = pooled_outcomes(manifests, first["runs_total"])
-    rows, skipped = rows_and_skipped(outcomes, reports)
+    rows, skipped = rows_and_skipped(pooled_outcomes(manifests, first["runs_total"]))
     _make_out(args.out)
     pool_and_write(rows, skipped, first["runs_total"], first["source"], Settings(**first["settings"]), args.out,
                    args.quiet)

@@ -32,7 +32,7 @@ from testkit.backfill import (  # noqa: E402
     train_series,
 )
 from testkit.synthetic import planted_run  # noqa: E402
-from thermograd.analysis.promql import MAX_POINTS_PER_SERIES  # noqa: E402
+from thermograd.analysis.sources.client import MAX_POINTS_PER_SERIES  # noqa: E402
 from thermograd.analysis.table import aligned_start_s, grid_rows  # noqa: E402
 
 DAY_S = 86400
@@ -96,7 +96,7 @@ def bench_step_s(start: float, end: float) -> float:
 
 def bench_exprs(step_s: float) -> dict[str, str]:
     """The analysis's own range expressions for the bench run (rank 0 on sim-0, scraped every 1 s)."""
-    from thermograd.analysis.fetch import series_exprs
+    from thermograd.analysis.sources.fetch import series_exprs
 
     return series_exprs(RUN_ID, "0", "sim-0", step_s, 1.0)
 
@@ -105,8 +105,8 @@ def child(mode: str, url: str, start: float, end: float) -> None:
     """One measured pass in its own process: `bytes` = the analysis's query_range requests, each body read
     and dropped (the raw cost of moving the samples out); `json` = the same, each body json.loads'd and
     dropped; `ours` = fetch_table (parse + place into the table). Prints its seconds."""
-    from thermograd.analysis.fetch import fetch_table
-    from thermograd.analysis.promql import PromClient
+    from thermograd.analysis.sources.client import PromClient
+    from thermograd.analysis.sources.fetch import fetch_table
 
     step_s = bench_step_s(start, end)
     client, exprs = PromClient(url, timeout_s=120), bench_exprs(step_s)

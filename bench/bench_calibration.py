@@ -30,9 +30,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testkit.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
-from thermograd.analysis.offline import files_to_table  # noqa: E402
-from thermograd.analysis.pipeline import Settings, analyse  # noqa: E402
-from thermograd.analysis.verdict import verdicts  # noqa: E402
+from thermograd.analysis.coupling.analyse import analyse  # noqa: E402
+from thermograd.analysis.coupling.settings import Settings  # noqa: E402
+from thermograd.analysis.coupling.verdict import verdicts  # noqa: E402
+from thermograd.analysis.files.grid import files_to_table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import calibration_effects as effects  # noqa: E402

@@ -3,7 +3,7 @@ hours (default 24) at 1 s, one GPU throttled in hot spells (>= 20 % of the run) 
 while it is (testkit/jobgen.py's model, streamed: `stream_job`), imported into a real VictoriaMetrics started with
 its default flags, then `thermograd-analysis --prometheus URL --job RUN_ID` timed as a subprocess.
 
-The series are exactly those `--job` queries (analysis/jobprometheus.py), with the names and labels the live
+The series are exactly those `--job` queries (analysis/sources/job.py), with the names and labels the live
 stack gives them, every one sampled each second as a 1 s scrape would: per rank, the trainer's
 `train_run_info`, `train_run_start_time_seconds`, `train_tokens_total` and the `_sum`/`_count` of
 `train_step_compute_seconds` and `train_step_duration_seconds` (their `_bucket`s are not queried, so not

@@ -27,10 +27,11 @@ from testkit.scenario_effects import (
     spike_response_run,
     throughput_leads_run,
 )
-from thermograd.analysis.direction import HARDWARE_TO_TRAINING, SIMULTANEOUS
-from thermograd.analysis.offline import files_to_table
-from thermograd.analysis.pipeline import Settings, analyse
-from thermograd.analysis.verdict import verdicts
+from thermograd.analysis.coupling.analyse import analyse
+from thermograd.analysis.coupling.direction import HARDWARE_TO_TRAINING, SIMULTANEOUS
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.verdict import verdicts
+from thermograd.analysis.files.grid import files_to_table
 
 SPIKE_EFFECTS = {  # name: (recording maker, run length s)
     "power_drop_40w": (lambda seed: spike_response_run(600, seed, -40.0), 600),

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.promql import BackendUnreachable, PromClient
+from thermograd.analysis.sources.client import BackendUnreachable, PromClient
 from thermograd.processes import (  # noqa: F401 (re-exported: the demo and the tests use them from here)
     APT_PACKAGES,
     BINARY_NAMES,
@@ -198,7 +198,7 @@ def wait_http_ok(url: str, timeout_s: float, *, supervisor: Supervisor | None = 
 
 @dataclass
 class PrometheusAPI(PromClient):
-    """The analysis's Prometheus client (analysis.promql.PromClient: retries with back-off, a deadline for each
+    """The analysis's Prometheus client (analysis.sources.client.PromClient: retries with back-off, a deadline for each
     answer, answers checked) with the raw calls the demo and the tests need. A Prometheus not (yet) reachable is
     a ConnectionError, which wait_until keeps polling through; any other failure is a StackError. Polled, a
     check must not outlast its caller's deadline: one retry, 10 s an answer."""
@@ -280,7 +280,7 @@ class WebhookReceiver:
 # recommended for a store you run, not required (tests/test_analysis_default_stores.py analyses a VictoriaMetrics
 # with its defaults). -search.latencyOffset=0s serves the newest points at once: with the default 30 s,
 # VictoriaMetrics answers a range query's points of the last 30 s before "now" with copies of an older one, and
-# the analysis of a run that has just ended waits for them (analysis/fetch.py wait_for_newest_points). The other
+# the analysis of a run that has just ended waits for them (analysis/sources/fetch.py wait_for_newest_points). The other
 # two pin Prometheus's semantics explicitly: no deduplication (every scrape kept) and Prometheus's 5 min lookback
 # (for dashboards: the analysis's expressions all have explicit windows).
 VICTORIAMETRICS_QUERY_FLAGS = ("-search.latencyOffset=0s", "-dedup.minScrapeInterval=0s",

@@ -2,7 +2,7 @@
 couplings whose direction matters (the job driving the device; a measured common cause).
 
 Each returns a scenarios.Recording in the offline file formats with `planted` saying what was put in, so a
-calibration run goes through `offline.files_to_table` and `pipeline.analyse` like a user's files.
+calibration run goes through `files.grid.files_to_table` and `coupling.analyse.analyse` like a user's files.
 
 - spike_response_run: every gradient-norm spike (one step, 6-15x the noise) is followed `delay_s` later by a
   change of `effect_w` watts in power lasting `length_s`; nothing else couples.
@@ -29,7 +29,7 @@ from testkit.scenarios import (
     _times,
     ar1_unit,
 )
-from thermograd.analysis.load_files import Samples, step_durations
+from thermograd.analysis.files.readers import Samples, step_durations
 
 GRAD_NOISE_SD = 0.4  # the zoo's per-second gradient-norm noise scale (scenarios._latent)
 

@@ -2,7 +2,7 @@
 
 Each scenario returns what the offline files would hold, the trainer's step records and the hardware
 sampler's rows with their own timestamps, so a calibration run goes through the same alignment
-(`offline.files_to_table`) and the same `pipeline.analyse` as a user's files. The null kinds are the
+(`files.grid.files_to_table`) and the same `coupling.analyse.analyse` as a user's files. The null kinds are the
 shapes real runs have and Gaussian AR(1) does not: trends of different shapes, rare large spikes,
 shared volatility regimes, gaps, jittered and slow samplers, scrape-phase offsets, a restart.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from thermograd.analysis.load_files import Samples, step_durations
+from thermograd.analysis.files.readers import Samples, step_durations
 
 NULL_KINDS = ("ar1", "trends", "spikes", "volatility", "gaps", "jitter", "slow_2s", "slow_15s",
               "phase_offset", "restart", "paused", "idle_start", "loader_drift")

@@ -30,8 +30,8 @@ from scripts import stacklib as sl
 from testkit.backfill import device_series, train_series
 from testkit.synthetic import planted_run
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.fetch import wait_for_newest_points
-from thermograd.analysis.promql import PromClient, store_note
+from thermograd.analysis.sources.client import PromClient, store_note
+from thermograd.analysis.sources.fetch import wait_for_newest_points
 
 ROOT = Path(__file__).resolve().parents[1]
 

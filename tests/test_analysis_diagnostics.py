@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_trainer_helpers import wait_for
 
-from thermograd.analysis.selection import hardware_down, no_runs_reason
+from thermograd.analysis.sources.runs import hardware_down, no_runs_reason
 from thermograd.processes import Child, find_binary, free_port, prometheus_argv
 from thermograd.trainer.metrics import TrainingMetrics
 
@@ -115,7 +115,7 @@ def test_what_was_measured_decides_which_direction_has_a_physical_path():
 
 def test_a_recordings_device_is_picked_by_uuid_or_as_the_only_gpu(tmp_path: Path):
     from thermograd.analysis.errors import InputError
-    from thermograd.analysis.load_files import load_rle_csv
+    from thermograd.analysis.files.readers import load_rle_csv
     from thermograd.analysis.timeparse import get_tz
 
     head = "time_unix,device,uuid,kind,backend,heat_source,temp_c,power_w,rle_smoothed,a_load,collapse\n"

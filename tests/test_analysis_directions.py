@@ -10,13 +10,14 @@ import numpy as np
 
 from testkit.scenarios import hot_run, null_run, write_files
 from thermograd.analysis.catalog import DIRECTIONS, PAIRS, SERIES
-from thermograd.analysis.fetch import series_exprs
-from thermograd.analysis.load_files import load_grad_log, load_rle_csv
-from thermograd.analysis.offline import files_to_table
-from thermograd.analysis.pipeline import Settings, analyse
+from thermograd.analysis.coupling.analyse import analyse
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.verdict import overall
+from thermograd.analysis.files.grid import files_to_table
+from thermograd.analysis.files.readers import load_grad_log, load_rle_csv
+from thermograd.analysis.sources.fetch import series_exprs
 from thermograd.analysis.stats.throttle import throttle_cost
 from thermograd.analysis.timeparse import get_tz
-from thermograd.analysis.verdict import overall
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -133,7 +134,8 @@ def test_positive_control_reports_an_effect_in_the_direction_an_idle_loop_can_ha
     """Utilisation rising during the pauses (a wrongly signed artefact) must not hide power falling: the
     control reports the rightly signed metric, and is detected by it."""
     from thermograd.analysis import table as T
-    from thermograd.analysis.pipeline import Settings, positive_control
+    from thermograd.analysis.coupling.analyse import positive_control
+    from thermograd.analysis.coupling.settings import Settings
 
     rng = np.random.default_rng(3)
     n = 1200

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.load_files import load_grad_log, load_rle_csv, step_durations
-from thermograd.analysis.offline import throughput_on_grid
+from thermograd.analysis.files.grid import throughput_on_grid
+from thermograd.analysis.files.readers import load_grad_log, load_rle_csv, step_durations
 from thermograd.analysis.timeparse import get_tz
 
 CSV_HEADER = ("timestamp,device,rle_smoothed,rle_raw,rle_norm,E_th,E_pw,temp_c,vram_temp_c,power_w,util_pct,"
@@ -219,8 +219,8 @@ def test_a_fast_loops_stalls_are_slow_steps_and_only_long_silences_are_gaps():
 def test_series_csv_names_the_file_columns_the_loader_reads():
     """series.csv's `offline` column is the one reference for which file field holds each series: the step log's
     fields and the hardware CSV's columns the loader reads."""
-    from thermograd.analysis import load_files
     from thermograd.analysis.catalog import SERIES
+    from thermograd.analysis.files import readers as load_files
 
     # the hardware CSV's required columns (the RLE lab's monitor writes them; the exporter's --record too)
     assert load_files.RLE_COLUMNS == {"rle": "rle_smoothed", "temperature": "temp_c", "power": "power_w",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from testkit.jobgen import write_job
-from thermograd.analysis.jobfiles import step_states
+from thermograd.analysis.files.job import step_states
 from thermograd.analysis.stats.stragglers import MIXED_STEP, GpuRows, RankRows, analyse_job, log_ratios
 from thermograd.processes import find_binary
 

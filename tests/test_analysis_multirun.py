@@ -25,8 +25,9 @@ from testkit.backfill import (
 from testkit.scenarios import Recording, null_run, planted_run, write_files
 from thermograd.analysis.align import bin_to_grid
 from thermograd.analysis.cli import main
-from thermograd.analysis.multirun import meta_analyse, mixed_steps_note, pooled_verdict
-from thermograd.analysis.pipeline import Settings
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.verdict import pooled_verdict
+from thermograd.analysis.multirun import meta_analyse, mixed_steps_note
 from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
 
 RUN_S = 300

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.promql import MAX_POINTS_PER_SERIES, PromClient, matrix_to_arrays
+from thermograd.analysis.sources.client import MAX_POINTS_PER_SERIES, PromClient, matrix_to_arrays
 
 
 class Stub:
@@ -116,7 +116,7 @@ def test_auth_and_extra_headers_are_sent(stub_server):
 
 
 def test_range_windows_are_valid_promql_durations_for_any_step(tmp_path):
-    from thermograd.analysis.fetch import grad_norm_mean_expr, range_window, series_exprs
+    from thermograd.analysis.sources.fetch import grad_norm_mean_expr, range_window, series_exprs
 
     assert range_window(1.0) == "[1s]" and range_window(0.5) == "[500ms]" and range_window(1.5) == "[1500ms]"
     exprs = series_exprs("r1", "0", "GPU-1", 0.5, 0.5)
@@ -139,7 +139,7 @@ def _matrix_body(series: list[list]) -> bytes:
 
 
 def test_the_fast_parse_equals_the_json_path_and_refuses_other_shapes():
-    from thermograd.analysis.promql import single_matrix_arrays
+    from thermograd.analysis.sources.client import single_matrix_arrays
 
     values = [[1767225600.5, "1.25"], [1767225601, "NaN"], [1767225602, "+Inf"], [1767225603, "-Inf"],
               [1767225604, "-3e-7"]]

@@ -20,7 +20,7 @@ from test_analysis_multirun import analysis, in_process, one_line_error, strict_
 
 from testkit.scenarios import null_run, planted_run, write_files
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.multirun import MANIFEST_FORMAT, analyse_runs, manifest_name, shard_of
+from thermograd.analysis.multirun import MANIFEST_FORMAT, RunOutcome, analyse_runs, manifest_name, shard_of
 
 RUN_S = 180  # short runs: what is checked is how the runs are gathered, not their statistics
 TABLES = ("runs.csv", "runs.json", "meta_analysis.json", "forest.png")
@@ -176,8 +176,8 @@ def test_a_runs_shard_follows_from_its_id_alone():
 
 
 # --- the worker pool on stand-in runs (no analysis): skipped runs, errors, order -------------------------------
-def analyse_stand_in(ns: argparse.Namespace) -> int:
-    """A stand-in for the single-run command, module level so worker processes can import it."""
+def analyse_stand_in(run_id: str, ns: argparse.Namespace) -> list[dict]:
+    """A stand-in for one run's analysis (multirun.run_rows), module level so worker processes can import it."""
     time.sleep(ns.seconds)
     if ns.fails == "input":
         raise InputError(f"{ns.name}: nothing to analyse")
@@ -185,7 +185,7 @@ def analyse_stand_in(ns: argparse.Namespace) -> int:
         raise RuntimeError(f"{ns.name}: a bug")
     if ns.fails == "killed":
         os._exit(137)  # as the kernel's OOM killer leaves it
-    return 0
+    return [{"run": run_id}]
 
 
 def _stand_ins(*fails: str) -> dict[str, argparse.Namespace]:
@@ -196,8 +196,9 @@ def _stand_ins(*fails: str) -> dict[str, argparse.Namespace]:
 
 def test_workers_keep_the_runs_order_and_skip_what_a_run_refuses(capsys):
     outcomes = analyse_runs(_stand_ins("", "input", "", "input", ""), analyse_stand_in, workers=2)
-    assert outcomes == {"r0": None, "r1": "r1: nothing to analyse", "r2": None, "r3": "r3: nothing to analyse",
-                        "r4": None}
+    assert outcomes == {"r0": RunOutcome(rows=[{"run": "r0"}]), "r1": RunOutcome(skipped="r1: nothing to analyse"),
+                        "r2": RunOutcome(rows=[{"run": "r2"}]), "r3": RunOutcome(skipped="r3: nothing to analyse"),
+                        "r4": RunOutcome(rows=[{"run": "r4"}])}
     assert capsys.readouterr().err.count("analysis: run ") == 5
 
 

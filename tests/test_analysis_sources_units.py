@@ -17,11 +17,11 @@ from test_metric_names import DOCUMENTED
 
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import SERIES, SOURCES
-from thermograd.analysis.derived import engine_columns
-from thermograd.analysis.devices import RunIdentity, choose, gpus, matches, normalise_uuid
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.fetch import series_exprs
-from thermograd.analysis.repeats import change_spacing_s, collection_interval_s, grid_step_s
+from thermograd.analysis.sources.devices import RunIdentity, choose, gpus, matches, normalise_uuid
+from thermograd.analysis.sources.fetch import series_exprs
+from thermograd.analysis.sources.foreign import engine_columns
+from thermograd.analysis.sources.intervals import change_spacing_s, collection_interval_s, grid_step_s
 from thermograd.exporter.backends.sim import SIM_PROFILES, SimGpu
 from thermograd.exporter.engine import RleEngine
 from thermograd.exporter.labcsv import LabRow
@@ -243,20 +243,19 @@ def test_bad_hardware_flags_one_line_exit_2(flags: list[str], message: str, tmp_
 def test_without_a_rated_power_the_analysis_goes_on_without_the_rle(monkeypatch):
     """dcgm-exporter's default counters have no power limit: the RLE cannot be computed, but the coupling
     tests of temperature, power and the training speed do not need it (the run was refused before)."""
-    import argparse
+    from thermograd.analysis import run
+    from thermograd.analysis.requests import ClientOptions, StoreRun
+    from thermograd.analysis.sources.devices import Choice, Device
 
-    from thermograd.analysis import cli
-    from thermograd.analysis.devices import Choice, Device
-
-    monkeypatch.setattr(cli, "power_limit_w", lambda *a: (float("nan"), "", ["no power-limit series"]))
+    monkeypatch.setattr(run, "power_limit_w", lambda *a: (float("nan"), "", ["no power-limit series"]))
     n = 50
     table = T.Table(0.0, 1.0, n, {T.UTILIZATION: np.full(n, 0.9), T.POWER: np.full(n, 200.0),
                                   T.TEMPERATURE: np.linspace(60, 70, n)})
     dcgm = SOURCES["dcgm"]
     choice = Choice(dcgm, Device("dcgm", "UUID", "GPU-ab", ("0",), "gpu"), "gpu_uuid", ())
     notes: list[str] = []
-    args = argparse.Namespace(rated_power=None, temp_limit=None)
-    used = cli.engine_rle(None, args, choice, table, {}, float(n), float(n), notes)
+    request = StoreRun(ClientOptions("http://unused"))  # no --rated-power, no --temp-limit
+    used = run.engine_rle(None, request, choice, table, {}, float(n), float(n), notes)
     assert used["computed_by"] is None and "pass --rated-power W" in used["reason"]
     assert not table.has(T.RLE) and not table.has(T.COLLAPSED)
     assert notes[-1].startswith("RLE, A_load and collapses not computed") and "other tests run" in notes[-1]

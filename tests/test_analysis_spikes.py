@@ -16,15 +16,17 @@ from testkit.scenario_effects import (
 )
 from testkit.scenarios import ar1_unit, null_run, write_files
 from thermograd.analysis.align import bin_to_grid
-from thermograd.analysis.direction import HARDWARE_TO_TRAINING, leader_of
-from thermograd.analysis.fetch import series_exprs
-from thermograd.analysis.offline import files_to_table
-from thermograd.analysis.pipeline import Settings, analyse
-from thermograd.analysis.startup import absent_rows, settled_rows, startup_rows
+from thermograd.analysis.coupling.analyse import analyse
+from thermograd.analysis.coupling.direction import HARDWARE_TO_TRAINING, leader_of
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.startup import absent_rows, settled_rows, startup_rows
+from thermograd.analysis.coupling.verdict import verdicts
+from thermograd.analysis.files.grid import files_to_table
+from thermograd.analysis.output.summary import summary_text
+from thermograd.analysis.sources.fetch import series_exprs
 from thermograd.analysis.stats import lagged
 from thermograd.analysis.stats.spike_response import noise_threshold, training_events
 from thermograd.analysis.stats.throttle import ar1_block_length, batch_means_correction, optimal_block_length
-from thermograd.analysis.verdict import summary_text, verdicts
 
 
 def analysed(rec, seed: int = 0) -> tuple[dict, dict]:

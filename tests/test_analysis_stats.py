@@ -9,8 +9,9 @@ import pytest
 from scipy import stats
 from scipy.signal import lfilter
 
-from thermograd.analysis.pipeline import Settings, analyse, analyse_pair
-from thermograd.analysis.report import clean
+from thermograd.analysis.coupling.analyse import analyse, analyse_pair
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.output.report import clean
 from thermograd.analysis.stats import correlation, events, lagged, perturbation
 from thermograd.analysis.stats.multiple import holm
 from thermograd.analysis.stats.series import INSUFFICIENT, first_difference, standardise_fill, stationary

@@ -9,7 +9,7 @@ import pytest
 
 from thermograd.analysis.align import bin_to_grid, place_on_grid
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.report import clean
+from thermograd.analysis.output.report import clean
 from thermograd.analysis.table import Table
 from thermograd.analysis.timeparse import parse_duration_s, parse_instant_s, parse_iso_s
 

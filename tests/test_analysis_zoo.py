@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from testkit.scenarios import NULL_KINDS, null_run, planted_run, write_files
-from thermograd.analysis.offline import files_to_table
-from thermograd.analysis.pipeline import Settings, analyse
+from thermograd.analysis.coupling.analyse import analyse
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.verdict import overall
+from thermograd.analysis.files.grid import files_to_table
 from thermograd.analysis.stats import events, granger
 from thermograd.analysis.stats.series import state_onsets
-from thermograd.analysis.verdict import overall
 
 STRENGTHS = {"strong", "moderate", "weak", "negligible", "none", "inconclusive", "insufficient data"}
 
@@ -51,7 +52,7 @@ def test_a_90_s_run_with_a_spike_and_a_power_dip_is_not_called_coupled():
 @pytest.mark.parametrize("kind", NULL_KINDS)
 def test_every_null_kind_keeps_both_verdicts_near_alpha(kind: str):
     """A small version of bench/bench_calibration.py: 12 runs of every kind, 5 and 10 minutes long."""
-    from thermograd.analysis.verdict import overall as verdict_for
+    from thermograd.analysis.coupling.verdict import overall as verdict_for
 
     coupled = 0
     for seed in range(12):

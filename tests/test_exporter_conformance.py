@@ -135,7 +135,7 @@ def test_the_replay_and_the_analysis_read_a_files_times_alike(tmp_path, times):
     """One file, two readers (the exporter's replay and recompute; the offline analysis): the same instants."""
     from datetime import UTC
 
-    from thermograd.analysis.load_files import load_rle_csv
+    from thermograd.analysis.files.readers import load_rle_csv
 
     path = tmp_path / "lab.csv"
     rows = [f"{t},gpu,50,150,60,0.5,0.5,0" for t in times]
@@ -149,7 +149,7 @@ def test_an_epoch_column_wins_over_naive_local_text_in_both_readers(tmp_path):
     """The RLE lab's timestamp_shared (epoch) beside a naive local timestamp: both readers take the epoch."""
     from datetime import UTC
 
-    from thermograd.analysis.load_files import load_rle_csv
+    from thermograd.analysis.files.readers import load_rle_csv
 
     path = tmp_path / "lab.csv"
     path.write_text("timestamp,timestamp_shared,device,util_pct,power_w,temp_c,rle_smoothed,a_load,collapse\n"

@@ -12,7 +12,7 @@ import numpy as np
 from thermograd.analysis import table as T
 from thermograd.analysis.align import bin_to_grid, intervals_to_grid
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.load_files import Samples
+from thermograd.analysis.files.readers import Samples
 from thermograd.timestamps import iso_utc
 
 # A grid this much larger than the samples it holds is a stray timestamp, not a recording.

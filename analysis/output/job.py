@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thermograd.analysis.jobfiles import JobInputs
+from thermograd.analysis.files.job import JobInputs
 from thermograd.analysis.stats.stragglers import MARGIN, JobVerdict, RankVerdict
 
 MAX_HEATMAP_COLUMNS = 2000

@@ -1,14 +1,10 @@
-"""The overall verdict and the plain-language summary (pure text from the results)."""
+"""The plain-language summary of a run's report (summary.txt and the console): pure text from report.json."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from thermograd.analysis.catalog import DIRECTIONS
-from thermograd.analysis.direction import lead_text
+from thermograd.analysis.coupling.direction import lead_text
+from thermograd.analysis.coupling.verdict import duration_text
 from thermograd.analysis.stats.series import INSUFFICIENT
-
-_ORDER = {"strong": 3, "moderate": 2, "weak": 1}
 
 
 def _fmt_p(p: float | None) -> str:
@@ -21,136 +17,9 @@ def _fmt_r(r: float | None) -> str:
     return "n/a" if r is None else f"{r:+.2f}"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None or not np.isfinite(seconds):
-        return "a much longer run"
-    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if seconds >= 2 * size:
-            return f"about {seconds / size:.0f} {unit}"
-    return f"about {seconds:.0f} s"
-
-
-QUESTIONS = {"optimizer_to_hardware": "does what the optimizer does show up in the hardware?",
-             "hardware_to_training": "does the hardware's heat (clocks, temperature, power, throttling) slow training?"}
-
-
-def overall(pairs: list[dict], step_s: float, direction: str = "optimizer_to_hardware",
-            responses: list[dict] | None = None) -> dict:
-    """One of the seed's answers for one direction of the run: coupled (with strength), negligible, none
-    (independence shown by an equivalence test for every test of the family), inconclusive, or insufficient
-    data. `responses`: the spike-triggered responses (pipeline.spike_responses), tests of their direction."""
-    mine = [p for p in pairs if p.get("direction", direction) == direction]
-    events = [r for r in responses or [] if r.get("direction") == direction]
-    verdict = _answer(mine, events, step_s)
-    return {"direction": direction, "question": QUESTIONS.get(direction, direction), **verdict}
-
-
-def verdicts(result: dict, step_s: float) -> dict[str, dict]:
-    """Both directions' verdicts of one analysis result (pipeline.analyse)."""
-    return {d: overall(result["pairs"], step_s, d, result.get("spike_responses")) for d in DIRECTIONS}
-
-
-def _answers_question(pair: dict) -> bool:
-    return (pair.get("lead") or {}).get("answers_question", True)
-
-
-def response_text(res: dict) -> str:
-    """'grad_norm spikes -> power -38.2 [-45.1, -31.3] 3-7 s after 14 spikes' (the metric's units)."""
-    lo, hi = res["lag_window_s"]
-    window = f"{lo:g} s" if lo == hi else f"{lo:g}-{hi:g} s"
-    return (f"{res['spikes']} spikes -> {res['metric']} {res['effect']:+.3g} [{res['ci'][0]:+.3g}, "
-            f"{res['ci'][1]:+.3g}] {window} after {res['n_spikes']} spikes")
-
-
-def _pair_name(pair: dict) -> str:
-    lead = pair.get("lead")
-    return f"{pair['x']}~{pair['y']}" + (f" ({lead_text(pair)})" if lead else "")
-
-
-def _other_way(other: list[dict]) -> str:
-    names = "; ".join(f"{_pair_name(p)}: {p['lead']['why']}" for p in other)
-    return (f"{len(other)} coupling(s) found here do not answer this question: {names}. Which way each effect "
-            f"runs: {', '.join(p['lead']['runs'] for p in other)}.")
-
-
-def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
-    this_way = [p for p in pairs if p["coupled"] and _answers_question(p)]
-    other = [p for p in pairs if p["coupled"] and not _answers_question(p)]
-    found = [r for r in responses if r["coupled"]]
-    effects = [{"pair": f"{p['x']}~{p['y']}", **p["lead"]} for p in [*this_way, *other] if p.get("lead")]
-    effects += [{"pair": f"{r['spikes']} spikes~{r['metric']}", "leader": r["spikes"], "runs": "training -> hardware",
-                 "answers_question": True, "lag_range_s": r["lag_window_s"], "why": "the response follows the spikes"}
-                for r in found]
-    if this_way or found:
-        best = max([*this_way, *found], key=lambda p: _ORDER.get(p["strength"], 0))
-        parts = []
-        if this_way:
-            parts.append(f"{', '.join(_pair_name(p) for p in this_way)} survive(s) Holm correction on stationary "
-                         f"series with |r| of at least the smallest effect of interest")
-        if found:
-            parts.append("spike-triggered response(s) survive Holm correction: "
-                         + "; ".join(response_text(r) for r in found))
-        summary = (f"Coupled ({best['strength']}): {'; '.join(parts)}; lags are resolved to the {step_s:g} s step."
-                   + (f" {_other_way(other)}" if other else ""))
-        return {"coupled": True, "strength": best["strength"], "summary": summary, "effects": effects}
-    if other:
-        return {"coupled": False, "strength": "inconclusive", "effects": effects,
-                "summary": (f"Not coupled this way: {_other_way(other)} No effect that runs this way was found, but "
-                            "with these couplings present the run cannot show independence either.")}
-    tests = [*pairs, *responses]
-    informative = [p for p in tests if p["strength"] != INSUFFICIENT]
-    if not informative:
-        return {"coupled": False, "strength": INSUFFICIENT,
-                "summary": "Insufficient data: every pair has too few samples or a constant series."}
-    inconclusive = [p for p in pairs if p["strength"] == "inconclusive"]
-    unsettled = [r for r in responses if r["strength"] == "inconclusive"]
-    if inconclusive or unsettled:
-        return {"coupled": False, "strength": "inconclusive", "summary": _inconclusive(inconclusive, unsettled)}
-    negligible = [p for p in tests if p["strength"] == "negligible"]
-    if negligible:
-        names = ", ".join(_test_name(p) for p in negligible)
-        return {"coupled": False, "strength": "negligible",
-                "summary": (f"Negligible: {names} move(s) together significantly, but by less than the smallest "
-                            f"effect of interest (|r| < min-effect, or a response under a quarter of the metric's "
-                            f"sd): reported, not called coupled.")}
-    skipped = [_test_name(p) for p in tests if p["strength"] == INSUFFICIENT]
-    ran = [r for r in responses if r["strength"] == "none"]
-    bound = ran[0]["equivalence"]["bound_sd"] if ran else None
-    return {"coupled": False, "strength": "none",
-            "summary": ("Independent systems: for every pair an equivalence test shows |r| < 0.3 at every lag "
-                        "scanned (the seed's band)"
-                        + (f", every spike-triggered response is shown within +/-{bound:g} sd of its metric at every "
-                           "window" if ran else "")
-                        + ", and no test survives Holm correction"
-                        + (f" ({', '.join(skipped)}: insufficient data)." if skipped else "."))}
-
-
-def _test_name(test: dict) -> str:
-    return f"{test['spikes']} spikes~{test['metric']}" if "spikes" in test else f"{test['x']}~{test['y']}"
-
-
-def _inconclusive(pairs: list[dict], responses: list[dict]) -> str:
-    """What the run could not show, and what would settle it: a longer run for the correlations, more spikes for
-    the spike-triggered responses."""
-    parts = []
-    if pairs:
-        longest = max(p.get("run_length_to_settle_s") or np.inf for p in pairs)
-        mde = max(p.get("minimal_detectable_r") or 0.0 for p in pairs)
-        parts.append(f"{', '.join(_test_name(p) for p in pairs)}: the equivalence test does not put |r| below 0.3. "
-                     f"Couplings of |r| >= {mde:.2f} would have been detected with 80 % power; "
-                     f"{_duration(longest)} of data would settle it")
-    if responses:
-        spikes = max(r.get("spikes_to_settle") or 0 for r in responses)
-        longest = max(r.get("run_length_to_settle_s") or np.inf for r in responses)
-        bound = responses[0]["equivalence"]["bound_sd"]
-        parts.append(f"{', '.join(_test_name(r) for r in responses)}: the spike-triggered response is not shown "
-                     f"within +/-{bound:g} sd of the metric at every window; about {spikes} spikes "
-                     f"({_duration(longest)} at this run's spike rate) would settle it")
-    return ("Inconclusive: no coupling was found, but this run cannot show independence either ("
-            + "; ".join(parts) + ").")
-
-
-def _pair_lines(pair: dict, alpha: float) -> list[str]:
+def _pair_lines(pair: dict, settings: dict) -> list[str]:
+    """A pair's line: the naive, lag-0 and lagged numbers and its verdict; `settings`: the run's (report.json's)."""
+    alpha, moderate = settings["alpha"], settings.get("moderate_r", 0.3)  # reports from before the bands
     naive, prim, lag = pair["naive"], pair["primary"], pair["lag"]
     name = f"{pair['x']} vs {pair['y']}"
     if pair["strength"] == INSUFFICIENT:
@@ -163,7 +32,8 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
                                                   f"; {pair['y']} leads by {-lag_s:g} s"))
     verdict = (f"COUPLED ({pair['strength']})" if pair["coupled"] else
                {"negligible": "negligible (significant, |r| below the smallest effect of interest)",
-                "none": "none (equivalence shown: |r| < 0.3 at every lag)",
+                "none": f"none (equivalence shown: |r| < {(pair.get('equivalence') or {}).get('bound', 0.3):g} at "
+                        "every lag)",
                 "inconclusive": "inconclusive"}.get(pair["strength"], "not coupled"))
     lines = [f"- {name}: naive r = {_fmt_r(naive.get('pearson_r'))} (p = {_fmt_p(naive.get('p'))}, n = {naive['n']}); "
              f"primary r = {_fmt_r(prim.get('r'))} [95% CI {_fmt_r(ci[0])}, {_fmt_r(ci[1])}], "
@@ -175,10 +45,10 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
         lines.append(f"  Not shown independent: |r| could be up to {eq.get('max_abs_r_upper', float('nan')):.2f} at some "
                      f"lag (equivalence p = {_fmt_p(eq.get('p'))}); the minimal detectable |r| at 80 % power is "
                      f"{pair.get('minimal_detectable_r', float('nan')):.2f}; "
-                     f"{_duration(pair.get('run_length_to_settle_s'))} of data would settle it.")
+                     f"{duration_text(pair.get('run_length_to_settle_s'))} of data would settle it.")
     nr, np_ = naive.get("pearson_r"), naive.get("p")
-    if not pair["coupled"] and nr is not None and np_ is not None and np_ < 0.05 and abs(nr) >= 0.3:
-        band = "strong" if abs(nr) > 0.7 else "moderate"
+    if not pair["coupled"] and nr is not None and np_ is not None and np_ < alpha and abs(nr) >= moderate:
+        band = "strong" if abs(nr) > settings.get("strong_r", 0.7) else "moderate"
         lines.append(f"  The naive number would have claimed a {band} coupling (|r| = {abs(nr):.2f}, p = {_fmt_p(np_)}). "
                      "It counts every sample as independent and correlates shared trends (the model learns while "
                      "the device warms); once the trends are differenced away and autocorrelation is allowed for, "
@@ -187,7 +57,7 @@ def _pair_lines(pair: dict, alpha: float) -> list[str]:
         lines.append(f"  Lagged test: {lag['max_lag_note']}.")
     if pair.get("lead") and not pair["lead"]["answers_question"]:
         lines.append(f"  Not an answer to this direction's question: {pair['lead']['why']}.")
-    if pair["coupled"] and nr is not None and abs(nr) < 0.3:
+    if pair["coupled"] and nr is not None and abs(nr) < moderate:
         lines.append("  The naive level correlation is small, but the step-to-step movements go together "
                      "(possibly with a delay), which the naive number cannot see.")
     return lines
@@ -284,7 +154,7 @@ def summary_text(report: dict) -> str:
                          f"({mine[0].get('reason', 'too few samples')}).")
             continue
         for pair in mine:
-            lines += _pair_lines(pair, report["settings"]["alpha"])
+            lines += _pair_lines(pair, report["settings"])
     lines += _response_lines(report.get("spike_responses") or [])
     lines += _granger_lines(report.get("granger") or [])
     ev = report.get("events") or {}

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from thermograd.analysis.catalog import SOURCES, Source
-from thermograd.analysis.devices import (
+from thermograd.analysis.errors import InputError
+from thermograd.analysis.sources.client import PromClient
+from thermograd.analysis.sources.devices import (
     TRAINER_NAMESPACE_LABELS,
     TRAINER_POD_LABELS,
     Choice,
@@ -18,8 +20,6 @@ from thermograd.analysis.devices import (
     first_label,
     matches,
 )
-from thermograd.analysis.errors import InputError
-from thermograd.analysis.promql import PromClient
 from thermograd.timestamps import iso_utc
 
 LAST_SEEN_PRECISION_S = 1.0  # how close to its last sample a run's window ends (then trimmed to the data)
@@ -40,7 +40,7 @@ def quote_label(value: str) -> str:
 
 def window(seconds: float) -> str:
     """A PromQL range of whole seconds covering `seconds`."""
-    from thermograd.analysis.promql import range_window
+    from thermograd.analysis.sources.client import range_window
 
     return range_window(float(np.ceil(seconds)))
 
@@ -73,7 +73,7 @@ def last_seen_s(client: PromClient, run: Run, end_s: float, precision_s: float =
     from `end` would end a step later or earlier from one run of the analysis to the next: a store that carries a
     rate past a series' end, as VictoriaMetrics does, would then give another window). About
     log2((end - start) / precision) queries."""
-    from thermograd.analysis.promql import range_window
+    from thermograd.analysis.sources.client import range_window
 
     sel = f"train_run_start_time_seconds{{run_id={quote_label(run.run_id)}}}"
     end_s = round(end_s, 3)  # the query's time is sent in milliseconds

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from thermograd.analysis.align import bin_to_grid
-from thermograd.analysis.devices import normalise_uuid
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.load_files import Samples, load_grad_log, load_hardware_devices
+from thermograd.analysis.files.readers import Samples, load_grad_log, load_hardware_devices
+from thermograd.analysis.sources.devices import normalise_uuid
 from thermograd.analysis.stats.stragglers import MIXED_STEP, GpuRows, RankRows, StepMatrix, all_nan_is_nan
 
 MAX_JOB_CELLS = 50_000_000  # ranks x rows held at once (8 bytes each, a few arrays): a few hundred MB

@@ -6,18 +6,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import DIRECTIONS, PAIRS
-from thermograd.analysis.direction import lead
-from thermograd.analysis.startup import (
+from thermograd.analysis.coupling.direction import lead
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.startup import (
     ABSENT_S,
     DEVICE_SETTLE_SERIES,
     SETTLE_SERIES,
     absent_rows,
     startup_rows,
 )
+from thermograd.analysis.coupling.verdict import pair_verdict, response_verdict
 from thermograd.analysis.stats import correlation, events, granger, lagged, perturbation
 from thermograd.analysis.stats.multiple import holm
 from thermograd.analysis.stats.series import (
@@ -34,38 +35,6 @@ HARDWARE = (T.RLE, T.TEMPERATURE, T.POWER, T.A_LOAD)
 POSITIVE_CONTROL_METRICS = (T.UTILIZATION, T.POWER, T.RLE)
 THROTTLE_BLOCK_S = 60.0
 PAUSE_SETTLE_S = 2.0
-POWER_FOR_MDE = 0.8
-Z_POWER = float(stats.norm.ppf(POWER_FOR_MDE))
-
-
-@dataclass
-class Settings:
-    max_lag_s: float = 30.0
-    # A run's start-up is one regime change, not coupling: in the same second or two the gradient norm
-    # plunges and the device leaves idle. On differences that is one extreme pair, and on a 2-minute demo run
-    # it alone made Pearson read r = -0.77 between series that were uncorrelated for the other 100 s. A
-    # resume after a long gap in the training series (a restart, a checkpoint, an evaluation) is one too.
-    warmup_s: float = 30.0
-    n_surrogates: int = 1000
-    spike_z: float = 3.0
-    event_window_s: float = 5.0
-    perturbation_window_s: float | None = None  # None: twice the median burst length
-    granger_max_order: int = 10
-    alpha: float = 0.05
-    # The smallest |r| worth calling coupling: a week of 1 s data makes r = 0.01 significant.
-    min_effect: float = 0.1
-    # The seed's "independent systems" band: |r| < 0.3. Claimed only when an equivalence test shows it.
-    equivalence_bound: float = 0.3
-    # The spike-triggered responses' smallest effect of interest, in standard deviations of the high-passed
-    # metric: "independent" needs each response shown inside +/- this (the metric moving after spikes by less
-    # than its own spread); a significant response smaller than response_min_sd is negligible.
-    response_bound_sd: float = 1.0
-    response_min_sd: float = 0.25
-    # A spike for the spike-triggered responses: a change beyond this robust z (a Gaussian series makes one
-    # in ~16,000 rows; at --spike-z 3, one in 370, and those noise excursions are no spikes: they dilute the
-    # real ones and leave the responses' equivalence unsettled in runs without any).
-    response_spike_z: float = 4.0
-    seed: int = 0
 
 
 MEMO_MAX_ROWS = 1_000_000  # Granger's per-series transforms are shared between pairs up to this many rows
@@ -137,96 +106,6 @@ def analyse_pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str], step_s: f
     lag["lags_s"] = [k * step_s for k in range(-lag["max_lag_steps"], lag["max_lag_steps"] + 1)]
     return {"x": names[0], "y": names[1], "naive": correlation.naive(*(naive_xy or (x, y))),
             "primary": prim, "lag": lag, "coupled": False, "strength": None, "_equivalence": res["equivalence"]}
-
-
-def strength_from_ci(ci: list[float]) -> str:
-    """The seed's bands applied to the CI's bound nearest zero: what the data show at least."""
-    lo, hi = ci
-    nearest = 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))
-    return "strong" if nearest > 0.7 else "moderate" if nearest > 0.3 else "weak"
-
-
-def _equivalence(eq: dict, cfg: Settings) -> dict:
-    """TOST at every lag of the scan (an intersection-union test: no correction needed): |r| < bound is
-    shown when every lag's (1 - 2 alpha) CI lies inside (-bound, bound)."""
-    z, se = np.abs(np.asarray(eq["z"])), np.asarray(eq["se_z"])
-    bound_z = float(np.arctanh(cfg.equivalence_bound))
-    z_crit = float(stats.norm.ppf(1 - cfg.alpha))
-    upper = np.tanh(z + z_crit * se)
-    worst = int(np.argmax(upper))
-    p_eq = float(np.max(stats.norm.cdf((z - bound_z) / se)))
-    return {"bound": cfg.equivalence_bound, "alpha": cfg.alpha, "p": p_eq, "equivalent": p_eq < cfg.alpha,
-            "max_abs_r_upper": float(upper[worst]), "_worst": (float(z[worst]), float(se[worst])),
-            "method": f"TOST at every lag: each lag's {100 * (1 - 2 * cfg.alpha):g} % CI inside "
-                      f"(-{cfg.equivalence_bound:g}, {cfg.equivalence_bound:g})"}
-
-
-def _detectable(pair: dict, eq: dict, equiv: dict, family: int, step_s: float, cfg: Settings) -> None:
-    """Minimal detectable |r| at 80 % power (lag-0 test, Holm's first step) and the run length that would
-    settle the question: detect the estimated r, or show it inside the equivalence band."""
-    z_a = float(stats.norm.ppf(1 - cfg.alpha / (2 * max(family, 1))))
-    z_eq = float(stats.norm.ppf(1 - cfg.alpha))
-    se0, n = eq["se0_r"], eq["n"]  # at r = 0 the standard errors of r and of Fisher z agree
-    pair["minimal_detectable_r"] = float(np.tanh((z_a + Z_POWER) * se0))
-    r_hat = abs(pair["primary"]["r"] or 0.0)
-    needs = []
-    if r_hat > 0:
-        needs.append(n * ((z_a + Z_POWER) * se0 / np.arctanh(min(r_hat, 0.999999))) ** 2)
-    z_w, se_w = equiv["_worst"]
-    gap = np.arctanh(cfg.equivalence_bound) - z_w
-    if gap > 0:
-        needs.append(n * ((z_eq + Z_POWER) * se_w / gap) ** 2)
-    pair["run_length_to_settle_s"] = float(min(needs) * step_s) if needs else None
-
-
-def _pair_verdict(pair: dict, family: int, step_s: float, cfg: Settings) -> None:
-    """coupled / negligible / none / inconclusive / insufficient data, from the corrected tests, the
-    smallest effect of interest and the equivalence test."""
-    prim, lag = pair["primary"], pair["lag"]
-    eq = pair.pop("_equivalence")
-    if prim.get("status") == INSUFFICIENT and lag.get("status") == INSUFFICIENT:
-        pair["coupled"], pair["strength"] = False, INSUFFICIENT
-        pair["reason"] = "; ".join(dict.fromkeys(t.get("reason", "too few samples") for t in (prim, lag)))
-        return
-    found = [(abs(t[key]), t[key], t["ci"], name) for t, key, name in ((prim, "r", "lag 0"), (lag, "peak_r", "lagged"))
-             if t.get("p_adjusted") is not None and t["p_adjusted"] < cfg.alpha]
-    equiv = _equivalence(eq, cfg)
-    pair["equivalence"] = {k: v for k, v in equiv.items() if not k.startswith("_")}
-    if found:
-        size, r, ci, test = max(found)
-        pair["effect"] = {"r": r, "ci": ci, "test": test}
-        if size < cfg.min_effect:
-            pair["coupled"], pair["strength"] = False, "negligible"
-        else:
-            pair["coupled"], pair["strength"] = True, strength_from_ci(ci)
-        return
-    pair["coupled"] = False
-    pair["strength"] = "none" if equiv["equivalent"] else "inconclusive"
-    if not equiv["equivalent"]:
-        _detectable(pair, eq, equiv, family, step_s, cfg)
-
-
-def strength_from_sd(ci: list[float], spread_ratio: float) -> str:
-    """A response's band from its CI's bound nearest zero in standard deviations of the metric: above 2 strong,
-    above 1 moderate, else weak (what the data show at least)."""
-    lo, hi = (v * spread_ratio for v in ci)
-    nearest = 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))
-    return "strong" if nearest > 2 else "moderate" if nearest > 1 else "weak"
-
-
-def _response_verdict(res: dict, cfg: Settings) -> None:
-    """coupled / negligible / none / inconclusive / insufficient data for one spike-triggered response."""
-    res["coupled"] = False
-    if res["status"] != "ok":
-        res["strength"] = INSUFFICIENT
-        return
-    sd_units = abs(res["effect_sd_units"] or 0.0)
-    if res.get("p_adjusted") is not None and res["p_adjusted"] < cfg.alpha:
-        ratio = sd_units / abs(res["effect"]) if res["effect"] else 0.0
-        res["coupled"] = sd_units >= cfg.response_min_sd
-        res["strength"] = strength_from_sd(res["ci"], ratio) if res["coupled"] else "negligible"
-        return
-    res["strength"] = "none" if res["equivalence"]["equivalent"] else "inconclusive"
 
 
 SPIKE_TRAINS = ((T.GRAD_NORM, T.GRAD_NORM_MAX), (T.LOSS, T.LOSS_MAX))  # each with its per-step largest value
@@ -409,11 +288,11 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         families[direction] = sum(t.get("p") is not None for t in tests)
         families[f"{direction}_spike_responses"] = sum(r.get("p") is not None for r in events_here)
         for pair in mine:
-            _pair_verdict(pair, families[direction], step, cfg)
+            pair_verdict(pair, families[direction], step, cfg)
             if pair["coupled"]:
                 pair["lead"] = lead(pair, step).as_dict()
         for res in events_here:
-            _response_verdict(res, cfg)
+            response_verdict(res, cfg)
     families["secondary"] = sum(t.get("p") is not None for t in secondary)
     families["positive_control"] = len(control.get("tests", {}))
     notes = [f"Holm correction in separate families: each direction's lag-0 and lagged tests and, for optimizer -> "

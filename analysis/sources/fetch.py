@@ -12,8 +12,8 @@ import numpy as np
 from thermograd.analysis import table as T
 from thermograd.analysis.catalog import SERIES, Source
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.promql import PromClient, range_window
-from thermograd.analysis.selection import quote_label
+from thermograd.analysis.sources.client import PromClient, range_window
+from thermograd.analysis.sources.runs import quote_label
 
 # Only the gradient norm is required: a device without power (a CPU without RAPL) has no RLE, and a job may log
 # no loss; the pairs that need them are then "insufficient data", the rest is analysed.
@@ -59,7 +59,7 @@ def series_exprs(run_id: str, rank: str, uuid: str, step_s: float, scrape_s: flo
 
     The device columns come from thermograd's exporter (series.csv) or, for another `source`, from its rows
     of sources.csv, selected by `uuid_label` as that source spells it and scaled into base units; columns the
-    source lacks (rle, a_load, collapsed: the analysis computes them, derived.py) have no expression.
+    source lacks (rle, a_load, collapsed: the analysis computes them, sources/foreign.py) have no expression.
     `source_readings_s`: how often the foreign source takes a new reading (its collection interval, or the scrape
     interval when it does not repeat values); by default the step, one reading per row."""
     base = {"train": f"run_id={quote_label(run_id)},rank={quote_label(rank)}",

@@ -201,7 +201,7 @@ DEVICE_TEXT_COLUMNS = ("uuid", "model", "kind", "backend", "heat_source", "host"
 def _pick_device(path: Path, rows: list[tuple[int, dict]], wanted: str | None) -> str:
     """The `device` value to read: --device as a device label or a uuid (any case, with or without GPU-);
     without it, `gpu`, the only GPU (a recording's `kind` column) or the only device."""
-    from thermograd.analysis.devices import normalise_uuid
+    from thermograd.analysis.sources.devices import normalise_uuid
 
     labels = {row["device"]: row for _, row in rows}  # label -> its first row
     if wanted is not None:

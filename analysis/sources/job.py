@@ -6,23 +6,27 @@ with its own train_run_info (their uuids never spelled out in a query)."""
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 
 import numpy as np
 
 from thermograd.analysis.align import place_into
-from thermograd.analysis.arguments import SCRAPE_JOBS, client_from_args, duration_flag
-from thermograd.analysis.devices import normalise_uuid
+from thermograd.analysis.arguments import SCRAPE_JOBS
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.fetch import wait_for_newest_points
-from thermograd.analysis.jobfiles import MAX_JOB_CELLS, JobInputs
-from thermograd.analysis.promql import PromClient, matrix_to_arrays, range_window
-from thermograd.analysis.selection import choose_run, discover_runs, last_seen_s, no_runs_reason, quote_label
+from thermograd.analysis.files.job import MAX_JOB_CELLS, JobInputs
+from thermograd.analysis.requests import ClientOptions, Window
+from thermograd.analysis.sources.client import PromClient, matrix_to_arrays, range_window
+from thermograd.analysis.sources.devices import normalise_uuid
+from thermograd.analysis.sources.fetch import wait_for_newest_points
+from thermograd.analysis.sources.runs import (
+    choose_run,
+    discover_runs,
+    last_seen_s,
+    no_runs_reason,
+    quote_label,
+)
 from thermograd.analysis.stats.stragglers import GpuRows, RankRows, all_nan_is_nan
 from thermograd.analysis.table import grid_rows
-from thermograd.analysis.timeparse import parse_instant_s
 
 MAX_ROWS = 5000  # rows of a job's grid by default: a day in 18 s rows, a 10-minute job in its scrape interval
 SLICE_POINTS = 1_000_000  # points (series x rows) per range query answer: ~250 MB decoded at most
@@ -58,13 +62,14 @@ def _per_rank(client: PromClient, expr: str, start_s: float, end_s: float, step_
     return out
 
 
-def load_job_prometheus(args: argparse.Namespace, step_s: float | None) -> tuple[JobInputs, dict]:
-
-    client = client_from_args(args)
-    end_s = parse_instant_s(args.end) if args.end else time.time()
-    start_s = parse_instant_s(args.start) if args.start else end_s - duration_flag("--lookback", args.lookback)
+def load_job_prometheus(store: ClientOptions, window: Window, run_id: str | None, step_s: float | None
+                        ) -> tuple[JobInputs, dict]:
+    """The job `run_id` (None: the most recent in `window`) from a store: every rank's and GPU's series on one
+    grid of `step_s` (None: the scrape interval, widened to fit MAX_ROWS), and the report's source section."""
+    client = store.client()
+    start_s, end_s = window.bounds()
     runs = discover_runs(client, start_s, end_s)
-    run = choose_run(runs, args.job or None, "" if runs else no_runs_reason(client.targets(), client.url))
+    run = choose_run(runs, run_id, "" if runs else no_runs_reason(client.targets(), client.url))
     run.last_seen_s = last_seen_s(client, run, end_s)
     job_start, job_end = run.start_time_s, run.last_seen_s
     span_s = job_end - job_start

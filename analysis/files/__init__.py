@@ -1,0 +1,1 @@
+"""Offline inputs: one reader per file format, and their samples on one grid."""
