@@ -9,6 +9,7 @@ import time
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.files.job import JobInputs, load_job
 from thermograd.analysis.output.job import job_png, job_section, job_summary
+from thermograd.analysis.output.outdir import output_folder
 from thermograd.analysis.output.report import versions, write_report
 from thermograd.analysis.provenance import Provenance
 from thermograd.analysis.requests import JobRequest
@@ -25,11 +26,15 @@ def job_inputs(req: JobRequest) -> tuple[JobInputs, dict]:
     return load_job_prometheus(req.store, req.window, req.run_id, req.step_s)
 
 
+JOB_OUTPUTS = ("report.json", "job.png")
+
+
 def run_job(req: JobRequest, quiet: bool = False) -> int:
-    try:
-        req.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {req.out}: {exc}") from None
+    with output_folder(req.out, JOB_OUTPUTS):
+        return _job_into(req, quiet)
+
+
+def _job_into(req: JobRequest, quiet: bool) -> int:
     started = time.perf_counter()
     inputs, source = job_inputs(req)
     if len(inputs.ranks) < 2:

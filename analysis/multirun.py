@@ -43,7 +43,8 @@ from thermograd.analysis.arguments import (
 from thermograd.analysis.coupling.settings import Settings
 from thermograd.analysis.coupling.verdict import pooled_verdict
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.output.report import clean
+from thermograd.analysis.output.outdir import prepare_out
+from thermograd.analysis.output.report import clean, versions
 from thermograd.analysis.requests import ClientOptions, FileRun, Grid, RunRequest, StoreRun, Window
 from thermograd.analysis.run import analyse_run
 from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
@@ -397,7 +398,7 @@ def pool_and_write(rows: list[dict], skipped: dict[str, str], n_runs: int, sourc
         raise InputError(f"none of the {n_runs} run(s) could be analysed: "
                          + "; ".join(f"{r}: {why}" for r, why in skipped.items()))
     pooled = meta_analyse(rows, cfg)
-    meta = {"source": source, "runs_analysed": n_runs - len(skipped),
+    meta = {"source": source, "versions": versions(), "runs_analysed": n_runs - len(skipped),
             "runs_skipped": skipped, "settings": vars(cfg),
             "method": ("each run's lag-0 primary r and its Fisher-z 95 % CI (HAC / effective-n standard error) "
                        "-> z and se_z = (atanh hi - atanh lo) / (2 * 1.959964); DerSimonian-Laird random effects; "
@@ -428,11 +429,7 @@ def rows_and_skipped(outcomes: dict[str, RunOutcome]) -> tuple[list[dict], dict[
     return rows, skipped
 
 
-def _make_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {out}: {exc}") from None
+POOLED_OUTPUTS = ("runs.csv", "runs.json", "meta_analysis.json", "forest.png")
 
 
 def check_many_runs_flags(args: argparse.Namespace) -> None:
@@ -455,7 +452,6 @@ def check_many_runs_flags(args: argparse.Namespace) -> None:
 
 def finish_shard(shard: tuple[int, int], manifest: dict, out: Path, quiet: bool) -> int:
     """A shard writes its manifest, not the tables: shards on a shared --out would overwrite each other's."""
-    _make_out(out)
     path = out / manifest_name(*shard)
     write_json_atomically(manifest, path)
     if not quiet:
@@ -477,6 +473,8 @@ def run_all(args: argparse.Namespace) -> int:
     check_hardware_flags(args)
     workers = workers_flag(args.workers)
     shard = shard_flag(args.shard) if args.shard else None
+    # before any run is analysed: hours of work must not end on a folder that cannot take the tables
+    prepare_out(args.out, POOLED_OUTPUTS if shard is None else (manifest_name(*shard),))
     source: StoreRun | Path = store_run(args) if args.prometheus else args.runs_dir
     runs = run_requests(source, cfg, grid_from_args(args), args.warmup, args.out, args.device, args.tz)
     mine = runs if shard is None else {run_id: request for run_id, request in runs.items()
@@ -585,7 +583,7 @@ def pool_shards(args: argparse.Namespace) -> int:
     manifests = read_manifests(args.pool_shards)
     first = check_shards(manifests)
     rows, skipped = rows_and_skipped(pooled_outcomes(manifests, first["runs_total"]))
-    _make_out(args.out)
+    prepare_out(args.out, POOLED_OUTPUTS)
     pool_and_write(rows, skipped, first["runs_total"], first["source"], Settings(**first["settings"]), args.out,
                    args.quiet)
     return 0

@@ -20,6 +20,7 @@ from thermograd.analysis.errors import InputError
 from thermograd.analysis.files.grid import files_to_table
 from thermograd.analysis.files.readers import load_grad_log, load_rle_csv
 from thermograd.analysis.output.figures import coupling_png, crosscorr_png
+from thermograd.analysis.output.outdir import output_folder
 from thermograd.analysis.output.report import LAG_NOTE, clean, series_summary, versions, window, write_report
 from thermograd.analysis.output.summary import summary_text
 from thermograd.analysis.provenance import Provenance, no_path_verdict
@@ -259,14 +260,19 @@ class RunReport:
         return summary_text(self.document)
 
 
+RUN_OUTPUTS = ("report.json", "coupling.png", "crosscorr.png")
+
+
 def analyse_run(req: RunRequest) -> RunReport:
     """Gather the run's table (a store or files), run every test, write report.json and the figures under
-    req.out; InputError (one line, exit 2 at the command) for anything the user can fix."""
+    req.out; InputError (one line, exit 2 at the command) for anything the user can fix, found before anything
+    is written where it can be (output.outdir)."""
+    with output_folder(req.out, RUN_OUTPUTS):
+        return _analyse_into(req)
+
+
+def _analyse_into(req: RunRequest) -> RunReport:
     cfg = req.settings
-    try:
-        req.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {req.out}: {exc}") from None
     t0 = time.perf_counter()
     from_store_ = isinstance(req.source, StoreRun)
     table, meta = from_store(req.source, req.grid) if from_store_ else from_files(req.source, req.grid)

@@ -109,6 +109,21 @@ def test_pooled_verdict_uses_a_single_runs_bands(r, se_z, p_adj, coupled, streng
     assert "pooled r" in verdict["equivalence"]["method"]
 
 
+def test_the_pooled_equivalence_test_uses_the_pooled_cis_t():
+    """Three heterogeneous runs: the Hartung-Knapp-Sidik-Jonkman CI is a t on 2 df. An equivalence test on the
+    normal quantile called such a pair "none" while its reported 95 % CI reached past -0.3 (a new user's
+    --all-runs over three runs); on the same t it is inconclusive."""
+    z = np.arctanh([0.05, -0.30, -0.09])
+    pooled = dersimonian_laird(z, np.full(3, 0.03))
+    assert pooled["ci"][0] < -0.3  # the interval the report shows reaches past the band
+    verdict = pooled_verdict(pooled, 0.6, Settings())
+    assert verdict["strength"] == "inconclusive" and not verdict["equivalence"]["equivalent"]
+    assert "t with 2 df" in verdict["equivalence"]["method"]
+    # and a tight pool is still shown inside the band on the same t
+    tight = dersimonian_laird(np.arctanh([0.01, -0.02, 0.0]), np.full(3, 0.02))
+    assert pooled_verdict(tight, 0.6, Settings())["strength"] == "none"
+
+
 def test_runs_without_a_usable_ci_are_left_out_and_a_pair_without_any_is_insufficient():
     rows = [{"run": "a", "direction": "d", "x": "g", "y": "p", "r": 0.5, "ci_low": 0.4, "ci_high": 0.6},
             {"run": "b", "direction": "d", "x": "g", "y": "p", "r": None, "ci_low": None, "ci_high": None},

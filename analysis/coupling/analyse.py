@@ -224,6 +224,8 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
                            inputs=inputs)
         del inputs
         res["direction"] = pair.direction
+        # whether the run has both series at all: an untested pair of measured series leaves the question open
+        res["measured"] = table.has(pair.x) and table.has(pair.y)
         pairs.append(res)
     secondary: list[dict] = []
 
@@ -289,6 +291,9 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         families[f"{direction}_spike_responses"] = sum(r.get("p") is not None for r in events_here)
         for pair in mine:
             pair_verdict(pair, families[direction], step, cfg)
+            if not pair["measured"]:  # the cause to name, not the scan's row count ("0 samples; lower --max-lag")
+                missing = [name for name in (pair["x"], pair["y"]) if not table.has(name)]
+                pair["reason"] = f"this run has no {' or '.join(missing)} series"
             if pair["coupled"]:
                 pair["lead"] = lead(pair, step).as_dict()
         for res in events_here:

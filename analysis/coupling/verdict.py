@@ -26,16 +26,18 @@ def strength_from_ci(ci: list[float], cfg: Settings) -> str:
     return "strong" if nearest > cfg.strong_r else "moderate" if nearest > cfg.moderate_r else "weak"
 
 
-def equivalence(eq: dict, cfg: Settings) -> tuple[dict, tuple[float, float]]:
+def equivalence(eq: dict, cfg: Settings, df: float | None = None) -> tuple[dict, tuple[float, float]]:
     """TOST at every lag of the scan (an intersection-union test: no correction needed): |r| < bound is
-    shown when every lag's (1 - 2 alpha) CI lies inside (-bound, bound). Returns the test's result and the
-    least settled lag's Fisher z and its standard error (detectable)."""
+    shown when every lag's (1 - 2 alpha) CI lies inside (-bound, bound); on a t with `df` degrees of freedom
+    where the standard errors have them (a pooled estimate's Hartung-Knapp-Sidik-Jonkman one), else normal.
+    Returns the test's result and the least settled lag's Fisher z and its standard error (detectable)."""
     z, se = np.abs(np.asarray(eq["z"])), np.asarray(eq["se_z"])
     bound_z = float(np.arctanh(cfg.equivalence_bound))
-    z_crit = float(stats.norm.ppf(1 - cfg.alpha))
+    dist = stats.norm if df is None else stats.t(df)
+    z_crit = float(dist.ppf(1 - cfg.alpha))
     upper = np.tanh(z + z_crit * se)
     worst = int(np.argmax(upper))
-    p_eq = float(np.max(stats.norm.cdf((z - bound_z) / se)))
+    p_eq = float(np.max(dist.cdf((z - bound_z) / se)))
     return ({"bound": cfg.equivalence_bound, "alpha": cfg.alpha, "p": p_eq, "equivalent": p_eq < cfg.alpha,
              "max_abs_r_upper": float(upper[worst]),
              "method": f"TOST at every lag: each lag's {100 * (1 - 2 * cfg.alpha):g} % CI inside "
@@ -117,9 +119,13 @@ def pooled_verdict(pooled: dict, p_adjusted: float, cfg: Settings) -> dict:
     """The single run's bands on the pooled r: coupled (strength from the CI's bound nearest zero) when the
     Holm-corrected pooled test is significant and |r| >= min_effect, negligible when it is significant but
     smaller, none when an equivalence test puts the pooled r inside +/-equivalence_bound, else inconclusive."""
-    equiv = equivalence({"z": [pooled["z"]], "se_z": [pooled["se_z"]]}, cfg)[0]
+    # the pooled se_z is Hartung-Knapp-Sidik-Jonkman's from two runs on: its interval is a t on k - 1 df, and so
+    # is the equivalence test's (a normal one would show "none" where the reported CI reaches past the bound)
+    df = pooled["q_df"] if pooled.get("hksj_scale") is not None else None
+    equiv = equivalence({"z": [pooled["z"]], "se_z": [pooled["se_z"]]}, cfg, df)[0]
     equiv["method"] = (f"TOST on the pooled r: its {100 * (1 - 2 * cfg.alpha):g} % CI inside "
-                             f"(-{cfg.equivalence_bound:g}, {cfg.equivalence_bound:g})")
+                       f"(-{cfg.equivalence_bound:g}, {cfg.equivalence_bound:g})"
+                       + (f", t with {df} df (as its Hartung-Knapp-Sidik-Jonkman CI)" if df is not None else ""))
     if p_adjusted < cfg.alpha:
         if abs(pooled["r"]) < cfg.min_effect:
             coupled, strength = False, "negligible"
@@ -216,6 +222,15 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
     unsettled = [r for r in responses if r["strength"] == "inconclusive"]
     if inconclusive or unsettled:
         return {"coupled": False, "strength": "inconclusive", "summary": _inconclusive(inconclusive, unsettled)}
+    # A pair whose series the run has but that could not be tested (a constant gradient norm, too few rows) is a
+    # question left open: the pairs that were tested cannot speak for it. Only a series the run never measured
+    # (a CSV without clock columns) leaves its pairs out of the claim, said by name.
+    untested = [p for p in pairs if p["strength"] == INSUFFICIENT and p.get("measured", True)]
+    if untested and any(p["strength"] != INSUFFICIENT for p in pairs):
+        names = "; ".join(f"{_test_name(p)} ({p.get('reason', 'too few samples')})" for p in untested)
+        return {"coupled": False, "strength": "inconclusive",
+                "summary": (f"Inconclusive: no coupling was found, but {names} could not be tested although the "
+                            "run has both series, so independence is not claimed.")}
     negligible = [p for p in tests if p["strength"] == "negligible"]
     if negligible:
         names = ", ".join(_test_name(p) for p in negligible)
@@ -223,7 +238,8 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
                 "summary": (f"Negligible: {names} move(s) together significantly, but by less than the smallest "
                             f"effect of interest (|r| < min-effect, or a response under a quarter of the metric's "
                             f"sd): reported, not called coupled.")}
-    skipped = [_test_name(p) for p in tests if p["strength"] == INSUFFICIENT]
+    skipped = [_test_name(p) for p in responses if p["strength"] == INSUFFICIENT]
+    unmeasured = [_test_name(p) for p in pairs if p["strength"] == INSUFFICIENT]
     ran = [r for r in responses if r["strength"] == "none"]
     bound = ran[0]["equivalence"]["bound_sd"] if ran else None
     return {"coupled": False, "strength": "none",
@@ -232,7 +248,9 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
                         + (f", every spike-triggered response is shown within +/-{bound:g} sd of its metric at every "
                            "window" if ran else "")
                         + ", and no test survives Holm correction"
-                        + (f" ({', '.join(skipped)}: insufficient data)." if skipped else "."))}
+                        + (f" ({', '.join(skipped)}: insufficient data)" if skipped else "")
+                        + (f"; not measured in this run, so not part of the claim: {', '.join(unmeasured)}."
+                           if unmeasured else "."))}
 
 
 def _bound(pairs: list[dict]) -> float:
