@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--max-lag", default="30s", help="lagged cross-correlation range +/- (default 30s)")
     stats.add_argument("--warmup", default="30s",
                        help="leave the run's first part (its start-up transient) out of the tests: this long, "
-                            "at most a tenth of the run (default 30s; 0 keeps the start-up; stretches without "
-                            "training steps are left out either way)")
+                            "at most a tenth of the run, and longer (up to a third of the run and 2 min) while the "
+                            "gradient norm, loss, power and utilisation are still settling (default 30s; 0 keeps "
+                            "the start-up; stretches without training steps are left out either way)")
     stats.add_argument("--surrogates", type=int, default=1000, help="surrogates per test (default 1000)")
     stats.add_argument("--spike-z", type=float, default=3.0, help="robust z of a grad-norm spike (default 3)")
     stats.add_argument("--event-window", default="5s", help="coincidence window for spikes/collapses (default 5s)")

@@ -48,8 +48,12 @@ class Provenance:
                     "on it (thermograd run --emulate-clock makes that path, labelled as emulation)")
         return None
 
-    def first_line(self) -> str | None:
-        """The summary's first line when the hardware is not a physical measurement."""
+    def label(self) -> str:
+        """What measured the hardware, in a word for a figure's title: SIMULATED, REPLAYED or '' (a device)."""
+        return "SIMULATED" if self.simulated else "REPLAYED" if self.replayed else ""
+
+    def first_line(self) -> str:
+        """The summary's first line: what measured the hardware, said before any verdict."""
         if self.simulated:
             emulated = (" EMULATED clock path: the job's steps were stretched by the card's clock deficit, so its "
                         "hardware -> training answer is an emulation's, not a measurement's."
@@ -59,7 +63,10 @@ class Provenance:
         if self.replayed:
             return (f"REPLAYED hardware: {self.device or 'the device'}, playing back "
                     f"{self.heat_source or 'a recording'}: not the hardware this run trained on.")
-        return None
+        if self.backend is None:
+            return (f"Hardware of unknown kind: {self.device or 'the device'}; the input does not say whether a real "
+                    "device, a simulation or a replay was measured, and the verdicts assume a real device.")
+        return f"MEASURED hardware: {self.device or 'the device'}, read through {self.backend}."
 
 
 def no_path_verdict(direction: str, question: str, reason: str) -> dict:

@@ -21,7 +21,7 @@ from thermograd.analysis.files.grid import files_to_table
 from thermograd.analysis.files.readers import load_grad_log, load_rle_csv
 from thermograd.analysis.output.figures import coupling_png, crosscorr_png
 from thermograd.analysis.output.outdir import output_folder
-from thermograd.analysis.output.report import LAG_NOTE, clean, series_summary, versions, window, write_report
+from thermograd.analysis.output.report import clean, lag_note, series_summary, versions, window, write_report
 from thermograd.analysis.output.summary import summary_text
 from thermograd.analysis.provenance import Provenance, no_path_verdict
 from thermograd.analysis.requests import FileRun, Grid, RunRequest, StoreRun
@@ -221,7 +221,7 @@ def from_files(req: FileRun, grid: Grid) -> tuple[T.Table, dict]:
     tz = get_tz(req.tz)
     notes: list[str] = []
     grad = load_grad_log(req.grad_log, tz, notes)
-    rle, device = load_rle_csv(req.rle_csv, req.device, tz, notes)
+    rle, device = load_rle_csv(req.rle_csv, req.device, tz, notes, grad.info.get("gpu_uuid", ""))
     provenance = Provenance(rle.info.get("backend"), rle.info.get("heat_source", ""), rle.info.get("uuid", device),
                             grad.info.get("emulation", ""))
     if provenance.backend is None:
@@ -292,11 +292,12 @@ def _analyse_into(req: RunRequest) -> RunReport:
     if used_s is not None and cfg.warmup_s > 0 and used_s + table.step_s < cfg.warmup_s:
         meta["notes"].append(f"--warmup {req.warmup_flag} was overridden: {used_s:g} s of start-up were left out, not "
                              f"{cfg.warmup_s:g} s, because the start-up left out is at most a tenth of the run "
-                             f"({table.n * table.step_s:g} s here)")
+                             f"({table.n * table.step_s:g} s here), or a third of it while its series are still "
+                             "settling")
     report = {
         "inputs": meta["inputs"], "window": window(table.start_s, table.step_s, table.n), "step": meta["step"],
         "queries": meta["queries"], "versions": {**versions(), **meta.get("backend", {})},
-        "notes": [*meta["notes"], *results.pop("notes"), LAG_NOTE],
+        "notes": [*meta["notes"], *results.pop("notes"), lag_note(meta["inputs"]["source"])],
         "settings": vars(cfg), "series": series_summary(table.columns), **results,
     }
     report["verdicts"] = {d: overall(results["pairs"], table.step_s, d, results["spike_responses"])
@@ -312,7 +313,8 @@ def _analyse_into(req: RunRequest) -> RunReport:
         del report["perturbation"]
     t0 = time.perf_counter()
     verdict = report["verdict"]
-    title = (f"run {meta['inputs'].get('run_id', meta['inputs'].get('grad_log'))}: optimizer -> hardware {verdict['strength']}; "
+    label = f"{provenance.label()} hardware; " if provenance.label() else ""
+    title = (f"{label}run {meta['inputs'].get('run_id', meta['inputs'].get('grad_log'))}: optimizer -> hardware {verdict['strength']}; "
              f"hardware -> training {report['verdicts']['hardware_to_training']['strength']}")
     coupling_png(table, req.out / "coupling.png", title,
                  "Prometheus evaluation timestamps" if from_store_ else f"a {table.step_s:g} s grid")

@@ -108,7 +108,7 @@ def test_what_was_measured_decides_which_direction_has_a_physical_path():
     replay = Provenance("replay", "the recording lab.csv, played back", "replay-gpu")
     assert all(replay.no_path(d) for d in ("optimizer_to_hardware", "hardware_to_training"))
     real = Provenance("nvml", "", "GPU-1")
-    assert real.first_line() is None and real.as_report()["measured"] is True
+    assert real.first_line() == "MEASURED hardware: GPU-1, read through nvml." and real.as_report()["measured"] is True
     assert not any(real.no_path(d) for d in ("optimizer_to_hardware", "hardware_to_training"))
     assert Provenance(None).as_report()["measured"] is None  # a file that does not say
 

@@ -74,7 +74,7 @@ def test_a_run_without_pauses_says_it_has_no_positive_control():
     rec = null_run("ar1", 600, 4)
     result = analyse(files_to_table(rec.train, rec.hardware).trimmed(["grad_norm", "loss"]), Settings())
     assert result["positive_control"]["intervention"] is None and result["positive_control"]["detected"] is False
-    assert "no compute intervention" in result["positive_control"]["reason"]
+    assert "no pause burst in this run" in result["positive_control"]["reason"]
     assert overall(result["pairs"], 1.0, "hardware_to_training")["strength"] in {"insufficient data", "none",
                                                                                "inconclusive"}
 

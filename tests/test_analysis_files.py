@@ -233,3 +233,99 @@ def test_series_csv_names_the_file_columns_the_loader_reads():
         else:
             first_alias = load_files.OPTIONAL_RLE_COLUMNS.get(s.column, ((None,), 1.0))[0][0]
             assert s.offline in (load_files.RLE_COLUMNS.get(s.column), first_alias), s
+
+
+def _seed_files(tmp_path: Path, n: int = 400, log: list[dict] | None = None) -> tuple[Path, Path]:
+    csv_path = write_csv(tmp_path / "rle.csv", n)
+    log_path = tmp_path / "grad.json"
+    log_path.write_text(json.dumps(log if log is not None else seed_log(int(n / 0.7) - 10)))
+    return log_path, csv_path
+
+
+def test_out_never_replaces_a_users_file_and_fails_before_the_work(tmp_path):
+    """A new user's --out folder held their own report.json and coupling.png: both were replaced, exit 0. Now:
+    exit 2, one line, nothing changed; a thermograd report there is refreshed (a re-run into its folder)."""
+    log, csv_path = _seed_files(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "coupling.png").write_text("my figure")
+    proc = run_cli("--grad-log", str(log), "--rle-csv", str(csv_path), "--out", str(mine), "--quiet")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "already holds coupling.png, which no thermograd analysis wrote" in proc.stderr
+    assert (mine / "coupling.png").read_text() == "my figure" and not (mine / "report.json").exists()
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run refreshes the first one's report
+        proc = run_cli("--grad-log", str(log), "--rle-csv", str(csv_path), "--out", str(out), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    bad = run_cli("--grad-log", str(tmp_path / "absent.json"), "--rle-csv", str(csv_path), "--out",
+                  str(tmp_path / "never"))
+    assert bad.returncode == 2 and not (tmp_path / "never").exists()  # no empty folder left behind
+
+
+def test_files_that_are_not_what_they_seem_are_one_line_naming_the_fix(tmp_path):
+    import gzip
+
+    log, csv_path = _seed_files(tmp_path)
+    packed = tmp_path / "rle.csv.gz"
+    packed.write_bytes(gzip.compress(csv_path.read_bytes()))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(csv_path.read_bytes().replace(b"timestamp", "timestämp".encode("latin-1"), 1))
+    steps_csv = tmp_path / "steps.csv"
+    steps_csv.write_text("step,time_unix,grad_norm,loss\n1,1761638400,1.0,2.0\n")
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text(csv_path.read_text().replace(",", ";"))
+    empty, header_only = tmp_path / "empty.csv", tmp_path / "header.csv"
+    empty.write_text("")
+    header_only.write_text(CSV_HEADER + "\n")
+    cases = [(log, packed, "gzip-compressed file, not text: decompress it first (gunzip it)"),
+             (log, latin, "not UTF-8 text"), (steps_csv, csv_path, "a CSV step log is not read"),
+             (log, semicolons, "the file must be comma-separated"), (log, empty, "empty file (no header)"),
+             (log, header_only, "a header and no rows")]
+    for grad, hardware, expected in cases:
+        proc = run_cli("--grad-log", str(grad), "--rle-csv", str(hardware), "--out", str(tmp_path / "o"))
+        assert proc.returncode == 2 and expected in proc.stderr, (hardware, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_the_device_is_the_one_the_step_log_names_and_a_surprising_choice_is_said(tmp_path):
+    rows = ["time_unix,device,uuid,kind,rle_smoothed,temp_c,power_w,a_load,collapse"]
+    for i in range(5):
+        rows += [f"{1.8e9 + i},0,GPU-aaaa,gpu,0.5,60,100,0.4,0", f"{1.8e9 + i},1,GPU-bbbb,gpu,0.5,60,100,0.4,0",
+                 f"{1.8e9 + i},cpu,,cpu,0.5,50,30,0.2,0"]
+    two = tmp_path / "two.csv"
+    two.write_text("\n".join(rows) + "\n")
+    tz, notes = get_tz(None), []
+    assert load_rle_csv(two, None, tz, notes, logged_uuid="gpu-bbbb")[1] == "1" and not notes
+    assert load_rle_csv(two, "0", tz, notes, logged_uuid="GPU-bbbb")[1] == "0"
+    assert "the step log says the run trained on GPU-bbbb" in notes[-1]
+    with pytest.raises(InputError, match="none of them the step log's GPU GPU-cccc"):
+        load_rle_csv(two, None, tz, [], logged_uuid="GPU-cccc")
+    cpu_only = tmp_path / "cpu.csv"
+    cpu_only.write_text("\n".join([rows[0], *(r for r in rows[1:] if ",cpu," in r)]) + "\n")
+    notes = []
+    assert load_rle_csv(cpu_only, None, tz, notes)[1] == "cpu"
+    assert "analysing device cpu of cpu.csv (kind cpu: not a GPU)" in notes[-1]
+
+
+def test_steps_outside_the_recording_and_repeated_timestamps_are_said(tmp_path):
+    log, csv_path = _seed_files(tmp_path, n=300, log=seed_log(700))  # 490 s of steps, 300 s of recording
+    csv_text = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([*csv_text, *csv_text[1:21]]) + "\n")  # 20 rows appended twice
+    proc = run_cli("--grad-log", str(log), "--rle-csv", str(csv_path), "--out", str(tmp_path / "o"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    notes = strict_json(tmp_path / "o" / "report.json")["notes"]
+    assert any("of the training log's 700 steps fall outside the hardware recording" in n for n in notes)
+    assert any("the hardware recording repeats" in n for n in notes)
+    assert any(n.startswith("Lags are resolved to the step, never finer: the step log and the hardware recording")
+               for n in notes)
+
+
+def test_a_constant_gradient_norm_leaves_the_question_open(tmp_path):
+    """Every grad_norm `true` (a logged flag, not the norm): only loss ~ rle could be tested, and the verdict
+    said "Independent systems". It is inconclusive, naming what could not be tested."""
+    log = [{**rec, "grad_norm": 1.0} for rec in seed_log(560)]
+    grad, csv_path = _seed_files(tmp_path, log=log)
+    proc = run_cli("--grad-log", str(grad), "--rle-csv", str(csv_path), "--out", str(tmp_path / "o"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    verdict = strict_json(tmp_path / "o" / "report.json")["verdicts"]["optimizer_to_hardware"]
+    assert verdict["strength"] == "inconclusive" and "grad_norm never changes in this run" in verdict["summary"]

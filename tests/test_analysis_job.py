@@ -114,6 +114,45 @@ def test_bad_job_input_is_one_line(tmp_path: Path):
     assert proc.returncode == 2 and "--job needs --prometheus" in proc.stderr
 
 
+def _rewrite(path: Path, edit) -> None:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(edit(line)) + "\n" for line in lines))
+
+
+def test_job_folders_that_are_not_one_job_are_refused_and_a_gpu_without_a_recording_is_said(tmp_path: Path):
+    """What a new user's --job-dir met: a rank's log in another rank's folder, logs of different days, one GPU
+    uuid recorded on two hosts (each was exit 0 with a wrong or empty answer), and a rank whose GPU no recording
+    holds (said in the headline, not only in a trailing note)."""
+    def job(name: str):
+        return write_job(tmp_path / name, "thermal", 3, seconds=120, seed=5)
+
+    moved = job("moved")
+    _rewrite(moved.folder / "rank-1" / "steps.jsonl", lambda line: {**line, "rank": 0})
+    proc = analysis("--job-dir", str(moved.folder), "--out", str(tmp_path / "o1"))
+    assert proc.returncode == 2 and "its steps say rank 0, but it is in folder rank-1" in proc.stderr
+    assert not (tmp_path / "o1").exists()  # no empty folder left behind
+    apart = job("apart")
+    _rewrite(apart.folder / "rank-2" / "steps.jsonl",
+             lambda line: {**line, "time_unix": line["time_unix"] + 2 * 86400, "timestamp": None})
+    proc = analysis("--job-dir", str(apart.folder), "--out", str(tmp_path / "o2"))
+    assert proc.returncode == 2 and "do not overlap in time" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    twice = job("twice")
+    csv0 = (twice.folder / "rank-0" / "hardware.csv").read_text().splitlines()
+    header, rows = csv0[0].split(","), [row.split(",") for row in csv0[1:]]
+    host = header.index("host")
+    other_host = [[*row[:host], "elsewhere", *row[host + 1:]] for row in rows]
+    (twice.folder / "rank-1" / "copy.csv").write_text("\n".join([csv0[0], *map(",".join, other_host)]) + "\n")
+    proc = analysis("--job-dir", str(twice.folder), "--out", str(tmp_path / "o3"))
+    assert proc.returncode == 2 and "recorded on two hosts" in proc.stderr
+    blind = job("blind")
+    (blind.folder / "rank-1" / "hardware.csv").unlink()
+    proc = analysis("--job-dir", str(blind.folder), "--out", str(tmp_path / "o4"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Rank(s) 1: no recording of their GPU" in proc.stdout
+    section = json.loads((tmp_path / "o4" / "report.json").read_text())["job"]
+    assert section["ranks_without_gpu_series"] == [1]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.quiet

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from thermograd.analysis import table as T
-from thermograd.analysis.catalog import DIRECTIONS, PAIRS
+from thermograd.analysis.catalog import DIRECTIONS, PAIRS, SERIES
 from thermograd.analysis.coupling.direction import lead
 from thermograd.analysis.coupling.settings import Settings
 from thermograd.analysis.coupling.startup import (
@@ -37,6 +37,7 @@ THROTTLE_BLOCK_S = 60.0
 PAUSE_SETTLE_S = 2.0
 
 
+SOURCE_OF = {s.column: s.source for s in SERIES}  # train or device
 MEMO_MAX_ROWS = 1_000_000  # Granger's per-series transforms are shared between pairs up to this many rows
 
 
@@ -166,6 +167,22 @@ def spike_responses(cols_of: Mapping[str, Mapping[str, np.ndarray]], step_s: flo
     return out
 
 
+def _untested_because(table: T.Table, pair: dict) -> tuple[str, str] | None:
+    """Why a pair could not be tested, where its series say it, as (kind, words): "absent" (the run never
+    measured it), "constant_device" (a device state never set: a GPU that never throttled), "constant_training"
+    (a training series that never changes: the question's own signal missing). None: too few rows (the scan's
+    own reason says how many)."""
+    missing = [name for name in (pair["x"], pair["y"]) if not table.has(name)]
+    if missing:
+        return "absent", f"this run has no {' or '.join(missing)} series"
+    constant = [name for name in (pair["x"], pair["y"]) if is_constant(table.columns[name])]
+    if constant:
+        training = any(SOURCE_OF.get(name) == "train" for name in constant)
+        return ("constant_training" if training else "constant_device",
+                f"{' and '.join(constant)} never changes in this run: there is nothing to correlate")
+    return None
+
+
 def _correct(tests: list[dict]) -> None:
     """Holm over one family; each test dict gets its p_adjusted."""
     tests = [t for t in tests if t.get("p") is not None]
@@ -224,8 +241,6 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
                            inputs=inputs)
         del inputs
         res["direction"] = pair.direction
-        # whether the run has both series at all: an untested pair of measured series leaves the question open
-        res["measured"] = table.has(pair.x) and table.has(pair.y)
         pairs.append(res)
     secondary: list[dict] = []
 
@@ -291,9 +306,8 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         families[f"{direction}_spike_responses"] = sum(r.get("p") is not None for r in events_here)
         for pair in mine:
             pair_verdict(pair, families[direction], step, cfg)
-            if not pair["measured"]:  # the cause to name, not the scan's row count ("0 samples; lower --max-lag")
-                missing = [name for name in (pair["x"], pair["y"]) if not table.has(name)]
-                pair["reason"] = f"this run has no {' or '.join(missing)} series"
+            if pair["strength"] == INSUFFICIENT:  # the cause to name, not the scan's row count ("0 samples")
+                pair["untested"], pair["reason"] = _untested_because(table, pair) or ("too_few", pair.get("reason"))
             if pair["coupled"]:
                 pair["lead"] = lead(pair, step).as_dict()
         for res in events_here:
@@ -372,7 +386,8 @@ def positive_control(cols: Mapping[str, np.ndarray], step_s: float, cfg: Setting
     pause = cols.get(T.PAUSE)
     if pause is None or is_constant(pause):
         return {"intervention": None, "detected": False,
-                "reason": "this run has no compute intervention (pause bursts), so no positive control"}
+                "reason": ("no pause burst in this run (none scheduled, or it ended before the first: thermograd "
+                           "run's default schedule starts at 40 s), so no positive control")}
     window = perturbation.default_window(pause, delayed=False, clear_rows=_steps(PAUSE_SETTLE_S, step_s) + 1)
     tests = {}
     for name in POSITIVE_CONTROL_METRICS:

@@ -222,15 +222,17 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
     unsettled = [r for r in responses if r["strength"] == "inconclusive"]
     if inconclusive or unsettled:
         return {"coupled": False, "strength": "inconclusive", "summary": _inconclusive(inconclusive, unsettled)}
-    # A pair whose series the run has but that could not be tested (a constant gradient norm, too few rows) is a
-    # question left open: the pairs that were tested cannot speak for it. Only a series the run never measured
-    # (a CSV without clock columns) leaves its pairs out of the claim, said by name.
-    untested = [p for p in pairs if p["strength"] == INSUFFICIENT and p.get("measured", True)]
+    # A pair the run could have answered but did not (a constant gradient norm: the question's own signal missing;
+    # too few rows) is a question left open: the pairs that were tested cannot speak for it. A series the run
+    # never measured (a CSV without clock columns), or a device state never set (a GPU that never throttled),
+    # leaves its pairs out of the claim, said by name.
+    untested = [p for p in pairs if p["strength"] == INSUFFICIENT
+                and p.get("untested", "too_few") in ("too_few", "constant_training")]
     if untested and any(p["strength"] != INSUFFICIENT for p in pairs):
         names = "; ".join(f"{_test_name(p)} ({p.get('reason', 'too few samples')})" for p in untested)
         return {"coupled": False, "strength": "inconclusive",
-                "summary": (f"Inconclusive: no coupling was found, but {names} could not be tested although the "
-                            "run has both series, so independence is not claimed.")}
+                "summary": (f"Inconclusive: no coupling was found, but {names} could not be tested, so independence "
+                            "is not claimed.")}
     negligible = [p for p in tests if p["strength"] == "negligible"]
     if negligible:
         names = ", ".join(_test_name(p) for p in negligible)
@@ -239,7 +241,7 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
                             f"effect of interest (|r| < min-effect, or a response under a quarter of the metric's "
                             f"sd): reported, not called coupled.")}
     skipped = [_test_name(p) for p in responses if p["strength"] == INSUFFICIENT]
-    unmeasured = [_test_name(p) for p in pairs if p["strength"] == INSUFFICIENT]
+    unmeasured = [f"{_test_name(p)} ({p.get('reason')})" for p in pairs if p["strength"] == INSUFFICIENT]
     ran = [r for r in responses if r["strength"] == "none"]
     bound = ran[0]["equivalence"]["bound_sd"] if ran else None
     return {"coupled": False, "strength": "none",
@@ -249,7 +251,7 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
                            "window" if ran else "")
                         + ", and no test survives Holm correction"
                         + (f" ({', '.join(skipped)}: insufficient data)" if skipped else "")
-                        + (f"; not measured in this run, so not part of the claim: {', '.join(unmeasured)}."
+                        + (f"; not part of the claim: {'; '.join(unmeasured)}."
                            if unmeasured else "."))}
 
 

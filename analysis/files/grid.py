@@ -114,6 +114,15 @@ def main_cluster(samples: Samples, what: str, notes: list[str]) -> Samples:
     return Samples(samples.t_s[keep], {k: v[keep] for k, v in samples.columns.items()})
 
 
+def _zone_hint(gap_s: float) -> str:
+    """A gap of whole hours (within 2 minutes, under a day) between two timelines is the signature of naive local
+    timestamps read as UTC."""
+    hours = round(gap_s / 3600)
+    if 1 <= hours < 24 and abs(gap_s - 3600 * hours) < 120:
+        return f" (about {hours} h apart: naive local timestamps read as UTC? give their zone with --tz)"
+    return ""
+
+
 def files_to_table(grad: Samples, rle: Samples, step_s: float | None = None,
                    notes: list[str] | None = None) -> T.Table:
     """Grad norm per row is the mean of the steps in (t - step, t] (like the histogram's mean),
@@ -121,18 +130,33 @@ def files_to_table(grad: Samples, rle: Samples, step_s: float | None = None,
     sample in the row."""
     notes = [] if notes is None else notes
     grad, rle = main_cluster(grad, "training log", notes), main_cluster(rle, "RLE CSV", notes)
+    step_given = step_s is not None
     step_s = step_s or choose_step_s(grad, rle)
     g_lo, g_hi = grad.range_s
     r_lo, r_hi = rle.range_s
     lo, hi = max(g_lo, r_lo), min(g_hi, r_hi)
     if hi <= lo:
         raise InputError(f"the timelines do not overlap: training log {_fmt((g_lo, g_hi))}, "
-                         f"RLE CSV {_fmt((r_lo, r_hi))}")
+                         f"RLE CSV {_fmt((r_lo, r_hi))}{_zone_hint(lo - hi)}")
+    outside = int(np.count_nonzero((grad.t_s < lo) | (grad.t_s > hi)))
+    if outside:
+        notes.append(f"{outside} of the training log's {grad.t_s.size} steps fall outside the hardware recording "
+                     f"({_fmt((r_lo, r_hi))}) and are not analysed: only the {hi - lo:.0f} s both cover are"
+                     + _zone_hint(max(r_lo - g_lo, g_hi - r_hi)))
+    for what, t in (("training log", grad.t_s), ("hardware recording", rle.t_s)):
+        repeated = int(t.size - np.unique(t).size)
+        if repeated:
+            notes.append(f"the {what} repeats {repeated} timestamp(s) (a file appended twice, or a restarted writer?): "
+                         "each row of the grid takes "
+                         + ("the mean of its steps" if what == "training log" else "the last sample in it"))
     in_overlap = rle.t_s[(rle.t_s >= lo) & (rle.t_s <= hi)]
     phase = grid_phase_s(in_overlap if in_overlap.size else rle.t_s, step_s)
     start = np.floor((lo - phase) / step_s) * step_s + phase
     n = int(np.ceil((hi - start) / step_s)) + 1
     samples = grad.t_s.size + rle.t_s.size
+    if n > max(MIN_ROWS_CAP, MAX_ROWS_PER_SAMPLE * samples) and step_given:
+        raise InputError(f"--step {step_s:g} s makes the overlap {_fmt((lo, hi))} {n:,} rows for {samples:,} "
+                         "samples: give a coarser --step (or leave it out: the slower file's own interval)")
     if n > max(MIN_ROWS_CAP, MAX_ROWS_PER_SAMPLE * samples):
         raise InputError(f"the overlap {_fmt((lo, hi))} would need {n:,} rows of {step_s:g} s for {samples:,} "
                          "samples: a stray timestamp far from the rest? (check the first and last records)")

@@ -20,6 +20,7 @@ from thermograd.analysis.errors import InputError
 from thermograd.analysis.files.readers import Samples, load_grad_log, load_hardware_devices
 from thermograd.analysis.sources.devices import normalise_uuid
 from thermograd.analysis.stats.stragglers import MIXED_STEP, GpuRows, RankRows, StepMatrix, all_nan_is_nan
+from thermograd.timestamps import iso_utc
 
 MAX_JOB_CELLS = 50_000_000  # ranks x rows held at once (8 bytes each, a few arrays): a few hundred MB
 MAX_STEP_CELLS = 20_000_000  # ranks x steps for the step-by-step cost; past it, the cost is counted on rows
@@ -56,6 +57,59 @@ def find_job_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return logs, csvs
 
 
+def _folder_rank(path: Path) -> int | None:
+    """k of the rank-<k>/ folder a step log is in (None in the layout thermograd run writes)."""
+    name = path.parent.name
+    return int(name[5:]) if name.startswith("rank-") and name[5:].isdigit() else None
+
+
+def check_ranks(paths: list[Path], logs: list[Samples]) -> None:
+    """Each rank once, and in its own folder: a log whose lines name another rank than its rank-<k>/ folder (a
+    copied file) would put one rank's steps in two rows and leave another out."""
+    seen: dict[int, Path] = {}
+    for i, (path, log) in enumerate(zip(paths, logs, strict=True)):
+        folder, named = _folder_rank(path), log.info.get("rank")
+        if folder is not None and named is not None and int(named) != folder:
+            raise InputError(f"{path}: its steps say rank {named}, but it is in folder rank-{folder}: move it to "
+                             f"rank-{named}/ or fix the log")
+        rank = int(named) if named is not None else folder if folder is not None else i
+        if rank in seen:
+            raise InputError(f"rank {rank} has two step logs ({seen[rank]} and {path}): keep one per rank")
+        seen[rank] = path
+
+
+def recorded_devices(paths: list[Path], tz: tzinfo, notes: list[str]) -> dict[str, Samples]:
+    """Every GPU of the recordings, by normalised uuid. The same GPU in two recordings of the same host is one
+    (each rank's folder may hold its node's recording); a uuid recorded on two hosts cannot be joined to a rank
+    (the step logs name a GPU by uuid alone): refused, rather than one host's readings silently taken for the
+    other's."""
+    devices: dict[str, Samples] = {}
+    where: dict[str, Path] = {}
+    for path in paths:
+        for uuid, samples in load_hardware_devices(path, tz, notes).items():
+            key = normalise_uuid(uuid)
+            if key in devices and devices[key].info.get("host", "") != samples.info.get("host", ""):
+                raise InputError(f"GPU {uuid} is recorded on two hosts ({where[key]}: "
+                                 f"{devices[key].info.get('host') or 'no host'}; {path}: "
+                                 f"{samples.info.get('host') or 'no host'}), and the step logs name a rank's GPU by "
+                                 "uuid alone: record each GPU under its own uuid (simulated exporters on several "
+                                 "nodes all start at sim-0), or analyse each node's ranks apart")
+            if key not in devices:
+                devices[key], where[key] = samples, path
+    return devices
+
+
+def check_overlap(paths: list[Path], logs: list[Samples]) -> None:
+    """The ranks of one job step together: logs whose times do not overlap at all are not one job (a rank's
+    log from another day, a clock off by hours)."""
+    spans = [(float(log.t_s.min()), float(log.t_s.max())) for log in logs]
+    if min(hi for _, hi in spans) <= max(lo for lo, _ in spans):
+        ranges = "; ".join(f"{path}: {iso_utc(lo)} to {iso_utc(hi)}" for path, (lo, hi) in zip(paths, spans,
+                                                                                                 strict=True))
+        raise InputError(f"the ranks' step logs do not overlap in time, so they are not one job's ({ranges}): "
+                         "analyse the ranks of one job together (or fix a rank's clock or --tz)")
+
+
 def choose_step_s(logs: list[Samples]) -> float:
     """Rows long enough that a rank's row usually holds a few steps: twice the median step time, at least 1 s,
     to two significant digits."""
@@ -74,10 +128,9 @@ def load_job(folder: Path, tz: tzinfo, step_s: float | None = None) -> JobInputs
         if not np.isfinite(log.columns["compute_s"]).any():
             raise InputError(f"{path}: no compute_s in its steps: a job's analysis needs each rank's compute time "
                              "(TrainingMetrics.watch(model), which both callbacks call; thermograd >= this version)")
-    devices: dict[str, Samples] = {}
-    for path in csv_paths:
-        for uuid, samples in load_hardware_devices(path, tz, notes).items():
-            devices[normalise_uuid(uuid)] = samples
+    check_ranks(log_paths, logs)
+    devices = recorded_devices(csv_paths, tz, notes)
+    check_overlap(log_paths, logs)
     step_s = step_s or choose_step_s(logs)
     start = min(float(log.t_s.min()) for log in logs)
     end = max(float(log.t_s.max()) for log in logs)
@@ -89,7 +142,8 @@ def load_job(folder: Path, tz: tzinfo, step_s: float | None = None) -> JobInputs
     ranks, steps, seen_uuids = [], [], set()
     provenance: dict[str, str] = {}
     for path, log in zip(log_paths, logs, strict=True):
-        rank = int(log.info.get("rank", len(ranks)))
+        folder_rank = _folder_rank(path)
+        rank = int(log.info.get("rank", len(ranks) if folder_rank is None else folder_rank))
         uuid = log.info.get("gpu_uuid", "")
         compute = bin_to_grid(log.t_s, log.columns["compute_s"], start, step_s, n, how="mean")
         tokens = bin_to_grid(log.t_s, np.nan_to_num(log.columns["tokens"]), start, step_s, n, how="sum")
@@ -105,6 +159,11 @@ def load_job(folder: Path, tz: tzinfo, step_s: float | None = None) -> JobInputs
             notes.append(f"{path}: its steps name no gpu_uuid: rank {rank}'s GPU is unknown")
         elif device is None:
             notes.append(f"rank {rank}'s GPU {uuid} is in no recording under {folder}")
+    if devices and not any(r.gpu_uuid and normalise_uuid(r.gpu_uuid) in devices for r in ranks):
+        raise InputError(f"--job-dir {folder}: no rank's GPU is in its recordings (the ranks name "
+                         f"{', '.join(sorted({r.gpu_uuid or 'none' for r in ranks})[:4])}; the recordings hold "
+                         f"{', '.join(sorted(devices)[:4])}): record each rank's GPU (thermograd-exporter --record) into "
+                         "its rank-<k>/ folder")
     gpus = {}
     for key, samples in devices.items():
         if key not in seen_uuids:

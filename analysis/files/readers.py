@@ -117,8 +117,32 @@ def _grad_records(path: Path, text: str, notes: list[str]) -> list[tuple[str, ob
                 notes.append(f"{path}:{lineno}: the last line is incomplete (the log was cut off mid-write); "
                              "read up to the last complete line.")
                 break
+            if not out and "," in line and not line.lstrip().startswith(("{", "[")):
+                raise InputError(f"{path}:{lineno}: not JSON: a step log is JSON Lines (thermograd's steps.jsonl, "
+                                 "one object per line) or the seed's JSON array; a CSV step log is not read "
+                                 "(docs/offline-files.md)") from None
             raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
     return out
+
+
+COMPRESSED = {b"\x1f\x8b": "gzip (gunzip it)", b"BZh": "bzip2 (bunzip2 it)", b"\xfd7zXZ": "xz (unxz it)",
+              b"(\xb5/\xfd": "zstd (unzstd it)", b"PK\x03\x04": "zip (unzip it)"}
+
+
+def not_text(path: Path, exc: UnicodeDecodeError) -> InputError:
+    """The one-line error for a file that is not UTF-8 text: a compressed file named as such (with the command
+    that unpacks it), else where the first bad byte is."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        head = b""
+    for magic, what in COMPRESSED.items():
+        if head.startswith(magic):
+            return InputError(f"{path}: a {what.split()[0]}-compressed file, not text: decompress it first "
+                              f"({what.split(' ', 1)[1].strip('()')})")
+    return InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} is not UTF-8): "
+                      "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
 def _note_units(units_seen: set[str], path: Path, notes: list[str]) -> None:
@@ -131,8 +155,10 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
     units_seen: set[str] = set()
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise not_text(path, exc) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     times, cols = [], {k: [] for k in GRAD_FIELDS}
     pauses: list[tuple[float, float]] = []
     info: dict[str, str] = {}
@@ -198,24 +224,49 @@ RLE_COLUMNS = {s.column: s.offline for s in SERIES
 DEVICE_TEXT_COLUMNS = ("uuid", "model", "kind", "backend", "heat_source", "host")
 
 
-def _pick_device(path: Path, rows: list[tuple[int, dict]], wanted: str | None) -> str:
+def _pick_device(path: Path, rows: list[tuple[int, dict]], wanted: str | None, logged_uuid: str = "",
+                 notes: list[str] | None = None) -> str:
     """The `device` value to read: --device as a device label or a uuid (any case, with or without GPU-);
-    without it, `gpu`, the only GPU (a recording's `kind` column) or the only device."""
+    without it, the GPU the step log names (its gpu_uuid), else `gpu`, the only GPU (a recording's `kind`
+    column) or the only device. A choice the user did not make is said in `notes` where it could surprise: a
+    device that is no GPU, or another than the step log names."""
     from thermograd.analysis.sources.devices import normalise_uuid
 
+    notes = [] if notes is None else notes
     labels = {row["device"]: row for _, row in rows}  # label -> its first row
+
+    def by_uuid(uuid: str) -> list[str]:
+        return [d for d, row in labels.items() if row.get("uuid") and normalise_uuid(row["uuid"]) == normalise_uuid(uuid)]
+
+    logged = by_uuid(logged_uuid) if logged_uuid else []
     if wanted is not None:
-        if wanted in labels:
-            return wanted
-        by_uuid = [d for d, row in labels.items() if row.get("uuid") and
-                   normalise_uuid(row["uuid"]) == normalise_uuid(wanted)]
-        if by_uuid:
-            return by_uuid[0]
-        raise InputError(f"{path}: device {wanted!r} not in the file (devices: {_listing(labels)})")
+        chosen = wanted if wanted in labels else next(iter(by_uuid(wanted)), None)
+        if chosen is None:
+            raise InputError(f"{path}: device {wanted!r} not in the file (devices: {_listing(labels)})")
+        if logged and chosen not in logged:
+            notes.append(f"--device {wanted} analyses device {chosen}, but the step log says the run trained on "
+                         f"{logged_uuid} (device {logged[0]} in {path.name}): the verdicts are about a GPU the job "
+                         "did not use")
+        return chosen
+    if logged:
+        return logged[0]
     gpus = [d for d, row in labels.items() if (row.get("kind") or "") == "gpu"]
     for choice in (["gpu"] if "gpu" in labels else [], gpus, list(labels)):
         if len(choice) == 1:
-            return choice[0]
+            chosen = choice[0]
+            kind = labels[chosen].get("kind") or ("gpu" if chosen == "gpu" else "")
+            if kind != "gpu":
+                notes.append(f"analysing device {chosen} of {path.name}"
+                             + (f" (kind {kind}: not a GPU)" if kind else " (the file does not say it is a GPU)")
+                             + ", its only device" + ("" if len(labels) == 1 else " of that kind") + "; pick "
+                             "another with --device")
+            if logged_uuid:
+                notes.append(f"the step log says the run trained on {logged_uuid}, which is not in {path.name}; "
+                             f"device {chosen} was analysed instead")
+            return chosen
+    if logged_uuid:
+        raise InputError(f"{path}: several devices ({_listing(labels)}), none of them the step log's GPU "
+                         f"{logged_uuid}; pick one with --device")
     raise InputError(f"{path}: several devices ({_listing(labels)}); pick one with --device")
 
 
@@ -231,16 +282,26 @@ def _hardware_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
         raise InputError(f"{path}: cannot read: {exc}") from None
     with handle:
         reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in ("device", *RLE_COLUMNS.values()) if c not in header]
-        if "timestamp" not in header and not any(c in header for c in EPOCH_FIELDS):
-            missing.insert(0, "timestamp")
-        if missing:
-            raise InputError(f"{path}:1: missing column(s) {', '.join(missing)}")
         try:
+            header = reader.fieldnames or []
+            if not header:
+                raise InputError(f"{path}: empty file (no header): a hardware CSV starts with a header line "
+                                 "(docs/offline-files.md)")
+            missing = [c for c in ("device", *RLE_COLUMNS.values()) if c not in header]
+            if "timestamp" not in header and not any(c in header for c in EPOCH_FIELDS):
+                missing.insert(0, "timestamp")
+            if missing:
+                delimiter = next((d for d in ";\t|" if d in header[0]), None) if len(header) == 1 else None
+                raise InputError(f"{path}:1: missing column(s) {', '.join(missing)}"
+                                 + (f" (its header is one field with {delimiter!r} in it: the file must be "
+                                    "comma-separated)" if delimiter else ""))
             rows = [(lineno, row) for lineno, row in enumerate(reader, start=2)]
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not a readable CSV: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise not_text(path, exc) from None
+        except csv.Error as exc:
+            raise InputError(f"{path}:{reader.line_num}: not a readable CSV: {exc}") from None
+    if not rows:
+        raise InputError(f"{path}: a header and no rows: nothing was recorded")
     # The lab's monitor leaves trailing CPU-only columns off its GPU rows, so a short row is fine as long
     # as it reaches every column read here; one that does not is truncated (a file still being written).
     needed = [c for c in ("timestamp", *EPOCH_FIELDS, "device", *RLE_COLUMNS.values()) if c in header]
@@ -281,13 +342,14 @@ def _device_samples(path: Path, header: list[str], rows: list[tuple[int, dict[st
     return Samples(np.asarray(times), arrays, info=info)
 
 
-def load_rle_csv(path: Path, device: str | None, tz: tzinfo,
-                 notes: list[str] | None = None) -> tuple[Samples, str]:
-    """Rows of one device from an RLE-lab CSV (several devices per file); returns (samples, device)."""
+def load_rle_csv(path: Path, device: str | None, tz: tzinfo, notes: list[str] | None = None,
+                 logged_uuid: str = "") -> tuple[Samples, str]:
+    """Rows of one device from an RLE-lab CSV (several devices per file): --device `device`, else the GPU the
+    step log names (`logged_uuid`), else the file's only GPU (_pick_device); returns (samples, device)."""
     notes = [] if notes is None else notes
     units_seen: set[str] = set()
     header, rows = _hardware_rows(path)
-    device = _pick_device(path, rows, device)
+    device = _pick_device(path, rows, device, logged_uuid, notes)
     samples = _device_samples(path, header, rows, device, tz, units_seen)
     _note_units(units_seen, path, notes)
     return samples, device

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from thermograd.analysis.files.job import JobInputs
-from thermograd.analysis.stats.stragglers import MARGIN, JobVerdict, RankVerdict
+from thermograd.analysis.stats.stragglers import MARGIN, JobVerdict, RankVerdict, all_nan_is_nan
 
 MAX_HEATMAP_COLUMNS = 2000
 MAX_HEATMAP_RANKS = 256
@@ -24,6 +24,8 @@ def job_section(inputs: JobInputs, verdict: JobVerdict, source: dict) -> dict:
         "rows": inputs.n, "start_unix": inputs.start_s, "end_unix": inputs.start_s + (inputs.n - 1) * inputs.step_s,
         "nodes": sorted({v.node for v in verdict.ranks if v.node}),
         "stragglers": [v.rank for v in verdict.stragglers],
+        # their GPU in no recording: compared with the others throughout only (cause unknown)
+        "ranks_without_gpu_series": [v.rank for v in verdict.ranks if v.gpu_uuid not in inputs.gpus],
         "thermal_or_power_stragglers": [v.rank for v in thermal],
         "other_cause_stragglers": [v.rank for v in verdict.stragglers if v.cause != "thermal or power"],
         "tokens_lost_to_throttling": {v.gpu_uuid: {"rank": v.rank, "tokens": v.tokens_lost,
@@ -75,7 +77,8 @@ def job_summary(section: dict, verdict: JobVerdict, description: str | None) -> 
     lines = [description] if description else []
     name = section["source"].get("run_id") or section["source"].get("job_dir", "")
     nodes = len(section["nodes"])
-    lines.append(f"thermograd job analysis, {name}: {section['n_ranks']} ranks on {section['n_gpus']} GPUs"
+    gpus = section["n_gpus"]
+    lines.append(f"thermograd job analysis, {name}: {section['n_ranks']} ranks on {gpus} GPU{'' if gpus == 1 else 's'}"
                  + (f" ({nodes} node{'s' if nodes > 1 else ''})" if nodes else "")
                  + f", {section['rows']} rows of {section['step_s']:g} s.")
     thermal = verdict.thermal
@@ -91,6 +94,10 @@ def job_summary(section: dict, verdict: JobVerdict, description: str | None) -> 
         tested = sum(v.ratio is not None for v in verdict.ranks)
         lines.append(f"No straggler: none of the {tested} ranks tested computes more than {100 * MARGIN:g} % slower "
                      "than the others, throughout or while its GPU throttles (Holm-corrected).")
+    blind = section["ranks_without_gpu_series"]
+    if blind:
+        lines.append(f"Rank(s) {', '.join(map(str, blind))}: no recording of their GPU, so whether they slow while it "
+                     "throttles is not known (cause unknown); they are compared with the others throughout only.")
     lines.append("")
     lines += [_rank_line(v) for v in verdict.ranks]
     lines += [f"Note: {note}" for note in section["notes"]]
@@ -109,7 +116,7 @@ def job_png(inputs: JobInputs, verdict: JobVerdict, path: Path, title: str) -> N
     factor = max(1, int(np.ceil(inputs.n / MAX_HEATMAP_COLUMNS)))
     if factor > 1:
         cut = shown.shape[1] // factor * factor
-        with np.errstate(all="ignore"):
+        with all_nan_is_nan():  # a column no rank has a row in stays NaN, without numpy's warning
             shown = np.nanmean(shown[:, :cut].reshape(shown.shape[0], -1, factor), axis=2)
     named = [v for v in verdict.stragglers if v.gpu_uuid in inputs.gpus][:4]
     fig, axes = plt.subplots(3, 1, figsize=(12, 9), sharex=False, gridspec_kw={"height_ratios": [2, 1, 1]})

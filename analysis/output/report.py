@@ -12,8 +12,15 @@ import numpy as np
 
 from thermograd.timestamps import iso_utc
 
-LAG_NOTE = ("Lags are resolved to the step, never finer: Prometheus spreads each target's scrape phase within "
-            "the interval, so samples of two targets can be up to one interval apart.")
+
+def lag_note(source: str, step_s: float | None = None) -> str:
+    """Why lags are resolved to the step and no finer, for a run from a store or from files."""
+    step = "step" if step_s is None else f"{step_s:g} s step"
+    why = ("Prometheus spreads each target's scrape phase within the interval, so samples of two targets can be up "
+           "to one interval apart" if source != "files" else
+           "the step log and the hardware recording are two samplers with their own clocks and phases, so their "
+           "samples can be up to one step apart")
+    return f"Lags are resolved to the {step}, never finer: {why}."
 
 
 def clean(value: object) -> object:

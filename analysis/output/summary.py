@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from thermograd.analysis.coupling.direction import lead_text
 from thermograd.analysis.coupling.verdict import duration_text
+from thermograd.analysis.output.report import lag_note
 from thermograd.analysis.stats.series import INSUFFICIENT
 
 
@@ -173,6 +174,5 @@ def summary_text(report: dict) -> str:
                              f"({res['n_onsets']} onsets, Holm p = {_fmt_p(res['p_adjusted'])}).")
     lines.append(_cost_line(report.get("throttle_cost")))
     lines += [f"Note: {note}" for note in report.get("notes", []) if "resolved to the step" not in note]
-    lines.append(f"Lags are resolved to the {report['step']['seconds']:g} s step, never finer: Prometheus scrapes "
-                 "each target at its own phase, so two targets' samples can be up to one interval apart.")
+    lines.append(lag_note((report.get("inputs") or {}).get("source", ""), report["step"]["seconds"]))
     return "\n".join(lines)
