@@ -163,3 +163,74 @@ def test_the_emulated_clock_path_stretches_steps_by_the_simulated_cards_deficit(
     assert read_clock_ratio(body.decode(), "sim-0") == (0.8, "sim")
     real = body.decode().replace('backend="sim"', 'backend="nvml"')
     assert read_clock_ratio(real, "sim-0")[1] == "nvml"  # ClockEmulation leaves a real card alone
+
+
+def test_a_run_id_in_log_dir_gives_each_run_a_folder_and_a_taken_folder_names_the_fix(tmp_path: Path, monkeypatch):
+    """The documented standalone step log: `log_dir=".../{run_id}"` never collides with an earlier run; a fixed
+    folder run twice is refused (never overwritten) with the fix spelled out."""
+    from thermograd.trainer.steplog import LogExistsError
+
+    for name in ("THERMOGRAD_RUN_DIR", "THERMOGRAD_RUN_ID", "THERMOGRAD_PAUSES", "THERMOGRAD_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    folders = []
+    for _ in range(2):  # the same script run twice
+        with TrainingMetrics(port=0, log_dir=str(tmp_path / "out" / "{run_id}")) as metrics:
+            metrics.observe_step(1, 1.0, 2.0, 1e-3)
+        folders.append(tmp_path / "out" / metrics.run_id)
+    assert folders[0] != folders[1]
+    assert all(read_jsonl(folder / "steps.jsonl")[0]["run_id"] == folder.name for folder in folders)
+
+    fixed = tmp_path / "out" / "my-run"
+    with TrainingMetrics(port=0, log_dir=fixed) as metrics:
+        metrics.observe_step(1, 1.0, 2.0, 1e-3)
+    before = (fixed / "steps.jsonl").read_text()
+    with pytest.raises(LogExistsError) as info:
+        TrainingMetrics(port=0, log_dir=fixed)
+    message = str(info.value)
+    assert f"{fixed / 'steps.jsonl'} already holds a run's log" in message
+    assert f"log_dir={str(fixed / '{run_id}')!r}" in message and "leave log_dir unset under `thermograd run`" in message
+    assert isinstance(info.value, FileExistsError) and (fixed / "steps.jsonl").read_text() == before
+
+
+def test_under_thermograd_run_an_explicit_log_dir_is_said_to_leave_the_run_folder(run_dir: Path, tmp_path: Path,
+                                                                                   capsys):
+    with TrainingMetrics(pauses="off"):
+        pass
+    assert "TrainingMetrics:" not in capsys.readouterr().err  # the documented way: nothing to say
+    with TrainingMetrics(pauses="off", log_dir=tmp_path / "elsewhere"):
+        pass
+    err = capsys.readouterr().err
+    assert f"log_dir={str(tmp_path / 'elsewhere')!r} was given" in err and f"not to the run's folder {run_dir}" in err
+    assert "leave log_dir unset under thermograd run" in err
+
+
+def test_the_port_is_the_callbacks_rule_the_local_rank_added_unless_given(monkeypatch):
+    """The plain DDP loop needs no port: 9843 (or THERMOGRAD_PORT) + LOCAL_RANK, like the callbacks; 0 stays 0
+    (thermograd run: a free port each); a port given is used as is."""
+    from thermograd.trainer.metrics import RankEndpoint
+
+    monkeypatch.delenv("THERMOGRAD_PORT", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cases = [(None, None, 9844), ("7000", None, 7001), ("0", None, 0), ("0", 9000, 9000), (None, 9000, 9000)]
+    for env_port, given, expected in cases:
+        if env_port is None:
+            monkeypatch.delenv("THERMOGRAD_PORT", raising=False)
+        else:
+            monkeypatch.setenv("THERMOGRAD_PORT", env_port)
+        metrics = TrainingMetrics(port=given, start=False)
+        assert metrics.port == expected, (env_port, given)
+        metrics.close()
+        if given is None:  # the callbacks' endpoint for the same rank: the same port
+            endpoint = RankEndpoint().open(local_rank=1, rank=1, world_size=2, max_grad_norm=None)
+            assert endpoint.port == expected or (expected == 0 and endpoint.port > 0)
+            endpoint.close()
+    monkeypatch.setenv("THERMOGRAD_PORT", "0")
+    with TrainingMetrics() as metrics:  # under thermograd run: a free port, whatever the local rank
+        assert metrics.port not in (0, 1) and scrape(metrics.url) is not None
+
+
+def test_a_bad_pause_value_is_named_not_reported_missing():
+    with pytest.raises(ValueError, match=r"^pauses='every=xx': every='xx' is not an amount"):
+        pause_schedule("every=xx", RunEnvironment())
+    with pytest.raises(ValueError, match=r"duration= is missing"):
+        pause_schedule("every=60s", RunEnvironment())

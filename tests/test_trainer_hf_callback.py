@@ -46,6 +46,8 @@ def test_callback_publishes_every_optimizer_step_with_the_pre_clip_norm(
 
     records = read_jsonl(tmp_path / "log" / "steps.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # every step, not every logging_steps
+    # One process waits on no other: its whole step is compute (our own norm at the end of backward included).
+    assert [r["wait_s"] for r in records[1:]] == [0.0] * 5 and all(r["compute_s"] > 0 for r in records[1:])
     assert sample(final, "train_steps_total", run_id="hf", rank="0") == 6
     assert sample(final, "train_step_grad_norm_count") == 6
     assert sample(final, "train_tokens_total") == 6 * accumulation * 4 * 16
@@ -98,6 +100,49 @@ def test_grad_norm_is_measured_after_callbacks_queued_later_in_the_backward():
     expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     assert callback._grad_norm is not None
     assert float(callback._grad_norm) == pytest.approx(float(expected), rel=1e-6)  # the averaged gradients
+
+
+def test_under_ddp_our_norm_is_compute_not_part_of_the_wait(monkeypatch):
+    """Among several ranks the wait is the span from the last gradient to the end of DDP's finalize; the norm the
+    callback then measures (queued after DDP's finalize too) is this rank's compute, not waiting on others."""
+    import time
+    import types
+
+    from thermograd.trainer import PrometheusCallback, huggingface, waits
+
+    monkeypatch.setattr(waits, "collectives_running", lambda: True)  # a process group of several ranks
+    real_norm = huggingface.total_grad_norm
+
+    def slow_norm(params):
+        time.sleep(0.3)  # this rank's own work
+        return real_norm(params)
+
+    monkeypatch.setattr(huggingface, "total_grad_norm", slow_norm)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    params = list(model.parameters())
+    ready: list[torch.Tensor] = []
+
+    def ddp_like_hook(param: torch.Tensor) -> None:  # registered at wrapping, before the callback's hooks
+        ready.append(param)
+        if len(ready) == len(params):
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: time.sleep(0.05))  # the all-reduce
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(ddp_like_hook)
+    metrics = TrainingMetrics(port=0, run_id="order", start=False)
+    callback = PrometheusCallback(metrics, stream=io.StringIO())
+    args = types.SimpleNamespace(max_grad_norm=1.0, process_index=0, local_process_index=0, world_size=2,
+                                 device="cpu", logging_steps=10, deepspeed=None)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    callback.on_train_begin(args, None, None, model=model, optimizer=None)
+    try:
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        assert callback._grad_norm is not None  # measured in this backward
+        assert 0.045 <= metrics._waits.take_s() < 0.25  # DDP's wait, not our 0.3 s norm
+    finally:
+        callback.on_train_end(args, None, None)
+        metrics.close()
 
 
 def test_grad_norm_without_torch_get_total_norm(monkeypatch):

@@ -71,6 +71,7 @@ def test_every_optimizer_step_with_the_pre_clip_norm_lightning_clips_with(tmp_pa
     assert [r["learning_rate"] for r in records] == pytest.approx(lrs, rel=1e-9)  # the LR each step applied
     assert [r["tokens"] for r in records] == [ACCUMULATION * 4 * 16] * STEPS
     assert [r["clipped"] for r in records] == [n > CLIP for n in ref_norms]
+    assert [r["wait_s"] for r in records[1:]] == [0.0] * (STEPS - 1)  # one process waits on no other rank
     assert records[4]["epoch"] == pytest.approx(1.0) and records[-1]["epoch"] == pytest.approx(1.4)
 
     assert sample(scraped, "train_steps_total", run_id="pl", rank="0") == STEPS

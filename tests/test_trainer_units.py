@@ -33,7 +33,12 @@ def test_perturb_grammar():
     ("text", "message"),
     [
         ("every=60,duration=5s", "needs a unit"),
-        ("every=60s", "give every= and duration="),
+        ("every=60s", r"^duration= is missing: a schedule needs every= and duration="),
+        ("duration=5s", r"^every= is missing"),
+        ("jitter=0.2", r"^every= and duration= are missing"),
+        ("every=xx", r"^every='xx' is not an amount: a number and a unit"),  # named, not reported as missing
+        ("every=xx,duration=5s", r"^every='xx' is not an amount"),
+        ("every=60s,duration=soon", r"^duration='soon' is not an amount"),
         ("every=60s,duration=5steps", "both be times or both be steps"),
         ("every=10s,duration=9s,jitter=0.3", "never overlap"),
         ("every=10s,duration=1s,jitter=1.5", "jitter must be in"),
@@ -48,7 +53,8 @@ def test_perturb_grammar():
         ("kind=pause,every=20s,duration=4s,lr_mult=3", "kind=pause takes no lr_mult="),
         ("kind=pause,steps=3-5", "kind=pause takes no steps="),
         ("kind=pause,every=20steps,duration=2steps", "kind=pause needs times"),
-        ("kind=pause,every=20s", "give every= and duration="),
+        ("kind=pause,every=20s", r"^duration= is missing: a schedule needs every= and duration="),
+        ("kind=pause,every=xx", r"^every='xx' is not an amount"),
         ("kind=pause,every=0.5s,duration=0.1s", "too short"),
         ("kind=pause,every=10s,duration=10s", "never overlap"),
     ],

@@ -76,5 +76,52 @@ def test_the_slow_rank_computes_longer_and_the_other_waits_though_their_steps_ar
         assert fast["wait_s"] > 0.7 * SLOW_S and slow["wait_s"] < 0.3 * SLOW_S, (kind, ranks)
 
 
+def test_one_process_waits_on_nothing_though_its_backward_ends_with_callbacks(tmp_path: Path):
+    """No process group of several ranks: the end of backward's callbacks (here a 50 ms one, as the Hugging Face
+    callback's own norm or any framework's bookkeeping) are compute, and every step's wait is exactly 0."""
+    import time
+
+    torch = pytest.importorskip("torch")
+    from thermograd.trainer.metrics import TrainingMetrics
+
+    assert not torch.distributed.is_initialized()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+
+    def slow_bookkeeping(_param) -> None:
+        torch.autograd.Variable._execution_engine.queue_callback(lambda: time.sleep(0.05))
+
+    model[0].weight.register_post_accumulate_grad_hook(slow_bookkeeping)  # the last gradient of the backward
+    with TrainingMetrics(port=0, run_id="one", log_dir=tmp_path) as metrics:
+        metrics.watch(model)
+        metrics.begin_step()
+        for step in range(1, 4):
+            model(torch.randn(4, 8)).square().mean().backward()
+            metrics.observe_step(step, 1.0, 1.0, 1e-3)
+    records = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["wait_s"] for r in records] == [0.0, 0.0, 0.0]
+    assert all(r["compute_s"] >= 0.05 for r in records)
+
+
+def test_a_rank_among_several_counts_the_end_of_backward_as_its_wait(monkeypatch):
+    """The same hooks with a process group of several ranks (stood in for): the span from the last gradient to
+    the end of backward's callbacks is the wait (DDP's finalize waiting for the all-reduce)."""
+    import time
+
+    torch = pytest.importorskip("torch")
+    from thermograd.trainer import waits
+
+    monkeypatch.setattr(waits, "collectives_running", lambda: True)
+    model = torch.nn.Linear(8, 1)
+    model.weight.register_post_accumulate_grad_hook(
+        lambda _p: torch.autograd.Variable._execution_engine.queue_callback(lambda: time.sleep(0.05)))
+    watched = waits.CollectiveWaits(model)
+    model(torch.randn(4, 8)).square().mean().backward()
+    assert 0.045 <= watched.take_s() < 0.5
+    monkeypatch.setattr(waits, "collectives_running", lambda: False)
+    model(torch.randn(4, 8)).square().mean().backward()
+    assert watched.take_s() == 0.0
+    watched.remove()
+
+
 if __name__ == "__main__":  # a torchrun rank
     _worker(sys.argv[1])

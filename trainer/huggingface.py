@@ -122,9 +122,11 @@ class PrometheusCallback(TrainerCallback):
         self._grad_state = _sync_gradients_flag()
         deepspeed = _uses_deepspeed(args)
         fsdp1 = fsdp1_unsupported(model, "use FSDP2: fsdp_config={'fsdp_version': 2}")
-        self._install_hooks(model, measure_grad_norm=not (deepspeed or fsdp1))
         if not deepspeed:  # DeepSpeed's collectives run inside engine.step(), where no hook of ours sees them
-            self.metrics.watch(model)  # compute time apart from waiting on other ranks (trainer/waits.py)
+            # Compute time apart from waiting on other ranks (trainer/waits.py). Watched before our hooks are
+            # installed, so the end of the wait is marked before our norm is measured: the norm is compute.
+            self.metrics.watch(model)
+        self._install_hooks(model, measure_grad_norm=not (deepspeed or fsdp1))
         ranks = f" (rank 0 of {args.world_size}; each rank serves on its own port)" if args.world_size > 1 else ""
         self._say(f"{self.metrics.url} run_id={self.metrics.run_id}{ranks}: publishing EVERY optimizer step "
                   "(step, loss, pre-clip grad_norm, learning_rate), independent of "

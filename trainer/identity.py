@@ -32,6 +32,11 @@ def default_rank() -> int:
     return _int_env("RANK", 0)
 
 
+def default_local_rank() -> int:
+    """The process's rank on its host (torchrun's and accelerate's LOCAL_RANK), or 0 for a single process."""
+    return max(0, _int_env("LOCAL_RANK", 0))
+
+
 def default_world_size() -> int:
     return max(1, _int_env("WORLD_SIZE", 1))
 

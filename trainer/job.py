@@ -28,6 +28,7 @@ from thermograd.trainer.perturb import PerturbSchedule
 from thermograd.trainer.progress import Progress
 from thermograd.trainer.ranks import Ranks, join
 from thermograd.trainer.schedule import default_warmup_steps, lr_factor
+from thermograd.trainer.steplog import LogExistsError
 from thermograd.trainer.stopping import StopControl
 
 if TYPE_CHECKING:
@@ -93,6 +94,10 @@ def _start_metrics(cfg: JobConfig, run_id: str, log_dir: Path | None) -> Trainin
         raise UsageError(f"{exc.strerror} (is another trainer running? use --port)") from None
     except ValueError as exc:  # THERMOGRAD_PAUSES malformed
         raise UsageError(str(exc)) from None
+    except LogExistsError as exc:
+        raise UsageError(f"cannot write the step log in {log_dir}: {exc.path} already holds a run's log, and a run's "
+                         "log is never overwritten: give --log-dir a new folder, or put {run_id} in it (replaced by "
+                         "the run's id)") from None
     except OSError as exc:
         raise UsageError(f"cannot write the step log in {log_dir}: {exc.strerror or exc}") from None
 

@@ -21,6 +21,7 @@ import bisect
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -38,9 +39,16 @@ from thermograd.endpoint.server import TEXT, BoundedHTTPServer, serve_in_thread
 from thermograd.endpoint.webconfig import WebConfig
 from thermograd.endpoint.webconfig import resolve as resolve_web_config
 from thermograd.trainer.environment import PAUSES, PAUSES_OFF, RunEnvironment, register
-from thermograd.trainer.identity import default_rank, default_world_size, detect_gpu_uuid, new_run_id
+from thermograd.trainer.environment import RUN_DIR as RUN_DIR_VARIABLE
+from thermograd.trainer.identity import (
+    default_local_rank,
+    default_rank,
+    default_world_size,
+    detect_gpu_uuid,
+    new_run_id,
+)
 from thermograd.trainer.perturb import PerturbError, PerturbSchedule, PerturbSpec, parse_perturb
-from thermograd.trainer.steplog import StepLog
+from thermograd.trainer.steplog import LogExistsError, StepLog
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> tuple[float, ...]:
@@ -62,6 +70,22 @@ class MetricsPortError(OSError):
     """The /metrics port could not be bound (in use, or not permitted)."""
 
 
+def rank_port(base: int | None, local_rank: int) -> int:
+    """The port a rank serves on when none is given for it: `base` (THERMOGRAD_PORT, else 9843, when None) plus
+    the local rank, so the ranks of one host never collide; base 0 stays 0 (each rank picks a free port)."""
+    if base is None:
+        env_port = RunEnvironment.read().port
+        base = env_port if env_port is not None else DEFAULT_PORT
+    return base + local_rank if base else 0
+
+
+RUN_ID_FIELD = "{run_id}"  # in a log_dir: replaced by the run's id, so each run gets a folder of its own
+
+
+def _say(text: str) -> None:
+    print(f"TrainingMetrics: {text}", file=sys.stderr, flush=True)
+
+
 def pause_schedule(pauses: str | PerturbSpec | None, env: RunEnvironment) -> PerturbSpec | None:
     """The pause bursts to take: `pauses` when given (a spec in `--perturb kind=pause,...` syntax, a parsed
     spec, or "off"), else THERMOGRAD_PAUSES, else none. Raises ValueError naming what is wrong."""
@@ -81,6 +105,17 @@ def pause_schedule(pauses: str | PerturbSpec | None, env: RunEnvironment) -> Per
     if spec.kind != "pause":
         raise ValueError(f"{where}: a pause schedule needs kind=pause, got kind={spec.kind}")
     return spec
+
+
+def _log_taken_fix(given: object, env: RunEnvironment) -> str:
+    """How to go on when the log folder already holds a run's log: a folder of its own for each run."""
+    if given is None:  # THERMOGRAD_RUN_DIR: thermograd run makes a new folder per run, so it was set by hand
+        return f"{RUN_DIR_VARIABLE} must name a new folder for each run"
+    if RUN_ID_FIELD in str(given):
+        return "give another run_id or log_dir"
+    suggestion = str(Path(str(given)) / RUN_ID_FIELD)
+    return (f"give each run a folder of its own, e.g. log_dir={suggestion!r} ({RUN_ID_FIELD} is replaced by the "
+            "run's id), or leave log_dir unset under `thermograd run` (the step log goes to the run's own folder)")
 
 
 def run_seed(run_id: str) -> int:
@@ -170,9 +205,12 @@ class TrainingMetrics:
     generated id (`run_id` attribute), `world_size` to WORLD_SIZE. `gpu_uuid=None` detects the NVML UUID of
     the CUDA device given in `device` ('' on CPU, or THERMOGRAD_GPU_UUID); pass a string to override (e.g.
     'sim-0'). `log_dir` (default THERMOGRAD_RUN_DIR, else none) adds the JSON Lines step log and, at `close()`
-    or `flush()`, `grad_norm_log.json`. `max_grad_norm` lets `observe_step` infer `clipped` when the caller
-    does not say. `port` defaults to THERMOGRAD_PORT, else 9843; `port=0` picks a free port (see `port` after
-    start). `linger_s` (default THERMOGRAD_LINGER_S, else 0) keeps /metrics up that long at `close()`.
+    or `flush()`, `grad_norm_log.json`; `{run_id}` in it is replaced by the run id (a folder of its own per run:
+    a folder already holding a run's log is refused, never overwritten). `max_grad_norm` lets `observe_step`
+    infer `clipped` when the caller does not say. `port` defaults to THERMOGRAD_PORT, else 9843, plus the
+    local rank (LOCAL_RANK) as the callbacks do, so the ranks of one host never collide; `port=0` (or
+    THERMOGRAD_PORT=0) picks a free port (see `port` after start); a port given is used as is. `linger_s`
+    (default THERMOGRAD_LINGER_S, else 0) keeps /metrics up that long at `close()`.
 
     `pauses` schedules pause bursts, the analysis's positive control: a spec in `--perturb` syntax without
     `kind=` ("every=200s,duration=3s,jitter=0.2,start=40s"), "off", or None for THERMOGRAD_PAUSES. A due
@@ -215,7 +253,7 @@ class TrainingMetrics:
         self.run_id = run_id or env.run_id or new_run_id()
         self.rank = default_rank() if rank is None else int(rank)
         self.bind = bind
-        self.port = port if port is not None else env.port if env.port is not None else DEFAULT_PORT
+        self.port = port if port is not None else rank_port(env.port, default_local_rank())
         self.linger_s = linger_s if linger_s is not None else env.linger_s or 0.0
         pause_spec = pause_schedule(pauses, env)
         self._pauses = None if pause_spec is None else PerturbSchedule(
@@ -249,17 +287,25 @@ class TrainingMetrics:
         self._linger_cancel = threading.Event()
         self._closed = False
         self.steplog: StepLog | None = None
-        if log_dir is None:
-            log_dir = env.run_dir
+        given_log_dir = log_dir  # '{run_id}' in it is replaced: a folder of its own per run
+        log_dir = env.run_dir if log_dir is None else Path(str(log_dir).replace(RUN_ID_FIELD, self.run_id))
         _OPEN.add(self)
         if start:
             self.start()  # before the log exists: a taken port must not leave empty log files behind
         if log_dir is not None:
             try:
                 self.steplog = StepLog(log_dir, self.run_id, self.rank)
+            except LogExistsError as exc:
+                self.close(linger_s=0)
+                raise LogExistsError(exc.path, _log_taken_fix(given_log_dir, env)) from None
             except OSError:
                 self.close(linger_s=0)
                 raise
+        if given_log_dir is not None and env.run_dir is not None and self.rank == 0 \
+                and Path(log_dir).resolve() != env.run_dir.resolve():
+            _say(f"log_dir={str(given_log_dir)!r} was given, so the step log goes to {log_dir}, not to the run's "
+                 f"folder {env.run_dir}: thermograd run analyses one rank's log there, but compares a job's ranks only "
+                 "in the run's folder; leave log_dir unset under thermograd run to keep the whole run in its folder")
         if self._pauses is not None:
             self.set_perturbation(False, kind="pause")  # the series exists from the start: pauses are scheduled
         if env.run_dir is not None:
@@ -380,7 +426,8 @@ class TrainingMetrics:
         reduce-scatters) in `model`'s forward and backward, so each step's compute time is published apart from
         its wait (`train_step_compute_seconds`, `train_step_wait_seconds`): under DDP/FSDP2 every rank's wall
         step time is the same, its compute time is not. No host sync of its own (trainer/waits.py). Returns
-        `model`. The callbacks call it for you; in a plain loop of one process it is not needed (no waits)."""
+        `model`. The callbacks call it for you; in a job of one process (no process group of several ranks) there
+        is nothing to wait for, and every step's wait is 0."""
         from thermograd.trainer.waits import CollectiveWaits
 
         if self._waits is not None:
@@ -634,12 +681,8 @@ class RankEndpoint:
     web_config: str | os.PathLike[str] | WebConfig | None = None
 
     def open(self, *, local_rank: int, rank: int, world_size: int, max_grad_norm: float | None) -> TrainingMetrics:
-        base = self.port
-        if base is None:
-            env_port = RunEnvironment.read().port
-            base = env_port if env_port is not None else DEFAULT_PORT
         return TrainingMetrics(
-            port=base + local_rank if base else 0, bind=self.bind, run_id=self.run_id, rank=rank,
+            port=rank_port(self.port, local_rank), bind=self.bind, run_id=self.run_id, rank=rank,
             world_size=world_size, log_dir=self.log_dir, linger_s=self.linger_s, max_grad_norm=max_grad_norm,
             pauses=self.pauses, web_config=self.web_config,
         )

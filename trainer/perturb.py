@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 _TIME_UNITS_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _AMOUNT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|steps?)$")
+_NUMBER = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)$")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 _KEYS = ("kind", "every", "duration", "start", "jitter", "lr_mult", "steps")
 KINDS = ("lr", "pause")
@@ -76,7 +77,10 @@ def _parse_range(token: str) -> tuple[int, int]:
 def _parse_amount(key: str, value: str) -> tuple[float, str]:
     match = _AMOUNT.match(value)
     if not match:
-        raise PerturbError(f"{key}={value!r} needs a unit: ms, s, m, h or steps (e.g. {key}=60s)")
+        if _NUMBER.match(value):
+            raise PerturbError(f"{key}={value!r} needs a unit: ms, s, m, h or steps (e.g. {key}=60s)")
+        raise PerturbError(f"{key}={value!r} is not an amount: a number and a unit, ms, s, m, h or steps "
+                           f"(e.g. {key}=60s)")
     number, unit = float(match.group(1)), match.group(2)
     if unit.startswith("step"):
         return number, "steps"
@@ -141,11 +145,15 @@ def _parse_pause(pairs: dict[str, str]) -> PerturbSpec:
 
 def _periodic(pairs: dict[str, str], *, lr_mult: float, kind: str = "lr") -> PerturbSpec:
     """Bursts every `every` for `duration` (both times or both steps), jittered."""
-    if "every" not in pairs or "duration" not in pairs:
-        raise PerturbError("give every= and duration= (e.g. every=60s,duration=5s)"
+    # What was given is checked first, so a bad value is named as such, not reported as missing.
+    amounts = {key: _parse_amount(key, pairs[key]) for key in ("every", "duration") if key in pairs}
+    missing = [f"{key}=" for key in ("every", "duration") if key not in amounts]
+    if missing:
+        raise PerturbError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: a schedule "
+                           "needs every= and duration= (e.g. every=60s,duration=5s)"
                            + (" or steps=N-M,…" if kind == "lr" else ""))
-    every, unit = _parse_amount("every", pairs["every"])
-    duration, duration_unit = _parse_amount("duration", pairs["duration"])
+    every, unit = amounts["every"]
+    duration, duration_unit = amounts["duration"]
     start = None
     if "start" in pairs:
         start, start_unit = _parse_amount("start", pairs["start"])

@@ -74,6 +74,15 @@ def log_paths(log_dir: Path, rank: int) -> tuple[Path, Path]:
     return log_dir / f"steps{suffix}.jsonl", log_dir / f"grad_norm_log{suffix}.json"
 
 
+class LogExistsError(FileExistsError):
+    """The log folder already holds a run's log, which is never overwritten; the message says how to go on."""
+
+    def __init__(self, path: Path, fix: str = "give each run a folder of its own ('{run_id}' in the folder's "
+                 "name is replaced by the run's id)") -> None:
+        super().__init__(errno.EEXIST, f"{path} already holds a run's log, and a run's log is never overwritten: {fix}")
+        self.path = path
+
+
 MAX_QUEUED = 100_000  # records (~100 B each): minutes of steps at any speed; past that, drop and count
 FLUSH_TIMEOUT_S = 30.0  # flush() waits this long at most: a writer stuck on a dead disk must not hold training
 
@@ -95,7 +104,7 @@ class StepLog:
         for path in (self.jsonl_path, self.array_path):
             if path.exists() and path.stat().st_size > 0:
                 # Never overwrite a previous run's measurements (either file is one).
-                raise FileExistsError(errno.EEXIST, f"{path} already holds a run's log; choose another log directory")
+                raise LogExistsError(path)
         self._run_id = run_id
         self._rank = rank
         self._queue: queue.Queue[tuple | threading.Event | None] = queue.Queue(max_queued)

@@ -16,8 +16,10 @@ waiting, and its compute time is the step's time less that wait:
 On CPU the marks are `time.perf_counter()`: the process blocks while it waits. On CUDA the marks are CUDA
 events recorded on the current stream at the same points — the waits are the compute stream idling for the
 NCCL stream — and are read only once complete (`Event.query()`), at the step's own host sync or a step
-later: never a synchronisation of their own. Without collectives (one process) there is nothing to wait for
-and the wait is 0.
+later: never a synchronisation of their own. Without collectives — one process, no process group of several
+ranks (checked at each backward, so a group initialised after `watch` counts) — there is nothing to wait for:
+no span is counted and the wait is 0, the whole step compute (the end of backward's callbacks included, such as
+the Hugging Face callback's own norm).
 
 References: the straggler detectors this stands beside — Megatron-LM's `StragglerDetector` (per-rank timers,
 no attribution) and NVIDIA's nvidia-resiliency-ext straggler detection (per-rank CUDA kernel timings).
@@ -38,6 +40,12 @@ def _fsdp2_module_class() -> type | None:
     except ImportError:  # torch without FSDP2
         return None
     return FSDPModule
+
+
+def collectives_running() -> bool:
+    """Whether this process trains beside others: a process group of more than one rank is initialised."""
+    dist = torch.distributed
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
 class _Clock:
@@ -90,6 +98,8 @@ class CollectiveWaits:
         self._on_local_done = on_local_done
         self._host_s = 0.0
         self._queued = False
+        self._counting = False  # this backward has collectives to wait for (a process group of several ranks)
+        self._local: Any = None
         self._last_grad: Any = None
         self._handles = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
         fsdp2 = _fsdp2_module_class()
@@ -104,25 +114,29 @@ class CollectiveWaits:
         self._last_grad = self._clock.mark() if not self._clock.cuda else None
         if not self._queued:
             self._queued = True
+            self._counting = collectives_running()
             torch.autograd.Variable._execution_engine.queue_callback(self._local_done)
 
     def _local_done(self) -> None:
         # Runs when the backward graph is done, before the callbacks that wait for its collectives (queued
-        # later in this backward); re-queued, `_synced` runs after them.
-        local = self._clock.mark() if self._clock.cuda else self._last_grad
+        # later in this backward); re-queued, `_synced` runs after them. One process: nothing is waited for.
+        counting = self._counting
+        local = (self._clock.mark() if self._clock.cuda else self._last_grad) if counting else None
         if self._on_local_done is not None:
             self._on_local_done()
-            local = self._clock.mark()  # an emulated stretch is compute, not a wait
+            local = self._clock.mark() if counting else None  # an emulated stretch is compute, not a wait
         self._local = local
         torch.autograd.Variable._execution_engine.queue_callback(self._synced)
 
     def _synced(self) -> None:
         self._queued = False
-        self._add(self._local, self._clock.mark())
+        if self._counting:
+            self._add(self._local, self._clock.mark())
 
     # ---- FSDP2's forward all-gathers ----------------------------------------------------------------
     def _before_unshard(self, module: torch.nn.Module, _args: Any) -> None:
-        self._unshard_start[id(module)] = self._clock.mark()
+        if collectives_running():  # FSDP2 on one rank gathers from no one: nothing to wait for
+            self._unshard_start[id(module)] = self._clock.mark()
 
     def _after_unshard(self, module: torch.nn.Module, _args: Any) -> None:
         start = self._unshard_start.pop(id(module), None)
