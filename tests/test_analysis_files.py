@@ -274,13 +274,16 @@ def test_files_that_are_not_what_they_seem_are_one_line_naming_the_fix(tmp_path)
     steps_csv.write_text("step,time_unix,grad_norm,loss\n1,1761638400,1.0,2.0\n")
     semicolons = tmp_path / "semi.csv"
     semicolons.write_text(csv_path.read_text().replace(",", ";"))
+    flags = tmp_path / "flags.jsonl"
+    flags.write_text("".join(json.dumps({"step": i, "time_unix": T0.timestamp() + i, "grad_norm": True}) + "\n"
+                             for i in range(5)))
     empty, header_only = tmp_path / "empty.csv", tmp_path / "header.csv"
     empty.write_text("")
     header_only.write_text(CSV_HEADER + "\n")
     cases = [(log, packed, "gzip-compressed file, not text: decompress it first (gunzip it)"),
              (log, latin, "not UTF-8 text"), (steps_csv, csv_path, "a CSV step log is not read"),
              (log, semicolons, "the file must be comma-separated"), (log, empty, "empty file (no header)"),
-             (log, header_only, "a header and no rows")]
+             (log, header_only, "a header and no rows"), (flags, csv_path, "field 'grad_norm' is true, not a number")]
     for grad, hardware, expected in cases:
         proc = run_cli("--grad-log", str(grad), "--rle-csv", str(hardware), "--out", str(tmp_path / "o"))
         assert proc.returncode == 2 and expected in proc.stderr, (hardware, proc.stderr)

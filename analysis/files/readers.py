@@ -36,6 +36,7 @@ _ABSENT = object()
 GRAD_FIELDS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "learning_rate",
                "perturbation": "perturbation", "tokens": "tokens", "pause_s": "pause_s",
                "compute_s": "compute_s", "wait_s": "wait_s", "step": "step"}
+MEASURED_FIELDS = ("loss", "grad_norm", "learning_rate", "tokens", "compute_s", "wait_s")  # numbers, never flags
 # Text the trainer's log carries on every line: who the rank is, its GPU, and whether its clock is emulated.
 GRAD_TEXT_FIELDS = ("run_id", "rank", "gpu_uuid", "emulation")
 
@@ -175,7 +176,11 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
         if isinstance(pert, dict):  # a burst description rather than a flag: its presence means active
             rec = {**rec, "perturbation": bool(pert.get("active", True))}
         for col, key in GRAD_FIELDS.items():
-            cols[col].append(_number(rec.get(key, _ABSENT), where, key, key == "grad_norm"))
+            value = rec.get(key, _ABSENT)
+            if isinstance(value, bool) and key in MEASURED_FIELDS:  # a flag logged under a measurement's name
+                raise InputError(f"{where}: field {key!r} is {str(value).lower()}, not a number: the log must hold "
+                                 f"the {key.replace('_', ' ')} itself")
+            cols[col].append(_number(value, where, key, key == "grad_norm"))
         pause_s = cols["pause_s"][-1]
         if pause_s > 0 and rec.get("pause_start_unix") not in (None, ""):
             start = epoch_seconds(_number(rec["pause_start_unix"], where, "pause_start_unix", True), where,
@@ -187,6 +192,10 @@ def load_grad_log(path: Path, tz: tzinfo, notes: list[str] | None = None) -> Sam
     out = Samples(np.asarray(times), {k: np.asarray(v, dtype=float) for k, v in cols.items()}, {"pause": pauses},
                   info)
     out.columns["step_duration"] = step_durations(out.t_s, out.columns["pause_s"])
+    negative = int(np.count_nonzero(out.columns["grad_norm"] < 0))
+    if negative:
+        notes.append(f"{path}: {negative} negative gradient norm(s) (a norm is never negative: is grad_norm the "
+                     "norm, or a logged difference or log?); analysed as they are")
     return out
 
 
