@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def sample_interval_s(t_s: np.ndarray) -> float | None:
+    """A sampler's typical interval: the median spacing of its distinct timestamps (gaps and jitter barely move
+    a median); the one interval helper of the analysis (files, raw samples from a store, value changes, rows).
+    None with fewer than two distinct times."""
+    t = np.unique(t_s[np.isfinite(t_s)])
+    if t.size < 2:
+        return None
+    return float(np.median(np.diff(t)))
+
+
 def place_on_grid(t_s: np.ndarray, values: np.ndarray, start_s: float, step_s: float, n: int) -> np.ndarray:
     """Values evaluated by Prometheus at start + k*step go to row k; rows never evaluated stay NaN."""
     return place_into(np.full(n, np.nan), t_s, values, start_s, step_s)

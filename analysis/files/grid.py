@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from thermograd.analysis import table as T
-from thermograd.analysis.align import bin_to_grid, intervals_to_grid
+from thermograd.analysis.align import bin_to_grid, intervals_to_grid, sample_interval_s
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.files.readers import Samples
 from thermograd.timestamps import iso_utc
@@ -22,15 +22,6 @@ MIN_ROWS_CAP = 1_000_000
 
 def _fmt(rng: tuple[float, float]) -> str:
     return f"{iso_utc(rng[0])} .. {iso_utc(rng[1])}"
-
-
-def sample_interval_s(t_s: np.ndarray) -> float | None:
-    """A source's typical interval: the median spacing of its distinct timestamps (gaps and jitter
-    barely move a median). None with fewer than two distinct times."""
-    t = np.unique(t_s[np.isfinite(t_s)])
-    if t.size < 2:
-        return None
-    return float(np.median(np.diff(t)))
 
 
 def choose_step_s(grad: Samples, rle: Samples) -> float:

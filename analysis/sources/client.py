@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from thermograd.analysis.align import place_into
+from thermograd.analysis.align import place_into, sample_interval_s
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.table import grid_rows
 
@@ -231,8 +231,9 @@ class PromClient:
         The scrape interval as the data itself shows it, for backends that serve neither Prometheus's
         config nor its targets (VictoriaMetrics, Mimir: empty or absent /api/v1/status/config, /targets).
         """
-        medians = [round(float(np.median(np.diff(t_s))), 3) for selector in selectors
-                   for _, t_s, _ in self.raw_samples(selector, time_s, window_s, "sample interval") if t_s.size >= 2]
+        medians = [round(interval, 3) for selector in selectors
+                   for _, t_s, _ in self.raw_samples(selector, time_s, window_s, "sample interval")
+                   if (interval := sample_interval_s(t_s)) is not None]
         return max(medians) if medians and max(medians) > 0 else None
 
     def raw_samples(self, selector: str, time_s: float, window_s: float,

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from thermograd.analysis.align import sample_interval_s
+
 MIN_CHANGES = 4  # value changes a series needs before its spacing says anything
 REPEAT_FACTOR = 1.5  # a collection interval this many scrapes or more is "repeats values between scrapes"
 
@@ -23,7 +25,7 @@ def change_spacing_s(t_s: np.ndarray, values: np.ndarray) -> float | None:
     changed = np.flatnonzero(np.diff(values) != 0) + 1  # the first scrape showing each new value
     if changed.size < MIN_CHANGES:
         return None
-    return float(np.median(np.diff(t_s[changed])))
+    return sample_interval_s(t_s[changed])
 
 
 def collection_interval_s(series: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
