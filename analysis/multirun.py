@@ -49,7 +49,7 @@ from thermograd.analysis.requests import ClientOptions, FileRun, Grid, RunReques
 from thermograd.analysis.run import analyse_run
 from thermograd.analysis.stats.meta import dersimonian_laird, z_and_se
 from thermograd.analysis.stats.multiple import holm
-from thermograd.analysis.stats.series import INSUFFICIENT
+from thermograd.analysis.stats.preprocess import INSUFFICIENT
 
 LOG_PATTERNS = ("*.jsonl", "*.json")
 CSV_PATTERN = "*.csv"

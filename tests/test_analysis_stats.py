@@ -14,7 +14,7 @@ from thermograd.analysis.coupling.settings import Settings
 from thermograd.analysis.output.report import clean
 from thermograd.analysis.stats import correlation, events, lagged, perturbation
 from thermograd.analysis.stats.multiple import holm
-from thermograd.analysis.stats.series import INSUFFICIENT, first_difference, standardise_fill, stationary
+from thermograd.analysis.stats.preprocess import INSUFFICIENT, first_difference, standardise_fill, stationary
 from thermograd.analysis.table import Table
 
 
@@ -133,7 +133,7 @@ def test_curved_trends_left_in_the_differences_are_not_taken_for_lagged_coupling
     """The gradient norm decays and the temperature approaches equilibrium, both roughly exponentially:
     their first differences still drift. The lagged test on raw differences is fooled by the two drifts;
     on the detrended differences it keeps its nominal rate."""
-    from thermograd.analysis.stats.series import stationary
+    from thermograd.analysis.stats.preprocess import stationary
 
     rng = np.random.default_rng(9)
     t = np.arange(120.0)
@@ -369,7 +369,7 @@ def test_nothing_is_computed_across_a_long_gap():
     """After a gap of 30 s or more the stationary series and the high-passed level depend on nothing before
     it: change everything before the gap and nothing after it moves (a window reaching across it would carry
     the new level and trend over)."""
-    from thermograd.analysis.stats.series import highpass_level
+    from thermograd.analysis.stats.preprocess import highpass_level
 
     rng = np.random.default_rng(6)
     x = 10.0 + ar1(rng, (900,), 0.7)

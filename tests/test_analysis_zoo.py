@@ -16,7 +16,7 @@ from thermograd.analysis.coupling.settings import Settings
 from thermograd.analysis.coupling.verdict import overall
 from thermograd.analysis.files.grid import files_to_table
 from thermograd.analysis.stats import events, granger
-from thermograd.analysis.stats.series import state_onsets
+from thermograd.analysis.stats.preprocess import state_onsets
 
 STRENGTHS = {"strong", "moderate", "weak", "negligible", "none", "inconclusive", "insufficient data"}
 

@@ -21,7 +21,7 @@ from thermograd.analysis.coupling.startup import (
 from thermograd.analysis.coupling.verdict import pair_verdict, response_verdict
 from thermograd.analysis.stats import correlation, events, granger, lagged, perturbation
 from thermograd.analysis.stats.multiple import holm
-from thermograd.analysis.stats.series import (
+from thermograd.analysis.stats.preprocess import (
     INSUFFICIENT,
     LONG_GAP_S,
     is_constant,

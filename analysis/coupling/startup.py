@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from thermograd.analysis import table as T
-from thermograd.analysis.stats.series import (
+from thermograd.analysis.stats.preprocess import (
     LONG_GAP_S,
     first_difference,
     rolling_mean,

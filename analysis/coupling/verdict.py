@@ -10,7 +10,7 @@ from scipy import stats
 from thermograd.analysis.catalog import DIRECTIONS
 from thermograd.analysis.coupling.direction import lead_text
 from thermograd.analysis.coupling.settings import Settings
-from thermograd.analysis.stats.series import INSUFFICIENT
+from thermograd.analysis.stats.preprocess import INSUFFICIENT
 
 _ORDER = {"strong": 3, "moderate": 2, "weak": 1}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from thermograd.analysis.coupling.direction import lead_text
 from thermograd.analysis.coupling.verdict import duration_text
 from thermograd.analysis.output.report import lag_note
-from thermograd.analysis.stats.series import INSUFFICIENT
+from thermograd.analysis.stats.preprocess import INSUFFICIENT
 
 
 def _fmt_p(p: float | None) -> str:

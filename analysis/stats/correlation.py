@@ -6,7 +6,7 @@ import numpy as np
 from scipy import stats
 
 from thermograd.analysis.stats import lagged
-from thermograd.analysis.stats.series import INSUFFICIENT, is_constant, stationary
+from thermograd.analysis.stats.preprocess import INSUFFICIENT, is_constant, stationary
 
 
 def _finite_pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

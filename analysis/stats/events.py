@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from thermograd.analysis.stats import lagged
-from thermograd.analysis.stats.series import (
+from thermograd.analysis.stats.preprocess import (
     INSUFFICIENT,
     first_difference,
     highpass_level,

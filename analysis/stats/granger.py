@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from thermograd.analysis.stats.lagged import winsorised
-from thermograd.analysis.stats.series import (
+from thermograd.analysis.stats.preprocess import (
     INSUFFICIENT,
     first_difference,
     highpass_level,

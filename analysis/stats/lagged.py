@@ -37,7 +37,7 @@ from scipy import stats
 from scipy.ndimage import median_filter
 
 from thermograd.analysis.stats import Z_95
-from thermograd.analysis.stats.series import INSUFFICIENT, is_constant, robust_z, standardise_fill
+from thermograd.analysis.stats.preprocess import INSUFFICIENT, is_constant, robust_z, standardise_fill
 
 MIN_OVERLAP = 30  # overlapping pairs required at the largest lag
 MIN_SCALE_SHIFTS = 30  # circular shifts needed to check the statistic's scale

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from thermograd.analysis.stats.series import (
+from thermograd.analysis.stats.preprocess import (
     INSUFFICIENT,
     LONG_GAP_S,
     highpass_level,

@@ -52,7 +52,7 @@ from scipy.ndimage import percentile_filter
 
 from thermograd.analysis.stats import Z_95
 from thermograd.analysis.stats.lagged import CircularCorrelator, dot, gaussian_max, winsorised
-from thermograd.analysis.stats.series import (
+from thermograd.analysis.stats.preprocess import (
     INSUFFICIENT,
     first_difference,
     highpass_level,

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import stats
 
 from thermograd.analysis.stats.lagged import dot
-from thermograd.analysis.stats.series import INSUFFICIENT, state_onsets
+from thermograd.analysis.stats.preprocess import INSUFFICIENT, state_onsets
 
 MIN_ROWS = 10
 MIN_BLOCKS = 5  # fewer unimpaired blocks cannot say how much the unimpaired rate varies
