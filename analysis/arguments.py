@@ -24,8 +24,6 @@ from thermograd.analysis.requests import (
 )
 from thermograd.analysis.timeparse import parse_duration_s, parse_instant_s
 
-SCRAPE_JOBS = ("exporter", "trainer")  # the stack's job names (prometheus/prometheus.yml)
-
 
 def duration_flag(flag: str, text: str, allow_zero: bool = False) -> float:
     """A duration flag's value in seconds: finite and positive (or zero where that means 'off')."""

@@ -1,8 +1,9 @@
 """--all-runs: every run in the window (Prometheus) or in --runs-dir (files), one report each, then a
 random-effects meta-analysis of each pair across the runs and a forest plot.
 
-Each run is analysed exactly as a single run is (the same command, its report under DIR/runs/<run>/);
-this module only gathers the reports, pools each pair's lag-0 primary r and writes the tables.
+Each run is analysed exactly as a single run is (run.analyse_run on its own RunRequest, its report under
+DIR/runs/<run>/); this module gathers each run's pairs (the rows a worker hands back), pools each pair's lag-0
+primary r and writes the tables.
 
 Past one process: --workers N analyses N runs at once, each in its own worker process; --shard K/N analyses
 only the runs whose id hashes to shard K (on another machine, say) and writes DIR/shard-K-of-N.json instead
@@ -43,7 +44,7 @@ from thermograd.analysis.arguments import (
 from thermograd.analysis.coupling.settings import Settings
 from thermograd.analysis.coupling.verdict import pooled_verdict
 from thermograd.analysis.errors import InputError
-from thermograd.analysis.output.outdir import prepare_out
+from thermograd.analysis.output.outdir import output_folder, prepare_out
 from thermograd.analysis.output.report import clean, versions
 from thermograd.analysis.requests import ClientOptions, FileRun, Grid, RunRequest, StoreRun, Window
 from thermograd.analysis.run import analyse_run
@@ -473,18 +474,20 @@ def run_all(args: argparse.Namespace) -> int:
     check_hardware_flags(args)
     workers = workers_flag(args.workers)
     shard = shard_flag(args.shard) if args.shard else None
-    # before any run is analysed: hours of work must not end on a folder that cannot take the tables
-    prepare_out(args.out, POOLED_OUTPUTS if shard is None else (manifest_name(*shard),))
     source: StoreRun | Path = store_run(args) if args.prometheus else args.runs_dir
-    runs = run_requests(source, cfg, grid_from_args(args), args.warmup, args.out, args.device, args.tz)
-    mine = runs if shard is None else {run_id: request for run_id, request in runs.items()
-                                       if shard_of(run_id, shard[1]) == shard[0]}
-    outcomes = analyse_runs(mine, run_rows, workers)
-    if shard is not None:
-        manifest = shard_manifest(shard, source_of(args), report_flags(args), cfg, runs, outcomes, args.out)
-        return finish_shard(shard, manifest, args.out, args.quiet)
-    rows, skipped = rows_and_skipped(outcomes)
-    pool_and_write(rows, skipped, len(runs), source_of(args)["source"], cfg, args.out, args.quiet)
+    grid = grid_from_args(args)
+    # before any run is analysed, hours of work must not end on a folder that cannot take the tables; and a
+    # discovery that finds nothing leaves no empty folder behind
+    with output_folder(args.out, POOLED_OUTPUTS if shard is None else (manifest_name(*shard),)):
+        runs = run_requests(source, cfg, grid, args.warmup, args.out, args.device, args.tz)
+        mine = runs if shard is None else {run_id: request for run_id, request in runs.items()
+                                           if shard_of(run_id, shard[1]) == shard[0]}
+        outcomes = analyse_runs(mine, run_rows, workers)
+        if shard is not None:
+            manifest = shard_manifest(shard, source_of(args), report_flags(args), cfg, runs, outcomes, args.out)
+            return finish_shard(shard, manifest, args.out, args.quiet)
+        rows, skipped = rows_and_skipped(outcomes)
+        pool_and_write(rows, skipped, len(runs), source_of(args)["source"], cfg, args.out, args.quiet)
     return 0
 
 
@@ -525,7 +528,9 @@ def _shard_mismatch(manifest: dict, first: dict) -> tuple[str, str] | None:
         if manifest[part] != first[part]:
             differ = sorted(k for k in manifest[part].keys() | first[part].keys()
                             if manifest[part].get(k) != first[part].get(k))
-            return f"{part} ({', '.join(differ)})", "run every shard with the same flags"
+            one_sided = manifest[part].keys() ^ first[part].keys()  # a setting only one shard's thermograd has
+            return f"{part} ({', '.join(differ)})", ("run every shard with the same thermograd version" if one_sided
+                                                     else "run every shard with the same flags")
     if (manifest["runs_total"], manifest["runs_digest"]) != (first["runs_total"], first["runs_digest"]):
         return (f"the runs they found ({first['runs_total']} against {manifest['runs_total']})",
                 "run every shard over the same runs (the same --runs-dir contents, or the same --start/--end)")

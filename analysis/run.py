@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from thermograd.analysis import table as T
-from thermograd.analysis.arguments import SCRAPE_JOBS
 from thermograd.analysis.catalog import DIRECTIONS
 from thermograd.analysis.coupling.analyse import analyse
 from thermograd.analysis.coupling.verdict import QUESTIONS, overall
@@ -25,7 +24,7 @@ from thermograd.analysis.output.report import clean, lag_note, series_summary, v
 from thermograd.analysis.output.summary import summary_text
 from thermograd.analysis.provenance import Provenance, no_path_verdict
 from thermograd.analysis.requests import FileRun, Grid, RunRequest, StoreRun
-from thermograd.analysis.sources.client import PromClient, store_note
+from thermograd.analysis.sources.client import SCRAPE_JOBS, PromClient, store_note
 from thermograd.analysis.sources.devices import Choice
 from thermograd.analysis.sources.fetch import REQUIRED, fetch_table, series_exprs
 from thermograd.analysis.sources.foreign import engine_columns
@@ -224,9 +223,6 @@ def from_files(req: FileRun, grid: Grid) -> tuple[T.Table, dict]:
     rle, device = load_rle_csv(req.rle_csv, req.device, tz, notes, grad.info.get("gpu_uuid", ""))
     provenance = Provenance(rle.info.get("backend"), rle.info.get("heat_source", ""), rle.info.get("uuid", device),
                             grad.info.get("emulation", ""))
-    if provenance.backend is None:
-        notes.append(f"{req.rle_csv} has no backend column, so it does not say what it measured (a real device, "
-                     "a simulation or a replay): the verdicts assume a physical device")
     table = files_to_table(grad, rle, grid.step_s, notes)
     meta = {
         "provenance": provenance,
@@ -256,7 +252,7 @@ class RunReport:
         return self.out / "report.json"
 
     def summary(self) -> str:
-        """The plain-language summary (summary.txt's text)."""
+        """The plain-language summary the command prints (output.summary)."""
         return summary_text(self.document)
 
 
@@ -306,8 +302,7 @@ def _analyse_into(req: RunRequest) -> RunReport:
     for direction in DIRECTIONS:  # never a coupling verdict for a path the run did not have
         if (reason := provenance.no_path(direction)) is not None:
             report["verdicts"][direction] = no_path_verdict(direction, QUESTIONS.get(direction, direction), reason)
-    if (description := provenance.first_line()) is not None:
-        report["inputs"]["hardware"]["description"] = description
+    report["inputs"]["hardware"]["description"] = provenance.first_line()
     report["verdict"] = report["verdicts"]["optimizer_to_hardware"]
     if results["perturbation"] is None:
         del report["perturbation"]

@@ -129,3 +129,59 @@ def test_a_recordings_device_is_picked_by_uuid_or_as_the_only_gpu(tmp_path: Path
     assert list(samples.t_s) == [100.0, 101.0, 102.0]
     with pytest.raises(InputError, match=r"devices: 0 \(GPU-AbC\), cpu \(cpu-h\)"):
         load_rle_csv(path, "GPU-zzz", get_tz(None))
+
+
+def _none_pair(x: str, y: str) -> dict:
+    return {"x": x, "y": y, "direction": "hardware_to_training", "coupled": False, "strength": "none",
+            "equivalence": {"bound": 0.3, "equivalent": True}}
+
+
+def _untested_pair(x: str, y: str, kind: str) -> dict:
+    return {"x": x, "y": y, "direction": "hardware_to_training", "coupled": False, "strength": "insufficient data",
+            "untested": kind, "reason": f"{x}: {kind}"}
+
+
+def test_which_untested_pairs_leave_independence_open():
+    """A device state never set in the rows tested (a GPU that never throttled, a clock that moved only in the
+    pauses) or a series never measured is named outside a `none` claim; a training series that never changes, or
+    too few rows, leaves the question open (inconclusive)."""
+    from thermograd.analysis.coupling.verdict import overall
+
+    tested = [_none_pair("power", "step_duration"), _none_pair("temperature", "step_duration")]
+    for kind in ("constant_device", "absent"):
+        verdict = overall([*tested, _untested_pair("throttled", "step_duration", kind)], 1.0, "hardware_to_training")
+        assert verdict["strength"] == "none" and "not part of the claim: throttled~step_duration" in verdict["summary"]
+    for kind in ("constant_training", "too_few"):
+        verdict = overall([*tested, _untested_pair("sm_clock", "step_duration", kind)], 1.0, "hardware_to_training")
+        assert verdict["strength"] == "inconclusive" and "could not be tested" in verdict["summary"]
+
+
+def test_a_constant_device_series_is_judged_in_the_rows_tested():
+    """A clock that moves only inside the pause bursts is constant where the tests look: a device state, not a
+    question left open (the whole run's series would have called it 'too few rows')."""
+    import numpy as np
+
+    from thermograd.analysis.coupling.analyse import MaskedColumns, _untested_because
+
+    clock = np.full(100, 1.9e9)
+    clock[40:45] = 1.2e9  # a pause
+    paused = np.zeros(100, dtype=bool)
+    paused[40:45] = True
+    cols = MaskedColumns({"sm_clock": clock, "step_duration": np.linspace(0.1, 0.2, 100)}, paused)
+    kind, words = _untested_because(cols, {"x": "sm_clock", "y": "step_duration"})
+    assert kind == "constant_device" and "sm_clock never changes in the rows tested" in words
+    assert _untested_because(cols, {"x": "throttled", "y": "step_duration"})[0] == "absent"
+
+
+def test_none_from_the_spike_responses_alone_is_said_without_a_pair():
+    """Every pair untested for want of a series, the spike-triggered responses bounded: `none` says what it rests
+    on (an internal error before: the pairs' bound was looked up among pairs that had none)."""
+    from thermograd.analysis.coupling.verdict import overall
+
+    pairs = [{**_untested_pair("grad_norm", y, "absent"), "direction": "optimizer_to_hardware"}
+             for y in ("rle", "power")]
+    response = {"spikes": "grad_norm", "metric": "utilization", "direction": "optimizer_to_hardware",
+                "coupled": False, "strength": "none", "equivalence": {"bound_sd": 1.0}}
+    verdict = overall(pairs, 1.0, "optimizer_to_hardware", [response])
+    assert verdict["strength"] == "none" and "every spike-triggered response is shown within" in verdict["summary"]
+    assert "for every pair" not in verdict["summary"]

@@ -331,4 +331,30 @@ def test_a_constant_gradient_norm_leaves_the_question_open(tmp_path):
     proc = run_cli("--grad-log", str(grad), "--rle-csv", str(csv_path), "--out", str(tmp_path / "o"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     verdict = strict_json(tmp_path / "o" / "report.json")["verdicts"]["optimizer_to_hardware"]
-    assert verdict["strength"] == "inconclusive" and "grad_norm never changes in this run" in verdict["summary"]
+    assert verdict["strength"] == "inconclusive" and "grad_norm never changes in the rows tested" in verdict["summary"]
+
+
+def test_all_runs_input_errors_leave_no_folder_and_earlier_tables_are_thermograds(tmp_path):
+    from thermograd.analysis.output.outdir import prepare_out
+
+    proc = run_cli("--all-runs", "--runs-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "a" / "b"))
+    assert proc.returncode == 2 and "not a directory" in proc.stderr and not (tmp_path / "a").exists()
+    earlier = tmp_path / "lab"  # tables an earlier thermograd wrote, before meta_analysis.json named its version
+    earlier.mkdir()
+    (earlier / "meta_analysis.json").write_text(json.dumps({"source": "runs", "runs_analysed": 2, "runs_skipped": {},
+                                                             "method": "…", "pairs": []}))
+    (earlier / "runs.csv").write_text("run\n")
+    prepare_out(earlier, ("runs.csv", "meta_analysis.json"))  # refreshed, not refused
+    (earlier / "meta_analysis.json").write_text("{}")
+    with pytest.raises(InputError, match="which no thermograd analysis wrote"):
+        prepare_out(earlier, ("runs.csv", "meta_analysis.json"))
+
+
+def test_a_job_log_whose_rank_is_not_a_number_is_one_line(tmp_path):
+    from testkit.jobgen import write_job
+
+    job = write_job(tmp_path / "job", "none", 2, seconds=60, seed=1)
+    log = job.folder / "rank-1" / "steps.jsonl"
+    log.write_text("".join(json.dumps({**json.loads(line), "rank": "r1"}) + "\n" for line in log.read_text().splitlines()))
+    proc = run_cli("--job-dir", str(job.folder), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "its steps' rank is 'r1', not a whole number" in proc.stderr

@@ -167,19 +167,22 @@ def spike_responses(cols_of: Mapping[str, Mapping[str, np.ndarray]], step_s: flo
     return out
 
 
-def _untested_because(table: T.Table, pair: dict) -> tuple[str, str] | None:
-    """Why a pair could not be tested, where its series say it, as (kind, words): "absent" (the run never
-    measured it), "constant_device" (a device state never set: a GPU that never throttled), "constant_training"
-    (a training series that never changes: the question's own signal missing). None: too few rows (the scan's
-    own reason says how many)."""
-    missing = [name for name in (pair["x"], pair["y"]) if not table.has(name)]
+def _untested_because(tested: Mapping[str, np.ndarray], pair: dict) -> tuple[str, str] | None:
+    """Why a pair could not be tested, where its series say it in the rows the tests use (`tested`: the start-up,
+    pauses and the job's absences blanked), as (kind, words): "absent" (no value there), "constant_device" (a
+    device series or state that never changes there: a GPU that never throttled, a clock that moves only in the
+    pauses), "constant_training" (a training series that never changes: the question's own signal missing).
+    None: too few rows (the scan's own reason says how many)."""
+    names = (pair["x"], pair["y"])
+    values = {name: tested.get(name) for name in names}
+    missing = [name for name, v in values.items() if v is None or not np.isfinite(v).any()]
     if missing:
-        return "absent", f"this run has no {' or '.join(missing)} series"
-    constant = [name for name in (pair["x"], pair["y"]) if is_constant(table.columns[name])]
+        return "absent", f"no {' or '.join(missing)} values in the rows tested (after the start-up, outside pauses)"
+    constant = [name for name, v in values.items() if is_constant(v)]
     if constant:
         training = any(SOURCE_OF.get(name) == "train" for name in constant)
         return ("constant_training" if training else "constant_device",
-                f"{' and '.join(constant)} never changes in this run: there is nothing to correlate")
+                f"{' and '.join(constant)} never changes in the rows tested: there is nothing to correlate")
     return None
 
 
@@ -307,7 +310,7 @@ def analyse(table: T.Table, cfg: Settings) -> dict:
         for pair in mine:
             pair_verdict(pair, families[direction], step, cfg)
             if pair["strength"] == INSUFFICIENT:  # the cause to name, not the scan's row count ("0 samples")
-                pair["untested"], pair["reason"] = _untested_because(table, pair) or ("too_few", pair.get("reason"))
+                pair["untested"], pair["reason"] = _untested_because(cols, pair) or ("too_few", pair.get("reason"))
             if pair["coupled"]:
                 pair["lead"] = lead(pair, step).as_dict()
         for res in events_here:

@@ -154,7 +154,7 @@ def overall(pairs: list[dict], step_s: float, direction: str = "optimizer_to_har
             responses: list[dict] | None = None) -> dict:
     """One of the seed's answers for one direction of the run: coupled (with strength), negligible, none
     (independence shown by an equivalence test for every test of the family), inconclusive, or insufficient
-    data. `responses`: the spike-triggered responses (pipeline.spike_responses), tests of their direction."""
+    data. `responses`: the spike-triggered responses (coupling.analyse.spike_responses), tests of their direction."""
     mine = [p for p in pairs if p.get("direction", direction) == direction]
     events = [r for r in responses or [] if r.get("direction") == direction]
     verdict = _answer(mine, events, step_s)
@@ -162,7 +162,7 @@ def overall(pairs: list[dict], step_s: float, direction: str = "optimizer_to_har
 
 
 def verdicts(result: dict, step_s: float) -> dict[str, dict]:
-    """Both directions' verdicts of one analysis result (pipeline.analyse)."""
+    """Both directions' verdicts of one analysis result (coupling.analyse.analyse)."""
     return {d: overall(result["pairs"], step_s, d, result.get("spike_responses")) for d in DIRECTIONS}
 
 
@@ -244,11 +244,13 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
     unmeasured = [f"{_test_name(p)} ({p.get('reason')})" for p in pairs if p["strength"] == INSUFFICIENT]
     ran = [r for r in responses if r["strength"] == "none"]
     bound = ran[0]["equivalence"]["bound_sd"] if ran else None
+    tested = [p for p in pairs if p.get("equivalence")]
+    shown = ([f"for every pair tested an equivalence test shows |r| < {_bound(tested):g} at every lag scanned (the "
+              "seed's band)"] if tested else [])
+    shown += ([f"every spike-triggered response is shown within +/-{bound:g} sd of its metric at every window"]
+              if ran else [])
     return {"coupled": False, "strength": "none",
-            "summary": (f"Independent systems: for every pair an equivalence test shows |r| < {_bound(pairs):g} at "
-                        "every lag scanned (the seed's band)"
-                        + (f", every spike-triggered response is shown within +/-{bound:g} sd of its metric at every "
-                           "window" if ran else "")
+            "summary": ("Independent systems: " + ", and ".join(shown)
                         + ", and no test survives Holm correction"
                         + (f" ({', '.join(skipped)}: insufficient data)" if skipped else "")
                         + (f"; not part of the claim: {'; '.join(unmeasured)}."
@@ -256,7 +258,8 @@ def _answer(pairs: list[dict], responses: list[dict], step_s: float) -> dict:
 
 
 def _bound(pairs: list[dict]) -> float:
-    """The equivalence bound the pairs were tested against (Settings.equivalence_bound)."""
+    """The equivalence bound the pairs were tested against (Settings.equivalence_bound); every pair given here
+    has its equivalence test."""
     return next(p["equivalence"]["bound"] for p in pairs if p.get("equivalence"))
 
 

@@ -63,16 +63,27 @@ def _folder_rank(path: Path) -> int | None:
     return int(name[5:]) if name.startswith("rank-") and name[5:].isdigit() else None
 
 
+def log_rank(path: Path, log: Samples, default: int) -> int:
+    """A step log's rank: the `rank` its lines carry, else its rank-<k>/ folder's k, else `default`."""
+    named = log.info.get("rank")
+    if named is None:
+        folder = _folder_rank(path)
+        return default if folder is None else folder
+    try:
+        return int(named)
+    except ValueError:
+        raise InputError(f"{path}: its steps' rank is {named!r}, not a whole number") from None
+
+
 def check_ranks(paths: list[Path], logs: list[Samples]) -> None:
     """Each rank once, and in its own folder: a log whose lines name another rank than its rank-<k>/ folder (a
     copied file) would put one rank's steps in two rows and leave another out."""
     seen: dict[int, Path] = {}
     for i, (path, log) in enumerate(zip(paths, logs, strict=True)):
-        folder, named = _folder_rank(path), log.info.get("rank")
-        if folder is not None and named is not None and int(named) != folder:
-            raise InputError(f"{path}: its steps say rank {named}, but it is in folder rank-{folder}: move it to "
-                             f"rank-{named}/ or fix the log")
-        rank = int(named) if named is not None else folder if folder is not None else i
+        rank, folder = log_rank(path, log, i), _folder_rank(path)
+        if folder is not None and rank != folder:
+            raise InputError(f"{path}: its steps say rank {rank}, but it is in folder rank-{folder}: move it to "
+                             f"rank-{rank}/ or fix the log")
         if rank in seen:
             raise InputError(f"rank {rank} has two step logs ({seen[rank]} and {path}): keep one per rank")
         seen[rank] = path
@@ -103,7 +114,7 @@ def check_overlap(paths: list[Path], logs: list[Samples]) -> None:
     """The ranks of one job step together: logs whose times do not overlap at all are not one job (a rank's
     log from another day, a clock off by hours)."""
     spans = [(float(log.t_s.min()), float(log.t_s.max())) for log in logs]
-    if min(hi for _, hi in spans) <= max(lo for lo, _ in spans):
+    if min(hi for _, hi in spans) < max(lo for lo, _ in spans):
         ranges = "; ".join(f"{path}: {iso_utc(lo)} to {iso_utc(hi)}" for path, (lo, hi) in zip(paths, spans,
                                                                                                  strict=True))
         raise InputError(f"the ranks' step logs do not overlap in time, so they are not one job's ({ranges}): "
@@ -142,8 +153,7 @@ def load_job(folder: Path, tz: tzinfo, step_s: float | None = None) -> JobInputs
     ranks, steps, seen_uuids = [], [], set()
     provenance: dict[str, str] = {}
     for path, log in zip(log_paths, logs, strict=True):
-        folder_rank = _folder_rank(path)
-        rank = int(log.info.get("rank", len(ranks) if folder_rank is None else folder_rank))
+        rank = log_rank(path, log, len(ranks))
         uuid = log.info.get("gpu_uuid", "")
         compute = bin_to_grid(log.t_s, log.columns["compute_s"], start, step_s, n, how="mean")
         tokens = bin_to_grid(log.t_s, np.nan_to_num(log.columns["tokens"]), start, step_s, n, how="sum")

@@ -269,11 +269,11 @@ def _pick_device(path: Path, rows: list[tuple[int, dict]], wanted: str | None, l
                              + (f" (kind {kind}: not a GPU)" if kind else " (the file does not say it is a GPU)")
                              + ", its only device" + ("" if len(labels) == 1 else " of that kind") + "; pick "
                              "another with --device")
-            if logged_uuid:
+            if logged_uuid and any(row.get("uuid") for row in labels.values()):
                 notes.append(f"the step log says the run trained on {logged_uuid}, which is not in {path.name}; "
                              f"device {chosen} was analysed instead")
             return chosen
-    if logged_uuid:
+    if logged_uuid and any(row.get("uuid") for row in labels.values()):
         raise InputError(f"{path}: several devices ({_listing(labels)}), none of them the step log's GPU "
                          f"{logged_uuid}; pick one with --device")
     raise InputError(f"{path}: several devices ({_listing(labels)}); pick one with --device")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from thermograd.analysis.errors import InputError
@@ -27,8 +27,11 @@ def _says_thermograd(path: Path) -> bool:
         document = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
+    # a report names thermograd's version; a shard's manifest and the pooled tables of versions before the pooled
+    # tables named it are known by their keys
     return isinstance(document, dict) and (
-        "thermograd" in (document.get("versions") or {}) or {"format", "shard", "analysed"} <= document.keys())
+        "thermograd" in (document.get("versions") or {}) or {"format", "shard", "analysed"} <= document.keys()
+        or {"runs_analysed", "runs_skipped", "method", "pairs"} <= document.keys())
 
 
 def holds_an_analysis(out: Path) -> bool:
@@ -60,12 +63,14 @@ def prepare_out(out: Path, writes: tuple[str, ...]) -> None:
 def output_folder(out: Path, writes: tuple[str, ...]) -> Iterator[Path]:
     """prepare_out, and the folder removed again where this made it and an error left it empty (a bad input
     leaves no empty folder behind)."""
-    made = not out.exists()
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # this one and any parent it makes
     prepare_out(out, writes)
     try:
         yield out
     except BaseException:
-        if made:
-            with suppress(OSError):  # not empty: what was written stays
-                out.rmdir()
+        for folder in made:  # innermost first; one not empty ends it: what was written stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise

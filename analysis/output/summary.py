@@ -1,6 +1,8 @@
-"""The plain-language summary of a run's report (summary.txt and the console): pure text from report.json."""
+"""The plain-language summary of a run's report, as the command prints it: pure text from report.json."""
 
 from __future__ import annotations
+
+import math
 
 from thermograd.analysis.coupling.direction import lead_text
 from thermograd.analysis.coupling.verdict import duration_text
@@ -12,6 +14,11 @@ def _fmt_p(p: float | None) -> str:
     if p is None:
         return "n/a"
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _num(value: float | None, spec: str) -> str:
+    """A number of report.json formatted, or n/a where the report holds none (report.json has null for NaN)."""
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def _fmt_r(r: float | None) -> str:
@@ -43,9 +50,9 @@ def _pair_lines(pair: dict, settings: dict) -> list[str]:
              f"Holm p = {_fmt_p(lag.get('p_adjusted'))} -> {verdict}."]
     if pair["strength"] == "inconclusive":
         eq = pair.get("equivalence") or {}
-        lines.append(f"  Not shown independent: |r| could be up to {eq.get('max_abs_r_upper', float('nan')):.2f} at some "
+        lines.append(f"  Not shown independent: |r| could be up to {_num(eq.get('max_abs_r_upper'), '.2f')} at some "
                      f"lag (equivalence p = {_fmt_p(eq.get('p'))}); the minimal detectable |r| at 80 % power is "
-                     f"{pair.get('minimal_detectable_r', float('nan')):.2f}; "
+                     f"{_num(pair.get('minimal_detectable_r'), '.2f')}; "
                      f"{duration_text(pair.get('run_length_to_settle_s'))} of data would settle it.")
     nr, np_ = naive.get("pearson_r"), naive.get("p")
     if not pair["coupled"] and nr is not None and np_ is not None and np_ < alpha and abs(nr) >= moderate:
@@ -89,7 +96,7 @@ def _response_lines(responses: list[dict]) -> list[str]:
                     "inconclusive": f"inconclusive (not shown within +/-{eq.get('bound_sd', 1):g} sd; about "
                                     f"{res.get('spikes_to_settle')} spikes would settle it)"}.get(res["strength"], ""))
         window = f"{lo:g} s" if lo == hi else f"{lo:g}-{hi:g} s"
-        lines.append(f"{name}: {res['effect']:+.3g}{unit} [95% CI {res['ci'][0]:+.3g}, {res['ci'][1]:+.3g}] "
+        lines.append(f"{name}: {_num(res['effect'], '+.3g')}{unit} [95% CI {_num(res['ci'][0], '+.3g')}, {_num(res['ci'][1], '+.3g')}] "
                      f"{window} after {res['n_spikes']} {res['train']} ({res['effect_sd_units'] or 0:+.2f} sd), "
                      f"Holm p = {_fmt_p(res.get('p_adjusted'))} -> {verdict}.")
     return lines
@@ -122,8 +129,8 @@ def _control_line(pc: dict | None) -> str:
     if pc.get("metric") is None:
         return f"Positive control: {pc.get('reason')}."
     found = "found" if pc["detected"] else "did NOT find"
-    return (f"Positive control: the method {found} the pauses' effect on {pc['metric']} ({pc['effect']:+.3g}, "
-            f"95% CI [{pc['ci'][0]:+.3g}, {pc['ci'][1]:+.3g}], Holm p = {_fmt_p(pc['p_adjusted'])}, "
+    return (f"Positive control: the method {found} the pauses' effect on {pc['metric']} ({_num(pc['effect'], '+.3g')}, "
+            f"95% CI [{_num(pc['ci'][0], '+.3g')}, {_num(pc['ci'][1], '+.3g')}], Holm p = {_fmt_p(pc['p_adjusted'])}, "
             f"{pc['n_onsets']} pauses)" + ("" if pc["detected"] else ": a 'not coupled' in this run means little"))
 
 
@@ -133,10 +140,10 @@ def _cost_line(cost: dict | None) -> str:
     if not cost["impaired_s"]:
         return "Throttle cost: none: the device was never throttled or collapsed while training."
     ci = cost.get("ci_tokens_lost") or [None, None]
-    ci_text = "" if ci[0] is None else f" [95% CI {ci[0]:.3g}, {ci[1]:.3g}]"
-    return (f"Throttle cost: {cost['tokens_lost']:.3g} tokens{ci_text} ({cost['seconds_lost']:.3g} s of training) lost "
-            f"in {cost['impaired_s']:g} s throttled or collapsed: {cost['impaired_tokens_per_s']:.3g} vs "
-            f"{cost['unimpaired_tokens_per_s']:.3g} tokens/s unthrottled.")
+    ci_text = "" if ci[0] is None else f" [95% CI {_num(ci[0], '.3g')}, {_num(ci[1], '.3g')}]"
+    return (f"Throttle cost: {_num(cost['tokens_lost'], '.3g')} tokens{ci_text} ({_num(cost['seconds_lost'], '.3g')} s of training) lost "
+            f"in {cost['impaired_s']:g} s throttled or collapsed: {_num(cost['impaired_tokens_per_s'], '.3g')} vs "
+            f"{_num(cost['unimpaired_tokens_per_s'], '.3g')} tokens/s unthrottled.")
 
 
 def summary_text(report: dict) -> str:
@@ -161,8 +168,8 @@ def summary_text(report: dict) -> str:
     ev = report.get("events") or {}
     if ev.get("status") == "ok":
         lines.append(f"- spikes vs collapses: {ev['n_spikes']} spikes, {ev['n_collapses']} collapse onsets; "
-                     f"trigger rate {ev['trigger']['rate']:.2f} (Holm p = {_fmt_p(ev['trigger']['p_adjusted'])}), "
-                     f"precursor rate {ev['precursor']['rate']:.2f} (Holm p = {_fmt_p(ev['precursor']['p_adjusted'])}) "
+                     f"trigger rate {_num(ev['trigger']['rate'], '.2f')} (Holm p = {_fmt_p(ev['trigger']['p_adjusted'])}), "
+                     f"precursor rate {_num(ev['precursor']['rate'], '.2f')} (Holm p = {_fmt_p(ev['precursor']['p_adjusted'])}) "
                      f"within {ev['window_s']:g} s.")
     else:
         lines.append(f"- spikes vs collapses: {ev.get('status', INSUFFICIENT)} ({ev.get('reason', '')}).")
@@ -170,7 +177,7 @@ def summary_text(report: dict) -> str:
     if pert:
         for name, res in pert["metrics"].items():
             if res.get("status") == "ok":
-                lines.append(f"- perturbation bursts -> {name}: change {res['effect']:+.3g} "
+                lines.append(f"- perturbation bursts -> {name}: change {_num(res['effect'], '+.3g')} "
                              f"({res['n_onsets']} onsets, Holm p = {_fmt_p(res['p_adjusted'])}).")
     lines.append(_cost_line(report.get("throttle_cost")))
     lines += [f"Note: {note}" for note in report.get("notes", []) if "resolved to the step" not in note]

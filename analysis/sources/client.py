@@ -18,6 +18,8 @@ from thermograd.analysis.align import place_into, sample_interval_s
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.table import grid_rows
 
+SCRAPE_JOBS = ("exporter", "trainer")  # the stack's job names (prometheus/prometheus.yml)
+
 
 class BackendUnreachable(InputError):
     """No usable answer after every retry (connection error, timeout or 5xx), or a refusal no retry can mend."""

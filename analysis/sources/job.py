@@ -11,11 +11,10 @@ import math
 import numpy as np
 
 from thermograd.analysis.align import place_into
-from thermograd.analysis.arguments import SCRAPE_JOBS
 from thermograd.analysis.errors import InputError
 from thermograd.analysis.files.job import MAX_JOB_CELLS, JobInputs
 from thermograd.analysis.requests import ClientOptions, Window
-from thermograd.analysis.sources.client import PromClient, matrix_to_arrays, range_window
+from thermograd.analysis.sources.client import SCRAPE_JOBS, PromClient, matrix_to_arrays, range_window
 from thermograd.analysis.sources.devices import normalise_uuid
 from thermograd.analysis.sources.fetch import wait_for_newest_points
 from thermograd.analysis.sources.runs import (
