@@ -32,10 +32,10 @@ test: install system-deps lint
 	@bash scripts/test.sh $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 demo: install system-deps
-	$(BIN)/python scripts/demo.py $(if $(KEEP),--keep,) $(if $(RANKS),--ranks $(RANKS),) $(DEMO_ARGS)
+	$(BIN)/python -m scripts.demo $(if $(KEEP),--keep,) $(if $(RANKS),--ranks $(RANKS),) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out

@@ -19,21 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
-
-from testkit.backfill import (  # noqa: E402
+from testkit.backfill import (
     BLOCK_S,
     backfill_blockwise,
     device_series,
     serve_prometheus,
     train_series,
 )
-from testkit.synthetic import planted_run  # noqa: E402
-from thermograd.analysis.sources.client import MAX_POINTS_PER_SERIES  # noqa: E402
-from thermograd.analysis.table import aligned_start_s, grid_rows  # noqa: E402
+from testkit.stack import free_port
+from testkit.synthetic import planted_run
+from thermograd.analysis.sources.client import MAX_POINTS_PER_SERIES
+from thermograd.analysis.table import aligned_start_s, grid_rows
+
+REPO = Path(__file__).resolve().parents[1]
 
 DAY_S = 86400
 CACHE_VERSION = 1
@@ -123,7 +121,7 @@ def child(mode: str, url: str, start: float, end: float) -> None:
 
 def run_child(mode: str, url: str, start: int, end: int) -> tuple[float, float]:
     """(seconds, peak RSS MB) of one measured pass."""
-    out, _, rss = measured_child([sys.executable, str(Path(__file__).resolve()), "--child", mode, url, str(start),
+    out, _, rss = measured_child([sys.executable, "-m", "bench.bench_analysis", "--child", mode, url, str(start),
                                   str(end)])
     return json.loads(out)["seconds"], rss
 

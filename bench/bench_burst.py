@@ -36,11 +36,10 @@ import threading
 import time
 from pathlib import Path
 
-from bench_exporter import DEVICES, percentile, stop  # same exporter command and helpers
+from bench.bench_exporter import DEVICES, percentile, stop  # same exporter command and helpers
+from testkit.stack import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from stacklib import free_port  # noqa: E402
 
 BURST = 200
 ROUNDS = 7
@@ -231,8 +230,7 @@ def run_bursts(targets: dict[str, Target], rounds: int) -> dict[str, dict[str, o
 
 def tls_run(tmp: Path) -> dict[str, object]:
     """The same exporter behind --web.config.file: TLS (a fresh P-256 certificate) and basic auth."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from tlsfixtures import basic_auth_header, make_pki, write_web_config  # needs cryptography (dev)
+    from testkit.tls import basic_auth_header, make_pki, write_web_config  # needs cryptography (dev)
 
     pki = make_pki(tmp)
     config = write_web_config(tmp / "web.yml", pki, users={"prometheus": "scrape-secret"})
@@ -277,7 +275,7 @@ def main() -> int:
         result["generate_latest_floor_ms"] = generate_latest_floor_ms()
         try:
             result["tls"] = tls_run(tmp)
-        except ImportError as exc:  # cryptography is a dev dependency (tests/tlsfixtures.py)
+        except ImportError as exc:  # cryptography is a dev dependency (testkit/tls.py)
             result["tls"] = {"skipped": str(exc)}
     results = result["burst_results"]
     ratio = results["exporter"]["p99_ms"] / results["baseline"]["p99_ms"]

@@ -27,16 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from testkit.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run  # noqa: E402
-from thermograd.analysis.coupling.analyse import analyse  # noqa: E402
-from thermograd.analysis.coupling.settings import Settings  # noqa: E402
-from thermograd.analysis.coupling.verdict import verdicts  # noqa: E402
-from thermograd.analysis.files.grid import files_to_table  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import calibration_effects as effects  # noqa: E402
+from bench import calibration_effects as effects
+from testkit.scenarios import NULL_KINDS, PLANTED_KINDS, null_run, planted_run
+from thermograd.analysis.coupling.analyse import analyse
+from thermograd.analysis.coupling.settings import Settings
+from thermograd.analysis.coupling.verdict import verdicts
+from thermograd.analysis.files.grid import files_to_table
 
 LENGTHS_S = (90, 180, 300, 600, 900, 1800, 3600)
 LONG_LENGTHS_S = (4 * 3600, 86400)  # a day of 1 s data costs seconds per run: fewer of these

@@ -18,16 +18,14 @@ from pathlib import Path
 import psutil
 from prometheus_client import CollectorRegistry, generate_latest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
+from testkit.fake_nvml import FakeGpu, FakeNvml
+from testkit.stack import free_port
+from thermograd.exporter.backends.nvml import NvmlBackend
+from thermograd.exporter.collector import SnapshotCollector
+from thermograd.exporter.exposition import render
+from thermograd.exporter.sampler import Sampler
 
-from testkit.fake_nvml import FakeGpu, FakeNvml  # noqa: E402
-from thermograd.exporter.backends.nvml import NvmlBackend  # noqa: E402
-from thermograd.exporter.collector import SnapshotCollector  # noqa: E402
-from thermograd.exporter.exposition import render  # noqa: E402
-from thermograd.exporter.sampler import Sampler  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEVICES = 8
 SCRAPES = 500

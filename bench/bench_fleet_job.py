@@ -16,9 +16,9 @@ ranks at a time, so this process's memory stays bounded; then /internal/force_fl
 to finish its background merges before the analysis is timed.
 
 Goals: the analysis answers in < 300 s and < 2 GB peak RSS, naming the planted rank as a thermal or power
-straggler. Prints one JSON object on stdout; progress on stderr. Under bench/run_all.py (THERMOGRAD_BENCH_ALL
+straggler. Prints one JSON object on stdout; progress on stderr. Under bench.run_all (THERMOGRAD_BENCH_ALL
 set) the default size is 64 ranks x 1 h; give --ranks/--hours for the full size:
-`python bench/bench_fleet_job.py --ranks 1024 --hours 24`.
+`python -m bench.bench_fleet_job --ranks 1024 --hours 24`.
 """
 
 from __future__ import annotations
@@ -38,12 +38,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # testkit: the job generator
-sys.path.insert(0, str(REPO / "scripts"))
-import stacklib as sl  # noqa: E402
+from testkit import stack as sl
+from testkit.jobgen import MAX_CLOCK_HZ, TOKENS_PER_STEP, stream_job
 
-from testkit.jobgen import MAX_CLOCK_HZ, TOKENS_PER_STEP, stream_job  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RUN_ID = "fleet-bench"
 REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")  # the query's five
@@ -221,9 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     small = bool(os.environ.get("THERMOGRAD_BENCH_ALL"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ranks", type=int, default=SMALL[0] if small else 1024,
-                   help="ranks in the job (default 1024; 64 under bench/run_all.py)")
+                   help="ranks in the job (default 1024; 64 under bench.run_all)")
     p.add_argument("--hours", type=float, default=SMALL[1] if small else 24.0,
-                   help="the job's length in hours at 1 s (default 24; 1 under bench/run_all.py)")
+                   help="the job's length in hours at 1 s (default 24; 1 under bench.run_all)")
     p.add_argument("--seed", type=int, default=18)
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the store, its log and the analysis's output in DIR (default: a temporary folder)")

@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_burst import (
+from bench.bench_burst import (
     REPO_ROOT,
     Target,
     exporter_argv,
@@ -68,14 +68,10 @@ from bench_burst import (
     start,
     wait_ready,
 )
-from bench_exporter import stop
-
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fault suite's own clients and /proc readings
-from faultlib import cpu_s, reset, rss_mb, threads  # noqa: E402
-from test_faults_http import _closed_within, _drip, _low_fd_limit, scrape_raw  # noqa: E402
-
-from thermograd.endpoint.bodycache import Body  # noqa: E402
-from thermograd.endpoint.server import (  # noqa: E402
+from bench.bench_exporter import stop
+from testkit.faults import closed_within, cpu_s, drip, low_fd_limit, reset, rss_mb, scrape_raw, threads
+from thermograd.endpoint.bodycache import Body
+from thermograd.endpoint.server import (
     HEAD_DEADLINE_S,
     HEAD_GRACE_S,
     IDLE_TIMEOUT_S,
@@ -163,7 +159,7 @@ def running(kinds: tuple[str, ...], tmp: Path, waitress_threads: int,
         for kind in kinds:
             port, log = free_port(), tmp / f"{kind}-{time.monotonic_ns()}.log"
             with open(log, "w") as err:
-                proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", kind,
+                proc = subprocess.Popen([sys.executable, "-m", "bench.bench_http_servers", "--serve", kind,
                                          "--port", str(port), "--body", str(tmp / "body.prom"),
                                          "--waitress-threads", str(waitress_threads)],
                                         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err,
@@ -238,7 +234,7 @@ def slots_held(server: Server, dripping: bool) -> dict[str, object]:
     """test_slots_held_by_idle_or_slow_clients_do_not_block_a_scrape: MAX_CONNECTIONS clients that send
     nothing, or drip their head a byte every 0.3 s; then 3 scrapes."""
     stop_drip = threading.Event()
-    held = [_drip(server.port, stop_drip, 0.3) if dripping else connect(server.port)
+    held = [drip(server.port, stop_drip, 0.3) if dripping else connect(server.port)
             for _ in range(MAX_CONNECTIONS)]
     try:
         time.sleep(1.5)
@@ -259,11 +255,11 @@ def timeouts(server: Server, window_s: float) -> dict[str, float | None]:
     keepalive.request("GET", "/metrics")
     keepalive.getresponse().read()
     clients = {"idle_new_connection": connect(server.port), "idle_keepalive_after_a_scrape": keepalive.sock,
-               "head_dripped_every_0.5s": _drip(server.port, stop_drip, 0.5)}
+               "head_dripped_every_0.5s": drip(server.port, stop_drip, 0.5)}
     out: dict[str, float | None] = {}
 
     def watch(name: str, sock: socket.socket) -> None:
-        waited = _closed_within(sock, window_s)
+        waited = closed_within(sock, window_s)
         out[name + "_closed_after_s"] = None if waited is None else round(waited, 2)
 
     at_once(watch, list(clients.items()))
@@ -439,7 +435,7 @@ def main(args: argparse.Namespace) -> int:
         }
         result["scenarios"] = {
             name: side_by_side(label, scenario, tmp, args.waitress_threads, parallel=name == "timeouts",
-                               preexec_fn=_low_fd_limit if name == "fd_limit" else None)
+                               preexec_fn=low_fd_limit if name == "fd_limit" else None)
             for name, (label, scenario) in scenarios.items()}
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result))

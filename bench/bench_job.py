@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit: the job generator
-from testkit.jobgen import KINDS, write_job  # noqa: E402
+from testkit.jobgen import KINDS, write_job
 
 RANKS = (2, 4, 8, 16, 32, 64)
 

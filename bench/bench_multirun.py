@@ -25,10 +25,9 @@ from pathlib import Path
 
 import psutil
 
+from testkit.stack import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
 
 POLL_S = 0.2  # how often the process tree's memory is sampled
 GAP_S = 120  # between two runs in the backfilled store (each run on its own GPU, one after another)

@@ -3,8 +3,8 @@
 threads at start and end, and the scrape p99 per 5-minute window.
 
 Prints one JSON object on stdout (progress on stderr). Goals: RSS growth < 1 MB/hour, no fd or thread
-growth. CPU-light (one scrape a second), so it can run beside other work: `nohup python
-bench/bench_soak.py > soak.json &`.
+growth. CPU-light (one scrape a second), so it can run beside other work: `nohup python -m
+bench.bench_soak > soak.json &` (from the repository root).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import sys
 import time
 
 import psutil
-from bench_exporter import DEVICES, percentile, start_exporter, stop  # same exporter command and helpers
+
+from bench.bench_exporter import DEVICES, percentile, start_exporter, stop  # the same exporter, helpers
 
 SAMPLE_HZ = 10.0
 SCRAPE_INTERVAL_S = 1.0
@@ -31,7 +32,7 @@ def progress(message: str) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/bench_soak.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_soak", description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
     p.add_argument("--hours", type=float, help="soak length in hours (overrides --minutes)")
     args = p.parse_args(argv)

@@ -28,18 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from stacklib import free_port  # noqa: E402  (one loopback-port helper for demo, tests, benches)
+from testkit.stack import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from prometheus_client import generate_latest  # noqa: E402
+from prometheus_client import generate_latest
 
-from thermograd.trainer.config import JobConfig  # noqa: E402
-from thermograd.trainer.job import run  # noqa: E402
-from thermograd.trainer.metrics import TrainingMetrics  # noqa: E402
-from thermograd.trainer.steplog import format_record  # noqa: E402
+from thermograd.trainer.config import JobConfig
+from thermograd.trainer.job import run
+from thermograd.trainer.metrics import TrainingMetrics
+from thermograd.trainer.steplog import format_record
 
 # Prometheus's part, in its own process so its CPU time is not billed to the trainer.
 _SCRAPER = """

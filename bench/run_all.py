@@ -1,4 +1,5 @@
-"""Runs every bench/bench_*.py in its own process and prints one JSON object keyed by benchmark.
+"""Runs every bench/bench_*.py in its own process (`python -m bench.bench_NAME`, from the repository root) and
+prints one JSON object keyed by benchmark: `python -m bench.run_all [NAME ...]` (`make bench`).
 
 Each benchmark prints a single JSON object on stdout; results are also written to bench/results/.
 Names on the command line run only those (e.g. `exporter trainer analysis`): bench_soak.py alone takes
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
 
 
 def main(argv: list[str]) -> int:
@@ -29,8 +31,8 @@ def main(argv: list[str]) -> int:
         if only and name not in only:
             continue
         print(f"bench: running {script.name}", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                              env={**os.environ, "THERMOGRAD_BENCH_ALL": "1"})
+        proc = subprocess.run([sys.executable, "-m", f"bench.{script.stem}"], capture_output=True, text=True,
+                              cwd=REPO_ROOT, env={**os.environ, "THERMOGRAD_BENCH_ALL": "1"})
         if proc.returncode != 0:
             failed.append(name)
             combined[name] = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}

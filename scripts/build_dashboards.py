@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Dashboards as code: generates grafana/dashboards/*.json (committed; Grafana provisions them).
 
-    python scripts/build_dashboards.py           # rewrite the JSON files
-    python scripts/build_dashboards.py --check   # exit 1 when the committed JSON is out of date
+    python -m scripts.build_dashboards           # rewrite the JSON files (from the repository root)
+    python -m scripts.build_dashboards --check   # exit 1 when the committed JSON is out of date
 
 Built with Grafana's own typed builders, grafana-foundation-sdk (`builders.dashboard`, `timeseries`,
 `statetimeline`, `table`, `prometheus`), which emit schema-conformant dashboard JSON. Edit this file, not
@@ -34,9 +33,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import heatmap as heatmap_models
 from grafana_foundation_sdk.models import prometheus as prom_models
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from generated import write_or_check  # noqa: E402
+from scripts.generated import write_or_check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = REPO_ROOT / "grafana" / "dashboards"
@@ -434,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DASHBOARD_DIR)
     args = parser.parse_args(argv)
     outputs = {args.out / name: render(build) for name, build in DASHBOARDS.items()}
-    return write_or_check(outputs, check=args.check, script="scripts/build_dashboards.py")
+    return write_or_check(outputs, check=args.check, script="scripts.build_dashboards")
 
 
 if __name__ == "__main__":

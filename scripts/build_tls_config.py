@@ -11,14 +11,11 @@ endpoints with its settings.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import stacklib as sl  # noqa: E402
-from generated import build_command  # noqa: E402
+from scripts.generated import build_command
+from testkit import stack as sl
 
 OUT = sl.PROMETHEUS_CONFIG.with_name("prometheus-tls.yml")
 JOBS = ("exporter", "trainer")
@@ -56,7 +53,7 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     return build_command(lambda: {OUT: render()}, description=__doc__.splitlines()[0],
-                         script="scripts/build_tls_config.py", argv=argv)
+                         script="scripts.build_tls_config", argv=argv)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ everything between them is replaced by `bench_calibration.markdown(result)` (nul
 spike-triggered effects, directions, the throttle cost's coverage), so a table is never copied by hand. The
 prose around them (ranges, caveats) is the author's and is not touched.
 
-    python bench/bench_calibration.py --workers 2 > /tmp/calibration.json
-    python scripts/calibration_tables.py /tmp/calibration.json            # rewrite docs/method.md
-    python scripts/calibration_tables.py /tmp/calibration.json --check    # exit 1 if the page differs
+    python -m bench.bench_calibration --workers 2 > /tmp/calibration.json
+    python -m scripts.calibration_tables /tmp/calibration.json            # rewrite docs/method.md
+    python -m scripts.calibration_tables /tmp/calibration.json --check    # exit 1 if the page differs
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
 BEGIN = "<!-- calibration-tables:begin -->"
 END = "<!-- calibration-tables:end -->"
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", type=Path, default=PAGE, help="the page to update (default docs/method.md)")
     parser.add_argument("--check", action="store_true", help="only compare: exit 1 if the page's tables differ")
     args = parser.parse_args(argv)
-    from bench_calibration import markdown  # the bench's own rendering: one source for the tables
+    from bench.bench_calibration import markdown  # the bench's own rendering: one source for the tables
 
     page = args.page.read_text(encoding="utf-8")
     new = replaced(page, markdown(json.loads(args.result.read_text(encoding="utf-8"))))

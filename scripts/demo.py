@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make demo`: the whole thermograd pipeline natively, on loopback, in about three minutes.
 
 Starts Alertmanager and Prometheus from the system binaries (fresh TSDB), the exporter with
@@ -27,9 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import stacklib as sl  # noqa: E402
+from testkit import stack as sl
 
 DEFAULT_PORTS = {"prometheus": 9090, "alertmanager": 9093, "exporter": 9842, "trainer": 9843}
 PERTURB = "every=20s,duration=4s,lr_mult=10,jitter=0.3"
@@ -51,7 +48,7 @@ def say(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave Prometheus up after the analysis (Ctrl-C stops)")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of training (default 120)")
     parser.add_argument("--steps", type=int, default=1_000_000,

@@ -13,7 +13,9 @@ from pathlib import Path
 
 
 def write_or_check(outputs: dict[Path, str], *, check: bool, script: str) -> int:
-    """Write every file (check=False) or report the stale ones on stderr and return 1 (check=True)."""
+    """Write every file (check=False) or report the stale ones on stderr and return 1 (check=True).
+
+    `script` is the generator's module (`scripts.build_k8s`): the fix printed is `python -m` with it."""
     stale = []
     for path, text in outputs.items():
         if check:
@@ -23,7 +25,7 @@ def write_or_check(outputs: dict[Path, str], *, check: bool, script: str) -> int
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if stale:
-        print(f"out of date (run python {script}): {', '.join(stale)}", file=sys.stderr)
+        print(f"out of date (run python -m {script}): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,22 +1,24 @@
-"""Helpers of the fault suite (tests/test_faults_*.py): real processes, real sockets, /proc readings."""
+"""Helpers of the fault suite (tests/test_faults_*.py) and of bench/bench_http_servers.py: real processes, real
+sockets (raw clients that scrape, drip a head or wait for the server to hang up), /proc readings."""
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import REPO_ROOT, free_port
-
-from scripts.stacklib import http_get as get  # (status, body), an HTTP error status included
+from testkit.stack import REPO_ROOT, free_port
+from testkit.stack import http_get as get  # (status, body), an HTTP error status included
 
 __all__ = ["get"]
 
@@ -80,6 +82,55 @@ def serving(kind: str, tmp_path: Path, *args: str,
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+
+
+def scrape_raw(port: int, timeout: float) -> bool:
+    """One scrape on a fresh connection: True when a complete 200 answer came back in time."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return data.startswith(b"HTTP/1.1 200") and b"_total" in data
+    except OSError:
+        return False
+
+
+def drip(port: int, stop: threading.Event, every_s: float) -> socket.socket:
+    """A client that sends a request line, then one header byte every `every_s`: each byte resets a
+    socket timeout, so only a deadline on the whole head ends it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+
+    def send_bytes() -> None:
+        while not stop.wait(every_s):
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                return
+
+    threading.Thread(target=send_bytes, daemon=True).start()
+    return sock
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed the connection (EOF or reset), None if it stayed open."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - started
+
+
+def low_fd_limit() -> None:
+    """preexec_fn: start the child at RLIMIT_NOFILE 24."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
 
 
 def proc_status(pid: int, field: str) -> int:

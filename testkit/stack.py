@@ -1,6 +1,6 @@
 """Running the thermograd stack natively: config rendering, supervised child processes, HTTP helpers.
 
-Used by `scripts/demo.py` (`make demo`) and by the integration tests, so both start Prometheus,
+Used by `scripts/demo.py` (`make demo`), the integration tests and the benches, so all start Prometheus,
 Alertmanager, the exporter and the trainer exactly the same way: on 127.0.0.1, on free ports, from the
 repository's own prometheus.yml / rules / alertmanager.yml rendered into a scratch directory.
 """

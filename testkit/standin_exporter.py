@@ -1,7 +1,7 @@
 """A stand-in for NVIDIA's dcgm-exporter or utkuozdemir's nvidia_gpu_exporter, for tests without a GPU.
 
-    python tests/standin_exporter.py --format dcgm|nvidia-smi --port N [--gpus K] [--collect-interval-s S]
-                                     [--uuid UUID ...] [--load SPEC] [--sim-profile default|demo] [--seed N]
+    python -m testkit.standin_exporter --format dcgm|nvidia-smi --port N [--gpus K] [--collect-interval-s S]
+                                       [--uuid UUID ...] [--load SPEC] [--sim-profile default|demo] [--seed N]
 
 serves `/metrics` in the chosen exporter's exposition format, with values from simulated GPUs that evolve
 (the physics are thermograd's own simulated GPU, `exporter/backends/sim.py`: a first-order thermal model
@@ -68,15 +68,10 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from thermograd.endpoint.server import TEXT, BoundedHTTPServer, serve_in_thread  # noqa: E402
-from thermograd.exporter.backends.base import Reading  # noqa: E402
-from thermograd.exporter.backends.sim import SIM_PROFILES, SimBackend, SimParams, parse_load  # noqa: E402
+from thermograd.endpoint.server import TEXT, BoundedHTTPServer, serve_in_thread
+from thermograd.exporter.backends.base import Reading
+from thermograd.exporter.backends.sim import SIM_PROFILES, SimBackend, SimParams, parse_load
 
 MIB = 1024**2
 DEFAULT_INTERVAL_S = {"dcgm": 30.0, "nvidia-smi": 0.0}  # the real exporters' defaults
@@ -371,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         def error(self, message: str) -> None:
             raise UsageError(message)
 
-    p = Parser(prog="python tests/standin_exporter.py", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m testkit.standin_exporter", description=__doc__.split("\n\n")[0])
     p.add_argument("--format", required=True, choices=("dcgm", "nvidia-smi"))
     p.add_argument("--port", required=True, type=int)
     p.add_argument("--bind", default="127.0.0.1")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.stacklib import free_port  # (tests import it from here: a loopback port free a moment ago)
+from testkit.stack import free_port  # (tests import it from here: a loopback port free a moment ago)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"

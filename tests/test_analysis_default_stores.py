@@ -3,7 +3,7 @@
 alignment, automatic staleness), for a run that ended 0, 60 and 300 s before the analysis, found with the default
 30-day look-back and no --start/--end. Each run's samples are imported with timestamps shifted so that it ended
 that long ago (VictoriaMetrics's /api/v1/import), the same samples into a VictoriaMetrics with the recommended
-query flags (stacklib.VICTORIAMETRICS_QUERY_FLAGS, under which tests/test_stack_longterm.py shows it equal to
+query flags (testkit.stack.VICTORIAMETRICS_QUERY_FLAGS, under which tests/test_stack_longterm.py shows it equal to
 Prometheus): the verdicts, windows and statistics must be the same. Also: VictoriaMetrics's cluster URL layout
 (/select/<tenant>/prometheus) through a path-mapping proxy in front of the default one, and the waiting for a
 store's held-back newest points with a fake client."""
@@ -26,7 +26,7 @@ from conftest import free_port
 from test_stack_integration import require_binary
 from test_stack_longterm import COMPARED, differences
 
-from scripts import stacklib as sl
+from testkit import stack as sl
 from testkit.backfill import device_series, train_series
 from testkit.synthetic import planted_run
 from thermograd.analysis.errors import InputError

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
-from standin_exporter import go_float, nvml_uuid, nvsmi_uuid
 from test_metric_names import DOCUMENTED
 
-from scripts import stacklib as sl
+from testkit import stack as sl
+from testkit.standin_exporter import go_float, nvml_uuid, nvsmi_uuid
 
 DATA = Path(__file__).resolve().parent / "data"
-STANDIN = Path(__file__).resolve().parent / "standin_exporter.py"
+ROOT = Path(__file__).resolve().parents[1]
+STANDIN = [sys.executable, "-m", "testkit.standin_exporter"]  # run from ROOT
 FIXTURES = {"dcgm": DATA / "dcgm-exporter.prom", "nvidia-smi": DATA / "nvidia-gpu-exporter.prom"}
 # The stand-in flags that reproduce each fixture's setup: dcgm with -k and GPU 1 given to a pod.
 FIXTURE_FLAGS = {"dcgm": ["--gpus", "2", "--pod", "1=ml-team/gpt2-run-0/trainer"], "nvidia-smi": []}
@@ -51,7 +52,7 @@ def scrape(port: int) -> str:
 def start_standin(tmp_path: Path, fmt: str, *flags: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = open(tmp_path / f"standin-{fmt}.log", "wb")  # noqa: SIM115 - the process holds it
-    proc = subprocess.Popen([sys.executable, str(STANDIN), "--format", fmt, "--port", str(port), *flags],
+    proc = subprocess.Popen([*STANDIN, "--format", fmt, "--port", str(port), *flags], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     sl.wait_until(lambda: sl.http_get(f"http://127.0.0.1:{port}/metrics", 1.0)[0] == 200, 30, "the stand-in")
     return proc, port
@@ -136,5 +137,5 @@ def test_bad_flags_one_line_exit_2(tmp_path):
                   ["--format", "dcgm", "--port", "1", "--gpus", "1", "--uuid", "a", "--uuid", "b"],
                   ["--format", "dcgm", "--port", "1", "--pod", "3=a/b/c"],
                   ["--format", "x", "--port", "1"]):
-        proc = subprocess.run([sys.executable, str(STANDIN), *flags], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run([*STANDIN, *flags], cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -1,7 +1,9 @@
 """What the layout promises, checked on the source: no import cycles between the product's modules (imports a
 function makes at call time included: a cycle there is still two modules that need each other), the trainer
 never imports the exporter (a training job must not pull in NVML and the samplers), the product never imports
-a test helper, and the README stays a page a newcomer reads (details live in docs/)."""
+a test helper (tests/, testkit/, bench/, scripts/: none is installed), those helpers find each other without
+editing sys.path (they run as modules from the repository root), and the README stays a page a newcomer reads
+(details live in docs/)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"thermograd": ROOT / "thermograd", "thermograd.exporter": ROOT / "exporter",
                 "thermograd.trainer": ROOT / "trainer", "thermograd.analysis": ROOT / "analysis"}
 README_LIMIT_BYTES = 15_000
+# the repository's own tools and test helpers: never imported by the product, never installed
+HELPER_PACKAGES = {"tests", "testkit", "bench", "scripts", "conftest", "pytest"}
+HELPER_DIRS = ("tests", "testkit", "bench", "scripts")
 
 
 def _modules() -> dict[str, Path]:
@@ -99,8 +104,22 @@ def test_the_product_imports_no_test_helper():
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                          [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-                bad = [n for n in names if n.split(".")[0] in {"tests", "testkit", "scripts", "conftest", "stacklib", "pytest"}]
+                bad = [n for n in names if n.split(".")[0] in HELPER_PACKAGES]
                 assert not bad, f"{path.relative_to(ROOT)} imports {bad} ({package})"
+
+
+def test_helpers_and_tools_do_not_edit_sys_path():
+    # Benches and scripts run as modules from the root (`python -m bench.bench_job`, `python -m scripts.demo`)
+    # and pytest puts the root on the path, so `testkit.…`, `scripts.…` and `bench.…` import as they are.
+    offenders = []
+    for folder in HELPER_DIRS:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(func := node.func, ast.Attribute)
+                        and isinstance(func.value, ast.Attribute) and func.value.attr == "path"
+                        and isinstance(func.value.value, ast.Name) and func.value.value.id == "sys"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} sys.path.{func.attr}")
+    assert not offenders, offenders
 
 
 def test_readme_is_a_page_not_a_manual():

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
-from faultlib import one_line_error, run_module
 from test_stack_compose import load  # the compose loader that knows `!reset`
 
+from testkit.faults import one_line_error, run_module
 from thermograd.trainer.steplog import StepLog
 
 LAB_CSV = ("timestamp,device,util_pct,temp_c,power_w\n"

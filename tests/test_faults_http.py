@@ -4,15 +4,28 @@ sockets. Every test reproduces an observed failure of issue #10."""
 
 from __future__ import annotations
 
-import resource
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from faultlib import cpu_s, get, one_line_error, reset, rss_mb, run_module, sample, serving, threads
 
+from testkit.faults import (
+    closed_within,
+    cpu_s,
+    drip,
+    get,
+    low_fd_limit,
+    one_line_error,
+    reset,
+    rss_mb,
+    run_module,
+    sample,
+    scrape_raw,
+    serving,
+    threads,
+)
 from thermograd.endpoint.server import (
     HEAD_DEADLINE_S,
     IDLE_TIMEOUT_S,
@@ -31,19 +44,6 @@ def errors(served, reason: str) -> float:
     if served.kind == "exporter":
         return sample(body, "rle_exporter_http_errors_total", reason=reason)
     return sample(body, "train_http_errors_total", reason=reason)
-
-
-def scrape_raw(port: int, timeout: float) -> bool:
-    """One scrape on a fresh connection: True when a complete 200 answer came back in time."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        return data.startswith(b"HTTP/1.1 200") and b"_total" in data
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -121,23 +121,6 @@ def test_idle_connections_are_capped_and_wait_instead_of_spawning_threads(tmp_pa
             time.sleep(0.1)
 
 
-def _drip(port: int, stop: threading.Event, every_s: float) -> socket.socket:
-    """A client that sends a request line, then one header byte every `every_s`: each byte resets a
-    socket timeout, so only a deadline on the whole head ends it."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(b"GET /metrics HTTP/1.1\r\n")
-
-    def drip() -> None:
-        while not stop.wait(every_s):
-            try:
-                sock.sendall(b"x")
-            except OSError:
-                return
-
-    threading.Thread(target=drip, daemon=True).start()
-    return sock
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("client", ["idle", "dripping"])
 def test_slots_held_by_idle_or_slow_clients_do_not_block_a_scrape(tmp_path: Path, kind: str, client: str):
@@ -148,7 +131,7 @@ def test_slots_held_by_idle_or_slow_clients_do_not_block_a_scrape(tmp_path: Path
         if client == "idle":
             held = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(MAX_CONNECTIONS)]
         else:
-            held = [_drip(served.port, stop, 0.3) for _ in range(MAX_CONNECTIONS)]
+            held = [drip(served.port, stop, 0.3) for _ in range(MAX_CONNECTIONS)]
         try:
             time.sleep(1.5)  # every slot taken; the drips are past the grace a head gets when a slot is needed
             for _ in range(3):
@@ -170,25 +153,11 @@ def _in_process_server(timeout_s: float) -> BoundedHTTPServer:
     return server
 
 
-def _closed_within(sock: socket.socket, seconds: float) -> float | None:
-    """Seconds until the server closed the connection (EOF or reset), None if it stayed open."""
-    started = time.monotonic()
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(4096):
-            pass
-    except TimeoutError:
-        return None
-    except OSError:
-        pass
-    return time.monotonic() - started
-
-
 def test_an_idle_connection_is_closed_after_the_timeout():
     server = _in_process_server(timeout_s=1.0)
     try:
         with socket.create_connection(server.server_address[:2], timeout=5) as sock:
-            waited = _closed_within(sock, 5)
+            waited = closed_within(sock, 5)
         assert waited is not None and 0.8 < waited < 3, waited
     finally:
         server.shutdown()
@@ -200,8 +169,8 @@ def test_a_head_dripped_a_byte_at_a_time_is_cut_at_the_deadline():
     server = _in_process_server(timeout_s=5.0)  # each byte comes well within the socket timeout
     stop = threading.Event()
     try:
-        sock = _drip(server.server_address[1], stop, 0.5)
-        waited = _closed_within(sock, HEAD_DEADLINE_S + 5)
+        sock = drip(server.server_address[1], stop, 0.5)
+        waited = closed_within(sock, HEAD_DEADLINE_S + 5)
         sock.close()
         assert waited is not None and HEAD_DEADLINE_S - 1 < waited < HEAD_DEADLINE_S + 3, waited
         assert server.stats.snapshot()["evicted"] == 1
@@ -211,15 +180,11 @@ def test_a_head_dripped_a_byte_at_a_time_is_cut_at_the_deadline():
         server.server_close()
 
 
-def _low_fd_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_at_the_fd_limit_the_accept_loop_does_not_spin(tmp_path: Path, kind: str):
     # Before: accept() failing with EMFILE returned straight to select(), which saw the pending
     # connection again: 100 % CPU, inside the training process for the trainer's endpoint.
-    with serving(kind, tmp_path, preexec_fn=_low_fd_limit) as served:
+    with serving(kind, tmp_path, preexec_fn=low_fd_limit) as served:
         socks = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(40)]
         time.sleep(0.5)
         started = cpu_s(served.proc.pid)

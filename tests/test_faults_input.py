@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from faultlib import get, one_line_error, run_module, sample, serving
 
+from testkit.faults import get, one_line_error, run_module, sample, serving
 from thermograd.exporter.backends.base import DeviceInfo, Reading
 from thermograd.exporter.collector import SnapshotCollector
 from thermograd.exporter.exposition import render

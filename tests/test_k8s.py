@@ -73,7 +73,7 @@ def one(kind: str, objects: list[dict] = OBJECTS) -> dict:
 # --------------------------------------------------------------------------------- kustomize, sources
 def test_generated_files_are_what_build_k8s_makes_of_the_sources():
     for path, text in build_k8s.outputs().items():
-        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run python scripts/build_k8s.py"
+        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run python -m scripts.build_k8s"
 
 
 def test_kustomization_applies_every_manifest_and_only_features_understood_here():

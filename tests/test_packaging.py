@@ -46,7 +46,7 @@ def test_a_wheel_holds_only_the_thermograd_package(wheel: Path):
         assert f"thermograd-{tool} = thermograd.{tool}.__main__:main" in entry_points
     assert "thermograd = thermograd.cli:main" in entry_points  # thermograd run
     assert "thermograd/endpoint/server.py" in names
-    # the tests' generators and fakes (testkit/) stay out of what users install
+    # the tests' and benches' helpers (testkit/) stay out of what users install, nested or not
     assert not [n for n in names if Path(n).stem in {p.stem for p in (ROOT / "testkit").glob("*.py")} - {"__init__"}]
 
 

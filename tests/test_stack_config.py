@@ -56,7 +56,7 @@ def test_the_native_config_is_prometheus_yml_on_loopback():
     exporter and a training job on their default loopback ports on the same 1 s clock, and promtool takes it."""
     from scripts import build_local
 
-    assert build_local.OUT.read_text() == build_local.render(), "stale: run scripts/build_local.py"
+    assert build_local.OUT.read_text() == build_local.render(), "stale: run python -m scripts.build_local"
     config = yaml.safe_load(build_local.OUT.read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert targets["exporter"] == ["127.0.0.1:9842"] and targets["trainer"] == ["127.0.0.1:9843"]
@@ -166,7 +166,7 @@ TLS_CONFIG = PROM_DIR / "prometheus-tls.yml"
 def test_the_tls_config_is_generated_from_prometheus_yml():
     from scripts import build_tls_config
 
-    assert TLS_CONFIG.read_text() == build_tls_config.render(), "stale: run scripts/build_tls_config.py"
+    assert TLS_CONFIG.read_text() == build_tls_config.render(), "stale: run python -m scripts.build_tls_config"
 
 
 def test_promtool_accepts_the_tls_config_and_both_jobs_scrape_https_with_basic_auth(tmp_path: Path):

@@ -2,7 +2,7 @@
 
 The live part runs one small stack: a real Prometheus (the repository's rules, `for:` shortened) scraping
 thermograd's exporter (sim backend), the dcgm-exporter and nvidia_gpu_exporter stand-ins
-(tests/standin_exporter.py) and a real trainer (tiny model). All three exporters describe ONE GPU, as on a
+(testkit/standin_exporter.py) and a real trainer (tiny model). All three exporters describe ONE GPU, as on a
 node that runs them side by side: the stand-ins get its NVML UUID, and the sim exporter's `sim-0` is
 relabelled to it at scrape time (a real NVML exporter writes the NVML UUID itself). The trainer trains on
 that GPU, so the run <-> GPU join is exercised for every source.
@@ -25,7 +25,7 @@ from conftest import free_port
 from test_stack_integration import NEEDS_UNTHROTTLED_WINDOW, fast_alert_rules
 
 from scripts import build_dashboards
-from scripts import stacklib as sl
+from testkit import stack as sl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def all_expressions(dashboard: dict) -> list[str]:
 
 
 def test_committed_dashboards_are_up_to_date():
-    assert build_dashboards.main(["--check"]) == 0, "run: python scripts/build_dashboards.py"
+    assert build_dashboards.main(["--check"]) == 0, "run: python -m scripts.build_dashboards"
 
 
 def test_check_mode_detects_a_stale_dashboard(tmp_path: Path):
@@ -184,7 +184,7 @@ def test_every_dashboard_expression_parses(tmp_path: Path):
 GPU_UUID = "GPU-5e8f0c2a-1b3d-4c6e-8f90-a1b2c3d4e5f6"  # NVML's spelling; nvidia-smi's stand-in drops "GPU-"
 RUN_ID = "dashboards-run"
 STEPS = 30
-STANDIN = ROOT / "tests" / "standin_exporter.py"
+STANDIN = [sys.executable, "-m", "testkit.standin_exporter"]  # the supervisor runs it from ROOT
 # dcgm-exporter collects every 30 s by default; 5 s keeps this test short and still repeats values between
 # scrapes. --power-limit: the power limit and violation counters a user adds to its counters CSV.
 STANDIN_FLAGS = {"dcgm": ["--power-limit", "--collect-interval-s", "5"], "nvidia-smi": []}
@@ -231,7 +231,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         supervisor.start("exporter", [*sl.sim_exporter_argv(ports["exporter"]), "--sim-load", "0.8"],
                          tmp / "exporter.log")
         for fmt, flags in STANDIN_FLAGS.items():
-            supervisor.start(fmt, [sys.executable, str(STANDIN), "--format", fmt, "--port", str(ports[fmt]),
+            supervisor.start(fmt, [*STANDIN, "--format", fmt, "--port", str(ports[fmt]),
                                    "--uuid", GPU_UUID, *flags], tmp / f"{fmt}.log")
         prom = sl.PrometheusAPI(f"http://127.0.0.1:{ports['prometheus']}")
         sl.wait_http_ok(f"{prom.url}/-/ready", 60, supervisor=supervisor)

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from scripts import stacklib as sl
+from testkit import stack as sl
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "scripts" / "demo.py"
+DEMO = [sys.executable, "-m", "scripts.demo"]  # as `make demo` runs it, from ROOT
 
 
 
 def demo_argv(out: Path, ports: dict[str, int], *extra: str) -> list[str]:
-    argv = [sys.executable, str(DEMO), "--out", str(out), "--no-install", *extra]
+    argv = [*DEMO, "--out", str(out), "--no-install", *extra]
     for name, port in ports.items():
         argv += [f"--{name}-port", str(port)]
     return argv
@@ -59,8 +59,8 @@ def assert_nothing_left(out: Path, ports: dict[str, int]) -> None:
 
 def test_missing_prometheus_prints_the_install_command_in_one_line(tmp_path: Path):
     env = {**os.environ, "PATH": str(tmp_path)}  # no prometheus, no alertmanager on this PATH
-    result = subprocess.run([sys.executable, str(DEMO), "--out", str(tmp_path / "out"), "--no-install"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run([*DEMO, "--out", str(tmp_path / "out"), "--no-install"],
+                            capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -162,10 +162,10 @@ def test_ctrl_c_stops_every_child(tmp_path: Path):
 
 def test_children_die_with_a_killed_supervisor(tmp_path: Path):
     """Even SIGKILL of the demo (no chance to clean up) leaves no orphan: children get PR_SET_PDEATHSIG."""
-    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import stacklib as sl; "
+    script = ("from testkit import stack as sl; "
               f"c = sl.Child('sleeper', ['sleep', '60'], sl.Path({str(tmp_path / 'sleep.log')!r})); "
               "print(c.pid, flush=True); import time; time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     child_pid = int(parent.stdout.readline())
     assert Path(f"/proc/{child_pid}").exists()
     parent.kill()

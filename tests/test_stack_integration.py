@@ -22,7 +22,7 @@ from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_metric_names import DOCUMENTED
 
-from scripts import stacklib as sl
+from testkit import stack as sl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ API then gives the same verdict, the same statistics and byte-identical figures 
 
 VictoriaMetrics serves /api/v1/targets and /api/v1/status/config empty, so the analysis takes its step from
 the run's own sample spacing there, and says so. The flags that make VictoriaMetrics's query_range equal to
-Prometheus's are stacklib.VICTORIAMETRICS_QUERY_FLAGS (see docs/stack.md, "Long-term storage").
+Prometheus's are testkit.stack.VICTORIAMETRICS_QUERY_FLAGS (see docs/stack.md, "Long-term storage").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from test_stack_config import run_ok, tool
 from test_stack_integration import require_binary
 
 from scripts import build_longterm
-from scripts import stacklib as sl
+from testkit import stack as sl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,7 @@ def test_victoriametrics_step_comes_from_the_samples_and_the_report_says_so(anal
 
 # ------------------------------------------------------------------ the same setup, for compose (static)
 def test_the_compose_config_is_prometheus_yml_with_the_tested_option_enabled():
-    assert build_longterm.OUT.read_text() == build_longterm.render(), "stale: run scripts/build_longterm.py"
+    assert build_longterm.OUT.read_text() == build_longterm.render(), "stale: run python -m scripts.build_longterm"
     config = yaml.safe_load(build_longterm.OUT.read_text())
     assert config["remote_write"][0]["url"] == "http://victoriametrics:8428/api/v1/write"
     assert "remote_write" not in yaml.safe_load(sl.PROMETHEUS_CONFIG.read_text())  # off by default

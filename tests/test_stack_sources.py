@@ -1,5 +1,5 @@
 """The analysis on the hardware exporters users already run: a real Prometheus scrapes the dcgm-exporter and
-nvidia_gpu_exporter stand-ins (tests/standin_exporter.py, two GPUs each) and a real trainer (tiny model) on one
+nvidia_gpu_exporter stand-ins (testkit/standin_exporter.py, two GPUs each) and a real trainer (tiny model) on one
 1 s clock, then `thermograd-analysis --hardware-source dcgm|nvidia-smi|auto` reads it back.
 
 The trainer reports its GPU's UUID upper case and without `GPU-` (neither exporter's spelling), so the right
@@ -24,7 +24,7 @@ import yaml
 from conftest import free_port
 from test_stack_integration import require_binary
 
-from scripts import stacklib as sl
+from testkit import stack as sl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ DCGM_GPUS = ("GPU-5fd4b3a2-1c6e-4b0f-9e2d-7a8c3f1e6b90", "GPU-a9e1c0d4-83b2-4f57
 NVSMI_GPUS = ("GPU-0b7d2e44-9a1f-4c3e-8d5b-6f2a1c9e0d37", "GPU-a9e1c0d4-83b2-4f57-b6e8-2d4c9f0a1357")
 DCGM_INTERVAL_S = 3
 POD = ("ml-team", "gpt2-run-0", "trainer")  # the trainer's pod: dcgm-exporter -k labels GPU 1 with it
-STANDIN = ROOT / "tests" / "standin_exporter.py"
+STANDIN = [sys.executable, "-m", "testkit.standin_exporter"]  # the supervisor runs it from ROOT
 
 
 @dataclass
@@ -77,11 +77,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     with sl.Supervisor() as supervisor:
         supervisor.start("prometheus", sl.prometheus_argv(require_binary("prometheus"), prometheus_config(tmp, ports),
                                                           tmp / "tsdb", ports["prometheus"]), logs / "prometheus.log")
-        supervisor.start("dcgm", [sys.executable, str(STANDIN), "--format", "dcgm", "--port", str(ports["dcgm"]),
+        supervisor.start("dcgm", [*STANDIN, "--format", "dcgm", "--port", str(ports["dcgm"]),
                                   "--gpus", "2", *(f for u in DCGM_GPUS for f in ("--uuid", u)), "--power-limit",
                                   "--collect-interval-s", str(DCGM_INTERVAL_S), "--pod", f"1={'/'.join(POD)}"],
                          logs / "dcgm.log")
-        supervisor.start("nvidia-smi", [sys.executable, str(STANDIN), "--format", "nvidia-smi", "--backend", "nvml",
+        supervisor.start("nvidia-smi", [*STANDIN, "--format", "nvidia-smi", "--backend", "nvml",
                                         "--port", str(ports["nvidia-smi"]), "--gpus", "2", "--seed", "1",
                                         *(f for u in NVSMI_GPUS for f in ("--uuid", u))], logs / "nvidia-smi.log")
         prom_url = f"http://127.0.0.1:{ports['prometheus']}"

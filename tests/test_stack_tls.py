@@ -6,7 +6,7 @@ hashed scrape password. Prometheus scrapes them with the settings of the committ
 prometheus/prometheus-tls.yml (its files swapped for the test's), and, as intruders, once with a wrong
 password and once with a client certificate from an unknown CA. The real jobs are up, the intruders are
 down, and each refusal is in the endpoints' own counters — read back through that same Prometheus.
-Certificates are made here (tests/tlsfixtures.py). One module-scoped stack (~30 s on a loaded 2-core machine).
+Certificates are made here (testkit/tls.py). One module-scoped stack (~30 s on a loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 import yaml
 from conftest import free_port
 from test_stack_integration import require_binary
-from tlsfixtures import Pki, basic_auth_header, make_pki, write_web_config
 
-from scripts import stacklib as sl
+from testkit import stack as sl
+from testkit.tls import Pki, basic_auth_header, make_pki, write_web_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -382,6 +382,5 @@ def test_lightning_serves_one_endpoint_per_rank_on_port_plus_local_rank(torchrun
         assert values["train_grad_norm"][1] == pytest.approx(reference[0][-1], abs=1e-5)
 
 
-if __name__ == "__main__":  # one rank, under torchrun
-    sys.path.insert(0, str(TESTS_DIR))
+if __name__ == "__main__":  # one rank, under torchrun (PYTHONPATH holds the repository and tests/)
     worker(Path(sys.argv[1]), int(sys.argv[2]))

@@ -1,7 +1,7 @@
 """--web.config.file: the exporter-toolkit's web config, read and refused (thermograd.endpoint.webconfig), basic auth
 (thermograd.endpoint.auth), and both endpoints serving with it over real sockets: TLS, client certificates, 401s
 and handshake failures counted, /healthz open, gzip, a rotated certificate picked up. Certificates are
-made here (tests/tlsfixtures.py). The real Prometheus scraping both is tests/test_stack_tls.py."""
+made here (testkit/tls.py). The real Prometheus scraping both is tests/test_stack_tls.py."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from faultlib import one_line_error, run_module, sample
-from tlsfixtures import Pki, basic_auth_header, bcrypt_hash, make_pki, write_web_config
 
+from testkit.faults import one_line_error, run_module, sample
+from testkit.tls import Pki, basic_auth_header, bcrypt_hash, make_pki, write_web_config
 from thermograd.endpoint import webconfig
 from thermograd.endpoint.auth import BasicAuth, credentials
 from thermograd.endpoint.bodycache import RenderCache
