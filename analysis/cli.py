@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "source's own sampling interval)")
     stats.add_argument("--max-rows", type=int, default=T.DEFAULT_MAX_ROWS,
                        help="most grid rows held in memory, about 370 bytes each (default "
-                            f"{T.DEFAULT_MAX_ROWS:,}: 30 days and an hour at 1 s, under 1 GB); a longer run from a backend is "
-                            "analysed on the smallest whole multiple of the step that fits")
+                            f"{T.DEFAULT_MAX_ROWS:,}: 30 days and an hour at 1 s, under 1 GB); a longer run from a "
+                            "backend is analysed on the smallest whole multiple of the step that fits")
     stats.add_argument("--max-lag", default="30s", help="lagged cross-correlation range +/- (default 30s)")
     stats.add_argument("--warmup", default="30s",
                        help="leave the run's first part (its start-up transient) out of the tests: this long, "

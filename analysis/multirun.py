@@ -54,8 +54,8 @@ from thermograd.analysis.stats.preprocess import INSUFFICIENT
 
 LOG_PATTERNS = ("*.jsonl", "*.json")
 CSV_PATTERN = "*.csv"
-ROW_FIELDS = ("run", "direction", "x", "y", "start", "end", "step_s", "n", "n_eff", "r", "ci_low", "ci_high", "p_adjusted",
-              "peak_lag_s", "peak_r", "lag_p_adjusted", "coupled", "strength", "run_strength")
+ROW_FIELDS = ("run", "direction", "x", "y", "start", "end", "step_s", "n", "n_eff", "r", "ci_low", "ci_high",
+              "p_adjusted", "peak_lag_s", "peak_r", "lag_p_adjusted", "coupled", "strength", "run_strength")
 
 
 # --- which runs ---------------------------------------------------------------------------------------
@@ -572,7 +572,8 @@ def pooled_outcomes(manifests: list[tuple[Path, dict]], runs_total: int) -> dict
     if [entry[0] for entry in entries] != list(range(runs_total)):
         raise InputError(f"the shards' runs are not the {runs_total} run(s) each of them found, once each: run "
                          "every shard again")
-    return {run_id: RunOutcome(skipped=why) if why is not None else RunOutcome(rows=pair_rows(run_id, read_report(report)))
+    return {run_id: RunOutcome(skipped=why) if why is not None
+            else RunOutcome(rows=pair_rows(run_id, read_report(report)))
             for _, run_id, report, why in entries}
 
 

@@ -231,7 +231,8 @@ def from_files(req: FileRun, grid: Grid) -> tuple[T.Table, dict]:
                    "hardware": {"uuid": rle.info.get("uuid"), "model": rle.info.get("model"),
                                 **provenance.as_report()}},
         "step": {"seconds": table.step_s,
-                 "source": "--step" if grid.step_s is not None else "the slower source's own sampling interval (median spacing)",
+                 "source": "--step" if grid.step_s is not None
+                           else "the slower source's own sampling interval (median spacing)",
                  "grid_start_unix": table.start_s},
         "queries": [], "notes": notes,
     }
@@ -309,7 +310,8 @@ def _analyse_into(req: RunRequest) -> RunReport:
     t0 = time.perf_counter()
     verdict = report["verdict"]
     label = f"{provenance.label()} hardware; " if provenance.label() else ""
-    title = (f"{label}run {meta['inputs'].get('run_id', meta['inputs'].get('grad_log'))}: optimizer -> hardware {verdict['strength']}; "
+    title = (f"{label}run {meta['inputs'].get('run_id', meta['inputs'].get('grad_log'))}: "
+             f"optimizer -> hardware {verdict['strength']}; "
              f"hardware -> training {report['verdicts']['hardware_to_training']['strength']}")
     coupling_png(table, req.out / "coupling.png", title,
                  "Prometheus evaluation timestamps" if from_store_ else f"a {table.step_s:g} s grid")

@@ -1,7 +1,8 @@
 """Benchmark: N days (default a week) of 1 s data in a real Prometheus -> fetch + align + every statistic.
 
 Goals: a week (issue 4) in fetch + align + statistics < 60 s; any length (issue 12: `--days 30`, and past a
-month, where the analysis's row budget widens the step, e.g. `--days 60`) in peak RSS < 1 GB, with fetch + align within 1.5x the raw cost of the same query_range requests (fetched and
+month, where the analysis's row budget widens the step, e.g. `--days 60`) in peak RSS < 1 GB, with fetch + align
+within 1.5x the raw cost of the same query_range requests (fetched and
 parsed into the same float arrays, nothing kept), measured side by side in this run. The backfilled TSDB
 is cached per length (THERMOGRAD_BENCH_CACHE, default ~/.cache/thermograd/bench_analysis[_Nd]) so reruns
 skip promtool; `--build-only` just builds it. Prints one JSON object on stdout; progress goes to stderr.
@@ -113,7 +114,8 @@ def child(mode: str, url: str, start: float, end: float) -> None:
         table, _ = fetch_table(client, exprs, start, end, step_s)
         rows = table.n
     else:
-        consume = (lambda name, row, resp: None) if mode == "bytes" else (lambda name, row, resp: json.loads(resp.content))
+        consume = ((lambda name, row, resp: None) if mode == "bytes"
+                   else (lambda name, row, resp: json.loads(resp.content)))
         client.stream_range(exprs, start, end, step_s, consume)
         rows = 0
     print(json.dumps({"seconds": time.perf_counter() - t0, "rows": rows}))
@@ -143,8 +145,9 @@ def measured_child(cmd: list[str]) -> tuple[str, float, float]:
 def full_analysis(url: str, start: int, end: int) -> tuple[dict, float, float]:
     """The whole command (discovery, fetch, statistics, figures): (report, wall s, peak RSS MB)."""
     with tempfile.TemporaryDirectory() as out:
-        _, wall, rss = measured_child([sys.executable, "-m", "thermograd.analysis", "--prometheus", url, "--run", RUN_ID,
-                                       "--start", str(start), "--end", str(end), "--out", out, "--quiet"])
+        _, wall, rss = measured_child([sys.executable, "-m", "thermograd.analysis", "--prometheus", url,
+                                       "--run", RUN_ID, "--start", str(start), "--end", str(end),
+                                       "--out", out, "--quiet"])
         report = json.loads((Path(out) / "report.json").read_text())
     sent = {q["query"] for q in report["queries"] if q["type"] == "range" and q["purpose"] != "runs"}
     if sent != set(bench_exprs(report["step"]["seconds"]).values()):

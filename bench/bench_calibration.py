@@ -227,8 +227,8 @@ def effects_markdown(result: dict) -> list[str]:
     for name, v in (result.get("spike_effects") or {}).items():
         lines.append(f"| {name} | {v['runs']} | {v['right_sign_and_lag']:.2f} | {v['by_spike_response']:.2f} | "
                      f"{v['by_pair']:.2f} | {v['called_none']:.2f} |")
-    lines += ["", "*Which way an effect runs* (share of runs; Granger: precedences of a training series before a device "
-              "series, summed over runs):", "",
+    lines += ["", "*Which way an effect runs* (share of runs; Granger: precedences of a training series before a "
+              "device series, summed over runs):", "",
               "| direction kind | runs | hardware slows training | throttling found at lag 0 | training-side "
               "coupling reported | Granger training -> device (explained by throttled, no caveat) |",
               "|---|---|---|---|---|---|"]
@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--surrogates", type=int, default=1000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--quick", action="store_true", help="40 runs per kind, lengths up to 1 h, 20 power runs")
-    p.add_argument("--markdown", type=Path, metavar="RESULT_JSON", help="print the tables of docs/method.md for a result and exit")
+    p.add_argument("--markdown", type=Path, metavar="RESULT_JSON",
+                   help="print the tables of docs/method.md for a result and exit")
     args = p.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))

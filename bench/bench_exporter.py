@@ -81,7 +81,8 @@ def scrape_latency(port: int) -> dict[str, float]:
         times_ms.append((time.perf_counter() - started) * 1e3)
         size = len(body)
     conn.close()
-    return {"scrape_p50_ms": round(statistics.median(times_ms), 3), "scrape_p99_ms": round(percentile(times_ms, 0.99), 3),
+    return {"scrape_p50_ms": round(statistics.median(times_ms), 3),
+            "scrape_p99_ms": round(percentile(times_ms, 0.99), 3),
             "scrape_max_ms": round(max(times_ms), 3), "scrapes": SCRAPES, "scrape_bytes": size}
 
 

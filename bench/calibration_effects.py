@@ -105,7 +105,8 @@ def direction_job(args: tuple[str, int, int]) -> dict:
             "other_way_reported": bool(training_first),
             "training_precedes_device": len(precedences),
             "explained_by_common_cause": sum(f["explained_by_common_cause"] for f in precedences),
-            "reported_without_caveat": sum(not f["explained_by_common_cause"] and f.get("given") is None for f in precedences)}
+            "reported_without_caveat": sum(not f["explained_by_common_cause"] and f.get("given") is None
+                                           for f in precedences)}
 
 
 def _share(rows: list[dict], key: str) -> float:
@@ -116,7 +117,8 @@ def summarise_effects(rows: list[dict]) -> dict:
     out = {}
     for name in dict.fromkeys(r["effect"] for r in rows):
         mine = [r for r in rows if r["effect"] == name]
-        out[name] = {"runs": len(mine), "detected": _share(mine, "detected"), "right_sign_and_lag": _share(mine, "right"),
+        out[name] = {"runs": len(mine), "detected": _share(mine, "detected"),
+                     "right_sign_and_lag": _share(mine, "right"),
                      "by_spike_response": _share(mine, "by_response"), "by_pair": _share(mine, "by_pair"),
                      "called_none": _share(mine, "none"),
                      "within_goal": _share(mine, "right") >= EFFECT_GOAL and not any(r["none"] for r in mine)}

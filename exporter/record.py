@@ -35,8 +35,8 @@ COLUMNS = (
     "timestamp", "time_unix", "host", "device", "uuid", "model", "kind", "backend", "heat_source",
     "util_pct", "temp_c", "power_w", "power_limit_w", "a_load",
     "rle_raw", "rle_smoothed", "E_th", "E_pw", "t_sustain_s", "rolling_peak", "collapse",
-    "fan_pct", "sm_clock_hz", "sm_clock_max_hz", "memory_clock_hz", "memory_used_bytes", "memory_total_bytes", "energy_j",
-    "throttled", "clock_event_reasons",
+    "fan_pct", "sm_clock_hz", "sm_clock_max_hz", "memory_clock_hz", "memory_used_bytes", "memory_total_bytes",
+    "energy_j", "throttled", "clock_event_reasons",
 )
 # The reasons that mean the device is slowed by heat or power (the analysis's `throttled`, the
 # `throttled` column): idle, application clocks, sync boost and display clocks are not a slowdown.
@@ -67,8 +67,8 @@ def _row(sample: DeviceSample, wall_s: float) -> list[str]:
                                               _num(result.e_pw), _num(result.sustain_s), _num(result.rolling_peak))),
         "" if result is None else str(int(result.collapsed)),
         _num(None if reading.fan_ratio is None else 100.0 * reading.fan_ratio),
-        _num(reading.sm_clock_hz, 8), _num(info.max_sm_clock_hz, 8), _num(reading.memory_clock_hz, 8), _num(reading.memory_used_bytes, 12),
-        _num(reading.memory_total_bytes, 12), _num(reading.energy_j, 12),
+        _num(reading.sm_clock_hz, 8), _num(info.max_sm_clock_hz, 8), _num(reading.memory_clock_hz, 8),
+        _num(reading.memory_used_bytes, 12), _num(reading.memory_total_bytes, 12), _num(reading.energy_j, 12),
         "" if throttle is None else str(int(any(throttle.get(r) for r in SLOWDOWN_REASONS))),
         "|".join(active),
     ]

@@ -81,7 +81,8 @@ RUNS_NEWEST_FIRST = "sort_desc(max by (run_id) (max_over_time(train_run_start_ti
 RANKS_SLOWEST_FIRST = ('sort_desc(max by (rank) (max_over_time('
                        'rank:train_step_compute_seconds:ratio_to_median1m{run_id="$run"}[$__range])))')
 # Each rank of the run with its GPU's uuid (train_run_info's gpu_uuid): joins a device series to ranks.
-RANK_GPUS = 'group by (run_id, rank, uuid) (label_replace(train_run_info{run_id="$run"}, "uuid", "$1", "gpu_uuid", "(.+)"))'
+RANK_GPUS = ('group by (run_id, rank, uuid) '
+             '(label_replace(train_run_info{run_id="$run"}, "uuid", "$1", "gpu_uuid", "(.+)"))')
 
 
 def on_rank_gpus(device_series: str, ranks: str = "", per_uuid: str = "one") -> str:
@@ -264,7 +265,8 @@ def coupling_dashboard() -> dict:
               description="Loss of the last optimizer step, per rank."),
         Panel("Gradient norm (pre-clip)", queries(
             (f"train_grad_norm{{{run}}}", "last step, rank {{rank}}"),
-            (f"rank:train_step_grad_norm:mean_interval{{{run}}}", "mean of the steps in each scrape interval, rank {{rank}}"),
+            (f"rank:train_step_grad_norm:mean_interval{{{run}}}",
+             "mean of the steps in each scrape interval, rank {{rank}}"),
             (f"rank:train_grad_norm:median10m{{{run}}}", "10-min median, rank {{rank}}")),
             description="Shaded regions: collapse of the selected device; perturbation bursts are annotated too."),
         Panel("RLE with collapse markers", queries(
@@ -348,7 +350,8 @@ def coupling_dashboard() -> dict:
             (f"sum by (run_id) (rank:train_tokens:rate1m{{{run}}})", "the job's tokens/s")),
             width=6,
             description="The job's tokens/s times (slowest rank's ratio - 1): what it would gain at its median "
-                        "rank's pace. thermograd-analysis --job attributes it to each GPU's throttling, with a 95 % CI."),
+                        "rank's pace. thermograd-analysis --job attributes it to each GPU's throttling, "
+                        "with a 95 % CI."),
     ]
     variables = [
         query_variable("run", "Run", f"query_result({RUNS_NEWEST_FIRST})", '/run_id="([^"]+)"/'),

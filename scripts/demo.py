@@ -5,7 +5,8 @@ Starts Alertmanager and Prometheus from the system binaries (fresh TSDB), the ex
 load, with the `demo` profile: a small, warm card that heats through its limit and throttles within the
 run), and the reference trainer (tiny model, ~2 minutes, learning-rate and pause bursts); prints every
 collapse onset and every alert Alertmanager delivers to the demo's own webhook receiver; runs the
-analysis against Prometheus; prints where report.json and the figures are and the verdict. `--keep` leaves Prometheus (and the exporter) running to explore until Ctrl-C.
+analysis against Prometheus; prints where report.json and the figures are and the verdict. `--keep` leaves
+Prometheus (and the exporter) running to explore until Ctrl-C.
 
 Ctrl-C stops every child and frees every port. A busy port is replaced by a free one (printed); a
 child that dies stops the demo, naming it and showing the end of its log.
@@ -372,7 +373,8 @@ class Demo:
         say(f"collapse onsets in this run: {len(onsets)}")
         throttled = prom.scalar(f'max(max_over_time(rle_throttle_active{{reason=~"sw_thermal|hw_thermal|hw_slowdown|'
                                 f'sw_power_cap|hw_power_brake"{"," + sel[1:-1] if sel else ""}}}[10m]))')
-        clock = prom.scalar(f"min(min_over_time(rle_sm_clock_hertz{sel}[10m])) / max(max_over_time(rle_sm_clock_hertz{sel}[10m]))")
+        clock = prom.scalar(f"min(min_over_time(rle_sm_clock_hertz{sel}[10m])) / "
+                            f"max(max_over_time(rle_sm_clock_hertz{sel}[10m]))")
         if throttled is not None and clock is not None:
             say(f"thermal/power throttling: {'seen' if throttled == 1 else 'not seen'}; lowest SM clock "
                 f"{100 * clock:.0f} % of the highest")

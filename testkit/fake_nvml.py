@@ -84,7 +84,8 @@ class FakeNvml:
             "nvmlDeviceGetMemoryInfo": lambda g: SimpleNamespace(used=g.memory_used, total=g.memory_total,
                                                                  free=g.memory_total - g.memory_used),
             "nvmlDeviceGetClockInfo": lambda g, clock: getattr(g, clocks[clock]),
-            "nvmlDeviceGetMaxClockInfo": lambda g, clock: g.max_sm_mhz if clock == pynvml.NVML_CLOCK_SM else g.memory_mhz,
+            "nvmlDeviceGetMaxClockInfo": lambda g, clock: (g.max_sm_mhz if clock == pynvml.NVML_CLOCK_SM
+                                                           else g.memory_mhz),
             "nvmlDeviceGetFanSpeed": lambda g: g.fan_pct,
             "nvmlDeviceGetTotalEnergyConsumption": lambda g: g.energy_mj,
             "nvmlDeviceGetCurrentClocksThrottleReasons": lambda g: g.reasons_mask,

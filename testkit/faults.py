@@ -60,7 +60,8 @@ def serving(kind: str, tmp_path: Path, *args: str,
     port = free_port()
     log = tmp_path / f"{kind}.log"
     if kind == "exporter":
-        argv = [sys.executable, "-m", "thermograd.exporter", "--backend", "sim", "--sim-load", "0.8", "--port", str(port), *args]
+        argv = [sys.executable, "-m", "thermograd.exporter", "--backend", "sim", "--sim-load", "0.8",
+                "--port", str(port), *args]
     else:
         argv = [sys.executable, "-c", TRAINER_ENDPOINT, str(port)]
     with open(log, "w") as err:

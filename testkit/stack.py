@@ -313,8 +313,8 @@ def tiny_trainer_argv(port: int, log_dir: Path, run_id: str, steps: int, *, gpu_
                       extra: Sequence[str] = ()) -> list[str]:
     """The reference trainer on CPU with the tiny model: a short, seeded run tied to `gpu_uuid`."""
     return python_module_argv(
-        "thermograd.trainer", "--model", "tiny", "--steps", str(steps), "--batch-size", "2", "--seq-len", "32", "--seed", "0",
-        "--device", "cpu", "--perturb", perturb, "--port", str(port), "--log-dir", str(log_dir),
+        "thermograd.trainer", "--model", "tiny", "--steps", str(steps), "--batch-size", "2", "--seq-len", "32",
+        "--seed", "0", "--device", "cpu", "--perturb", perturb, "--port", str(port), "--log-dir", str(log_dir),
         "--linger", f"{linger_s:g}", "--run-id", run_id, "--gpu-uuid", gpu_uuid, "--quiet", *extra)
 
 

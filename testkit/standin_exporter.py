@@ -144,7 +144,8 @@ def _util(r: Reading) -> float:
 
 
 DCGM_FAMILIES = (
-    Family("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz).", lambda r, g, p: r.sm_clock_hz / 1e6, go_int),
+    Family("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz).",
+           lambda r, g, p: r.sm_clock_hz / 1e6, go_int),
     Family("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock frequency (in MHz).",
            lambda r, g, p: r.memory_clock_hz / 1e6, go_int),
     Family("DCGM_FI_DEV_MEMORY_TEMP", "gauge", "Memory temperature (in C).", lambda r, g, p: r.temp_c + 6.0, go_int),
@@ -322,7 +323,8 @@ class StandIn:
         self.opts = opts
         self.params = SIM_PROFILES[opts.sim_profile]
         self.backend = SimBackend(opts.gpus, seed=opts.seed, load=parse_load(opts.load), params=self.params)
-        uuids = [nvml_uuid(u) for u in opts.uuid] + [default_uuid(opts.seed, i) for i in range(len(opts.uuid), opts.gpus)]
+        uuids = ([nvml_uuid(u) for u in opts.uuid]
+                 + [default_uuid(opts.seed, i) for i in range(len(opts.uuid), opts.gpus)])
         pods = parse_pods(opts.pod, opts.gpus)
         self.gpus = [Gpu(i, uuids[i], f"00000000:{0x17 + 0x20 * i:02X}:00.0", pods.get(i)) for i in range(opts.gpus)]
         self.violation_ns = [dict.fromkeys(VIOLATION_REASONS, 0.0) for _ in self.gpus]

@@ -74,7 +74,8 @@ def test_no_trainer_then_the_exporter_down_each_said_with_its_fix(tmp_path: Path
     try:
         wait_for(lambda: query("up{job='exporter'}"), 60, 0.3)
         no_trainer = error_line(analysis("--prometheus", url, "--out", str(tmp_path / "a")))
-        assert "scrapes no trainer" in no_trainer and dead_exporter in no_trainer and "prometheus-local.yml" in no_trainer
+        assert ("scrapes no trainer" in no_trainer and dead_exporter in no_trainer
+                and "prometheus-local.yml" in no_trainer)
 
         with TrainingMetrics(port=0, run_id="diag", gpu_uuid="sim-0") as metrics:
             for step in range(1, 6):

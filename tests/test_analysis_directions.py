@@ -21,7 +21,8 @@ from thermograd.analysis.timeparse import get_tz
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True,
+                          timeout=180)
 
 
 def test_series_and_pairs_are_data():

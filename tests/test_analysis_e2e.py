@@ -49,7 +49,8 @@ def prometheus(tmp_path_factory) -> dict:
 
 
 def analysis(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True,
+                          timeout=180)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

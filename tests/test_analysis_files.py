@@ -53,7 +53,8 @@ def seed_log(n_steps: int, start: datetime = T0, seconds_per_step: float = 0.7, 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True,
+                          timeout=120)
 
 
 def strict_json(path: Path) -> dict:
@@ -355,6 +356,7 @@ def test_a_job_log_whose_rank_is_not_a_number_is_one_line(tmp_path):
 
     job = write_job(tmp_path / "job", "none", 2, seconds=60, seed=1)
     log = job.folder / "rank-1" / "steps.jsonl"
-    log.write_text("".join(json.dumps({**json.loads(line), "rank": "r1"}) + "\n" for line in log.read_text().splitlines()))
+    log.write_text("".join(json.dumps({**json.loads(line), "rank": "r1"}) + "\n"
+                           for line in log.read_text().splitlines()))
     proc = run_cli("--job-dir", str(job.folder), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "its steps' rank is 'r1', not a whole number" in proc.stderr

@@ -22,7 +22,8 @@ def test_blocked_null_equals_the_whole_matrix():
     got = events.coincidence(spikes, collapses, valid, 5, 1000, np.random.default_rng(7))
     rng = np.random.default_rng(7)
     b = np.sort(collapses)
-    surr = events.shifted_events(spikes, valid, 0, 1000, rng)  # the same draws (every rotation is eligible), all rows at once
+    # the same draws (every rotation is eligible), all rows at once
+    surr = events.shifted_events(spikes, valid, 0, 1000, rng)
     obs_prec = float(events._precursor_rate(spikes[None, :], b, 5)[0])
     obs_trig = float(events._trigger_rate(spikes, b, 5))
     assert got["precursor_p"] == events.randomised_p(events._precursor_rate(surr, b, 5), obs_prec, rng)

@@ -144,8 +144,8 @@ def test_holm_runs_within_each_direction_as_in_a_single_run():
 
 
 def analysis(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args, "--surrogates", "200"], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args, "--surrogates", "200"],
+                          capture_output=True, text=True, timeout=300)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, text: str) -> None:
@@ -198,7 +198,8 @@ def test_offline_folder_of_runs(tmp_path):
 
 def test_offline_bad_runs_dirs_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    one_line_error(in_process(capsys, "--all-runs", "--runs-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")),
+    one_line_error(in_process(capsys, "--all-runs", "--runs-dir", str(tmp_path / "empty"),
+                              "--out", str(tmp_path / "o")),
                    "no run folders")
     two = tmp_path / "two" / "run-a"
     two.mkdir(parents=True)

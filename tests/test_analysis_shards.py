@@ -143,8 +143,8 @@ def test_bad_flag_combinations_are_one_line(tmp_path, capsys):
 
 def _manifest(k: int, n: int, **changes: object) -> dict:
     return {"format": MANIFEST_FORMAT, "shard": {"k": k, "n": n}, "source": "runs", "window": None,
-            "settings": {"alpha": 0.05}, "flags": {"step": None}, "runs_total": 0, "runs_digest": "d", "analysed": [], "skipped": [],
-            **changes}
+            "settings": {"alpha": 0.05}, "flags": {"step": None}, "runs_total": 0, "runs_digest": "d",
+            "analysed": [], "skipped": [], **changes}
 
 
 @pytest.mark.parametrize(("shards", "text"), [

@@ -151,7 +151,8 @@ def test_event_null_keeps_the_spikes_clustering():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "thermograd.analysis", *args], capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_cli_on_files_of_a_spiky_independent_run(tmp_path):

@@ -33,8 +33,8 @@ def test_recompute_refuses_to_write_over_its_own_input(tmp_path: Path, how: str)
         out.symlink_to(src)
     if how == "hardlink":
         os.link(src, out)
-    result = run_module("thermograd.exporter", "recompute", "--csv", str(src), "--device", "gpu", "--rated-power", "200",
-                        "--temp-limit", "83", "--out", str(out))
+    result = run_module("thermograd.exporter", "recompute", "--csv", str(src), "--device", "gpu",
+                        "--rated-power", "200", "--temp-limit", "83", "--out", str(out))
     one_line_error(result, "--out", "refusing to overwrite")
     assert src.read_text() == LAB_CSV
 

@@ -26,7 +26,8 @@ HEADER = "timestamp,device,util_pct,temp_c,power_w\n"
 
 
 def replay(path: Path) -> object:
-    return run_module("thermograd.exporter", "--backend", "replay", "--replay-csv", str(path), "--port", "0", timeout=30)
+    return run_module("thermograd.exporter", "--backend", "replay", "--replay-csv", str(path), "--port", "0",
+                      timeout=30)
 
 
 @pytest.mark.parametrize(("rows", "line"), [
@@ -56,8 +57,8 @@ def test_recompute_with_an_overflowing_utilization_is_one_line(tmp_path: Path):
     # Before: OverflowError traceback from the engine.
     path = tmp_path / "rec.csv"
     path.write_text(HEADER + "".join(f"{t},gpu,{'1e308' if t == 5 else 50},60,100\n" for t in range(1, 10)))
-    result = run_module("thermograd.exporter", "recompute", "--csv", str(path), "--device", "gpu", "--rated-power", "200",
-                        "--temp-limit", "83", "--out", str(tmp_path / "out.csv"))
+    result = run_module("thermograd.exporter", "recompute", "--csv", str(path), "--device", "gpu",
+                        "--rated-power", "200", "--temp-limit", "83", "--out", str(tmp_path / "out.csv"))
     one_line_error(result, "line 6", "'util_pct'")
     assert not (tmp_path / "out.csv").exists()
 
@@ -66,8 +67,8 @@ def test_a_utf8_bom_is_read_not_reported_as_a_missing_column(tmp_path: Path):
     path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "".join(f"{t},gpu,50,60,100\n" for t in range(1, 20))).encode())
     out = tmp_path / "out.csv"
-    result = run_module("thermograd.exporter", "recompute", "--csv", str(path), "--device", "gpu", "--rated-power", "200",
-                        "--temp-limit", "83", "--out", str(out))
+    result = run_module("thermograd.exporter", "recompute", "--csv", str(path), "--device", "gpu",
+                        "--rated-power", "200", "--temp-limit", "83", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_text().startswith("timestamp,device,")
     with serving("exporter", tmp_path, "--backend", "replay", "--replay-csv", str(path)) as served:

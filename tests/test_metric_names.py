@@ -43,9 +43,11 @@ PROMQL_WORDS = {
 SUFFIXES = ("_total", "_seconds", "_bytes", "_watts", "_celsius", "_joules", "_hertz", "_ratio", "_info",
             "_bucket", "_sum", "_count")
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-PY_CANDIDATE = re.compile(r"(?<![\w:])((?:rle|train)_[A-Za-z0-9_]*[A-Za-z0-9]|[a-z_]+:[a-z][a-z0-9_]*:[a-z0-9_]+)(?![\w:])")
+PY_CANDIDATE = re.compile(r"(?<![\w:])((?:rle|train)_[A-Za-z0-9_]*[A-Za-z0-9]"
+                          r"|[a-z_]+:[a-z][a-z0-9_]*:[a-z0-9_]+)(?![\w:])")
 # dcgm-exporter's field names (not its DCGM_FI_DRIVER_VERSION-style label counters) and nvidia_gpu_exporter's
-FOREIGN_CANDIDATE = re.compile(r"(?<![\w:])(DCGM_FI_(?:DEV|PROF)_[A-Z0-9_]*[A-Z0-9]|nvidia_smi_[a-z0-9_]*[a-z0-9])(?![\w:])")
+FOREIGN_CANDIDATE = re.compile(r"(?<![\w:])(DCGM_FI_(?:DEV|PROF)_[A-Z0-9_]*[A-Z0-9]"
+                               r"|nvidia_smi_[a-z0-9_]*[a-z0-9])(?![\w:])")
 
 
 def documented_names(text: str) -> set[str]:
@@ -183,5 +185,6 @@ def test_the_scanners_catch_an_undocumented_name():
         "train_run_info"}
     source = 'Q = "rate(train_stepz_total[1m])"\nCOL = "rle_smoothed"\nN = "train_lost_total"\nX = "rank:a_b:rate1m"\n'
     assert python_metric_names(source) == [(1, "train_stepz_total"), (3, "train_lost_total"), (4, "rank:a_b:rate1m")]
-    foreign = 'A = "DCGM_FI_DEV_GPU_TEMPZ"\nB = "DCGM_FI_DRIVER_VERSION"\nC = f"nvidia_smi_{x}"\nD = "x nvidia_smi_tempz y"\n'
+    foreign = ('A = "DCGM_FI_DEV_GPU_TEMPZ"\nB = "DCGM_FI_DRIVER_VERSION"\n'
+               'C = f"nvidia_smi_{x}"\nD = "x nvidia_smi_tempz y"\n')
     assert python_metric_names(foreign) == [(1, "DCGM_FI_DEV_GPU_TEMPZ"), (4, "nvidia_smi_tempz")]

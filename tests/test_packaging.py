@@ -56,7 +56,8 @@ def test_pyproject_lists_every_package_folder():
     found = {"thermograd"} | {
         "thermograd." + ".".join((sub, *init.parent.relative_to(ROOT / sub).parts))
         for sub in SUBPACKAGES for init in (ROOT / sub).rglob("__init__.py")} | {
-        ".".join(("thermograd", *init.parent.relative_to(ROOT / "thermograd").parts))  # thermograd/'s own, e.g. endpoint
+        # thermograd/'s own, e.g. endpoint
+        ".".join(("thermograd", *init.parent.relative_to(ROOT / "thermograd").parts))
         for init in (ROOT / "thermograd").glob("*/__init__.py")}
     assert listed == found
     assert {config["package-dir"][f"thermograd.{sub}"] for sub in SUBPACKAGES} == SUBPACKAGES

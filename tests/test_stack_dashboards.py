@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DASHBOARDS = {name: build() for name, build in build_dashboards.DASHBOARDS.items()}
 # Dummy values: enough for promtool to parse every expression.
-DUMMY_VARIABLES = {"$run": "run-1", "$uuid": "sim-0", "$rank": "0", "$source": "dcgm", "$instance": ".+", "$__range": "1h"}
+DUMMY_VARIABLES = {"$run": "run-1", "$uuid": "sim-0", "$rank": "0", "$source": "dcgm", "$instance": ".+",
+                   "$__range": "1h"}
 LABEL_VALUES = re.compile(r"label_values\((.+), *(\w+)\)", flags=re.S)
 
 

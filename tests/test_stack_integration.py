@@ -213,8 +213,9 @@ def test_target_down_inhibits_that_targets_alerts_in_alertmanager(stack: LiveSta
 
 def test_analysis_reads_the_live_prometheus(stack: LiveStack):
     out = stack.tmp / "analysis"
-    result = subprocess.run([sys.executable, "-m", "thermograd.analysis", "--prometheus", stack.prom_url, "--run", RUN_ID,
-                             "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-m", "thermograd.analysis", "--prometheus", stack.prom_url,
+                             "--run", RUN_ID, "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"]["summary"] and isinstance(report["verdict"]["coupled"], bool)

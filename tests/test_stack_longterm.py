@@ -76,7 +76,8 @@ def raw_samples(api: sl.PrometheusAPI, at_s: float, span_s: int) -> int:
 def analyse(url: str, start_s: int, end_s: int, out: Path) -> dict:
     result = subprocess.run(sl.python_module_argv(
         "thermograd.analysis", "--prometheus", url, "--run", RUN_ID, "--start", str(start_s), "--end", str(end_s),
-        "--surrogates", "200", "--max-lag", "5s", "--out", str(out), "--quiet"), capture_output=True, text=True, timeout=180, cwd=ROOT)
+        "--surrogates", "200", "--max-lag", "5s", "--out", str(out), "--quiet"),
+                            capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert result.returncode == 0, f"analysis against {url} failed:\n{result.stderr[-3000:]}"
     return json.loads((out / "report.json").read_text())
 

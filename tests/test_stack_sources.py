@@ -98,15 +98,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
                       300, f"{RUN_S} s of training in Prometheus", supervisor=supervisor)
         trainer.signal(signal.SIGTERM)
         assert trainer.wait(60) == 0, trainer.tail()
-        last = [prom.scalar(f'max(last_over_time(train_steps_total{{run_id="{r}"}}[1m]))') for r in (RUN_ID, K8S_RUN_ID)]
+        last = [prom.scalar(f'max(last_over_time(train_steps_total{{run_id="{r}"}}[1m]))')
+                for r in (RUN_ID, K8S_RUN_ID)]
         assert last[0] and last[0] == last[1], last  # both jobs scraped the run to its last step
         yield Stack(prom_url, prom, tmp)
 
 
 def analyse(stack: Stack, name: str, *flags: str) -> tuple[dict, subprocess.CompletedProcess]:
     out = stack.tmp / name
-    proc = subprocess.run([sys.executable, "-m", "thermograd.analysis", "--prometheus", stack.prom_url, "--out", str(out),
-                           "--surrogates", "200", *flags], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "thermograd.analysis", "--prometheus", stack.prom_url,
+                           "--out", str(out), "--surrogates", "200", *flags],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "report.json").read_text()), proc
 

@@ -35,7 +35,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     model, data = tiny_lm_and_data(32)
     args = transformers.TrainingArguments(
         output_dir=os.path.join(out_dir, "out"), max_steps=STEPS, per_device_train_batch_size=4,
-        gradient_accumulation_steps=2, ddp_find_unused_parameters=False, logging_steps=1, learning_rate=1e-3, max_grad_norm=1.0, report_to=[], save_strategy="no",
+        gradient_accumulation_steps=2, ddp_find_unused_parameters=False, logging_steps=1, learning_rate=1e-3,
+        max_grad_norm=1.0, report_to=[], save_strategy="no",
         use_cpu=True, disable_tqdm=True, seed=0, ddp_backend="gloo",
     )
     metrics = TrainingMetrics(port=0, run_id="ddp", rank=rank, log_dir=os.path.join(out_dir, "log"))
@@ -57,7 +58,8 @@ def test_ddp_grad_norm_is_the_all_reduced_one_trainer_logs(tmp_path):
     torch.multiprocessing.spawn(_worker, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
     for rank in range(world_size):
         suffix = "" if rank == 0 else f".rank{rank}"
-        ours = [json.loads(line)["grad_norm"] for line in (tmp_path / "log" / f"steps{suffix}.jsonl").read_text().splitlines()]
+        ours = [json.loads(line)["grad_norm"]
+                for line in (tmp_path / "log" / f"steps{suffix}.jsonl").read_text().splitlines()]
         theirs = json.loads((tmp_path / f"trainer_rank{rank}.json").read_text())
         assert len(ours) == len(theirs) == STEPS
         assert ours == pytest.approx(theirs, rel=1e-5), f"rank {rank}: callback {ours} vs Trainer {theirs}"

@@ -104,7 +104,8 @@ def plain_loop(kind: str, rank: int, out_dir: Path) -> dict:
         for step, lr in enumerate(learning_rates(), start=1):
             loss = _backward_step(model, batches[(step - 1) * ACCUMULATION : step * ACCUMULATION], kind)
             local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in model.parameters()]
-            result["naive_local_norms"].append(float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in local]))))
+            result["naive_local_norms"].append(
+                float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in local]))))
             with CommDebugMode() as comms:
                 norm = clip_and_measure_grad_norm(model.parameters(), max_norm=CLIP)
             result["all_reduces"].append(sum(n for op, n in comms.get_comm_counts().items() if "all_reduce" in str(op)))

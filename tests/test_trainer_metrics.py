@@ -52,7 +52,8 @@ def test_values_histograms_and_counters(monkeypatch):
         metrics.observe_step(step, 1.0 / step, norm, 1e-3 * step, tokens=10, epoch=step / 10,
                              perturbation=step == 2)
     text = generate_latest(metrics.registry).decode()
-    s = {(x.name, frozenset(x.labels.items())): x.value for f in text_string_to_metric_families(text) for x in f.samples}
+    s = {(x.name, frozenset(x.labels.items())): x.value
+         for f in text_string_to_metric_families(text) for x in f.samples}
     assert sample(s, "train_step") == 5 and sample(s, "train_steps_total") == 5
     assert sample(s, "train_loss") == pytest.approx(0.2) and sample(s, "train_grad_norm") == 5e4
     assert sample(s, "train_learning_rate") == pytest.approx(5e-3) and sample(s, "train_epoch") == 0.5

@@ -38,7 +38,8 @@ def test_twenty_steps_scraped_mid_run_match_the_log(tmp_path):
         # Scrape as fast as we can while training runs; keep the ones taken mid-run.
         def finished():
             samples = try_scrape(url)
-            if samples is not None and ("train_steps_total", frozenset({("run_id", "proc-test"), ("rank", "0")})) in samples:
+            if (samples is not None
+                    and ("train_steps_total", frozenset({("run_id", "proc-test"), ("rank", "0")})) in samples):
                 scrapes.append(samples)
                 return samples[("train_steps_total", frozenset({("run_id", "proc-test"), ("rank", "0")}))] >= 20
             return proc.poll() is not None

@@ -142,7 +142,8 @@ def test_clip_and_measure_returns_the_pre_clip_norm():
     torch = pytest.importorskip("torch")
     from thermograd.trainer import clip_and_measure_grad_norm
 
-    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(1))]
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2)),
+              torch.nn.Parameter(torch.zeros(1))]
     params[0].grad = torch.tensor([3.0, 0.0, 0.0])
     params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])  # params[2] has no gradient
     result = clip_and_measure_grad_norm(params, max_norm=1.0)
@@ -211,7 +212,8 @@ def test_total_grad_norm_without_get_total_norm(monkeypatch):
     torch = pytest.importorskip("torch")
     from thermograd.trainer.gradnorm import total_grad_norm
 
-    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2)),
+              torch.nn.Parameter(torch.zeros(1))]
     params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 4.0])
     assert float(total_grad_norm(params)) == pytest.approx(5.0)
     monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)

@@ -112,8 +112,8 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     return JobConfig(
         model=a.model, data=a.data, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
         warmup_steps=a.warmup_steps, schedule=a.schedule, seed=a.seed, device=a.device,
-        max_grad_norm=a.max_grad_norm, perturb=bursts.get("lr"), pause=bursts.get("pause"), port=a.port, bind=a.bind, log_dir=a.log_dir,
-        linger_s=a.linger, run_id=a.run_id, gpu_uuid=a.gpu_uuid, max_nonfinite=a.max_nonfinite,
+        max_grad_norm=a.max_grad_norm, perturb=bursts.get("lr"), pause=bursts.get("pause"), port=a.port, bind=a.bind,
+        log_dir=a.log_dir, linger_s=a.linger, run_id=a.run_id, gpu_uuid=a.gpu_uuid, max_nonfinite=a.max_nonfinite,
         inject_nan_steps=inject, instrument=not a.no_instrument, quiet=a.quiet,
         web_config=_web_config(a.web_config_file),
     )

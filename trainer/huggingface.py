@@ -12,7 +12,8 @@ every step but hands them to callbacks only through `on_log`, i.e. every `loggin
   total L2 norm of the gradients with one fused `_foreach_norm` (a device tensor; fp16 loss scaling is
   divided out). Cost: one read of the gradients per optimizer step, no host sync of its own.
 * loss: a forward hook keeps the training forward passes' `loss` tensors, combined over the step's
-  micro-batches the way Trainer reports them. If the model returns no loss (a custom `compute_loss`), `train_loss` falls back to
+  micro-batches the way Trainer reports them. If the model returns no loss (a custom `compute_loss`),
+  `train_loss` falls back to
   Trainer's logged value every `logging_steps`, and the callback says so at the first step.
 * learning rate: the optimizer's, read right after `optimizer.step()` (what Trainer logs).
 

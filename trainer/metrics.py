@@ -318,14 +318,16 @@ class TrainingMetrics:
         if self._server is not None:
             return
         body = RenderCache(self._scrape_version, lambda: generate_latest(self.registry))
-        # /healthz: up and serving, for a container or pod probe (no credentials needed: thermograd.endpoint.server.OPEN_PATHS)
+        # /healthz: up and serving, for a container or pod probe
+        # (no credentials needed: thermograd.endpoint.server.OPEN_PATHS)
         routes = {"/metrics": lambda: (200, body.get(), CONTENT_TYPE_LATEST),
                   "/healthz": lambda: (200, b"ok: serving\n", TEXT)}
         try:
             self._server = BoundedHTTPServer((self.bind, self.port), routes, name="trainer",
                                              web=self.web_config)
         except OSError as exc:
-            raise MetricsPortError(exc.errno, f"cannot serve /metrics on {self.bind}:{self.port}: {exc.strerror or exc}") from None
+            raise MetricsPortError(exc.errno, f"cannot serve /metrics on {self.bind}:{self.port}: "
+                                              f"{exc.strerror or exc}") from None
         self._server.body_cache = body
         self._server_thread = serve_in_thread(self._server)
         self.port = int(self._server.server_address[1])

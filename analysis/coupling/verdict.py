@@ -274,8 +274,8 @@ def _inconclusive(pairs: list[dict], responses: list[dict]) -> str:
     if pairs:
         longest = max(p.get("run_length_to_settle_s") or np.inf for p in pairs)
         mde = max(p.get("minimal_detectable_r") or 0.0 for p in pairs)
-        parts.append(f"{', '.join(_test_name(p) for p in pairs)}: the equivalence test does not put |r| below {_bound(pairs):g}. "
-                     f"Couplings of |r| >= {mde:.2f} would have been detected with 80 % power; "
+        parts.append(f"{', '.join(_test_name(p) for p in pairs)}: the equivalence test does not put |r| below "
+                     f"{_bound(pairs):g}. Couplings of |r| >= {mde:.2f} would have been detected with 80 % power; "
                      f"{duration_text(longest)} of data would settle it")
     if responses:
         spikes = max(r.get("spikes_to_settle") or 0 for r in responses)

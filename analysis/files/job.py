@@ -172,8 +172,8 @@ def load_job(folder: Path, tz: tzinfo, step_s: float | None = None) -> JobInputs
     if devices and not any(r.gpu_uuid and normalise_uuid(r.gpu_uuid) in devices for r in ranks):
         raise InputError(f"--job-dir {folder}: no rank's GPU is in its recordings (the ranks name "
                          f"{', '.join(sorted({r.gpu_uuid or 'none' for r in ranks})[:4])}; the recordings hold "
-                         f"{', '.join(sorted(devices)[:4])}): record each rank's GPU (thermograd-exporter --record) into "
-                         "its rank-<k>/ folder")
+                         f"{', '.join(sorted(devices)[:4])}): record each rank's GPU (thermograd-exporter --record) "
+                         "into its rank-<k>/ folder")
     gpus = {}
     for key, samples in devices.items():
         if key not in seen_uuids:

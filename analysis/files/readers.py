@@ -245,7 +245,8 @@ def _pick_device(path: Path, rows: list[tuple[int, dict]], wanted: str | None, l
     labels = {row["device"]: row for _, row in rows}  # label -> its first row
 
     def by_uuid(uuid: str) -> list[str]:
-        return [d for d, row in labels.items() if row.get("uuid") and normalise_uuid(row["uuid"]) == normalise_uuid(uuid)]
+        return [d for d, row in labels.items()
+                if row.get("uuid") and normalise_uuid(row["uuid"]) == normalise_uuid(uuid)]
 
     logged = by_uuid(logged_uuid) if logged_uuid else []
     if wanted is not None:

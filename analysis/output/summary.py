@@ -57,7 +57,8 @@ def _pair_lines(pair: dict, settings: dict) -> list[str]:
     nr, np_ = naive.get("pearson_r"), naive.get("p")
     if not pair["coupled"] and nr is not None and np_ is not None and np_ < alpha and abs(nr) >= moderate:
         band = "strong" if abs(nr) > settings.get("strong_r", 0.7) else "moderate"
-        lines.append(f"  The naive number would have claimed a {band} coupling (|r| = {abs(nr):.2f}, p = {_fmt_p(np_)}). "
+        lines.append(f"  The naive number would have claimed a {band} coupling (|r| = {abs(nr):.2f}, "
+                     f"p = {_fmt_p(np_)}). "
                      "It counts every sample as independent and correlates shared trends (the model learns while "
                      "the device warms); once the trends are differenced away and autocorrelation is allowed for, "
                      "no coupling of the step-to-step movements survives.")
@@ -96,7 +97,8 @@ def _response_lines(responses: list[dict]) -> list[str]:
                     "inconclusive": f"inconclusive (not shown within +/-{eq.get('bound_sd', 1):g} sd; about "
                                     f"{res.get('spikes_to_settle')} spikes would settle it)"}.get(res["strength"], ""))
         window = f"{lo:g} s" if lo == hi else f"{lo:g}-{hi:g} s"
-        lines.append(f"{name}: {_num(res['effect'], '+.3g')}{unit} [95% CI {_num(res['ci'][0], '+.3g')}, {_num(res['ci'][1], '+.3g')}] "
+        lines.append(f"{name}: {_num(res['effect'], '+.3g')}{unit} "
+                     f"[95% CI {_num(res['ci'][0], '+.3g')}, {_num(res['ci'][1], '+.3g')}] "
                      f"{window} after {res['n_spikes']} {res['train']} ({res['effect_sd_units'] or 0:+.2f} sd), "
                      f"Holm p = {_fmt_p(res.get('p_adjusted'))} -> {verdict}.")
     return lines
@@ -141,7 +143,8 @@ def _cost_line(cost: dict | None) -> str:
         return "Throttle cost: none: the device was never throttled or collapsed while training."
     ci = cost.get("ci_tokens_lost") or [None, None]
     ci_text = "" if ci[0] is None else f" [95% CI {_num(ci[0], '.3g')}, {_num(ci[1], '.3g')}]"
-    return (f"Throttle cost: {_num(cost['tokens_lost'], '.3g')} tokens{ci_text} ({_num(cost['seconds_lost'], '.3g')} s of training) lost "
+    return (f"Throttle cost: {_num(cost['tokens_lost'], '.3g')} tokens{ci_text} "
+            f"({_num(cost['seconds_lost'], '.3g')} s of training) lost "
             f"in {cost['impaired_s']:g} s throttled or collapsed: {_num(cost['impaired_tokens_per_s'], '.3g')} vs "
             f"{_num(cost['unimpaired_tokens_per_s'], '.3g')} tokens/s unthrottled.")
 
@@ -168,8 +171,10 @@ def summary_text(report: dict) -> str:
     ev = report.get("events") or {}
     if ev.get("status") == "ok":
         lines.append(f"- spikes vs collapses: {ev['n_spikes']} spikes, {ev['n_collapses']} collapse onsets; "
-                     f"trigger rate {_num(ev['trigger']['rate'], '.2f')} (Holm p = {_fmt_p(ev['trigger']['p_adjusted'])}), "
-                     f"precursor rate {_num(ev['precursor']['rate'], '.2f')} (Holm p = {_fmt_p(ev['precursor']['p_adjusted'])}) "
+                     f"trigger rate {_num(ev['trigger']['rate'], '.2f')} "
+                     f"(Holm p = {_fmt_p(ev['trigger']['p_adjusted'])}), "
+                     f"precursor rate {_num(ev['precursor']['rate'], '.2f')} "
+                     f"(Holm p = {_fmt_p(ev['precursor']['p_adjusted'])}) "
                      f"within {ev['window_s']:g} s.")
     else:
         lines.append(f"- spikes vs collapses: {ev.get('status', INSUFFICIENT)} ({ev.get('reason', '')}).")

@@ -345,7 +345,8 @@ class PromClient:
                                                for name in exprs}
 
         def keep(name: str, row: int, resp: requests.Response) -> None:
-            merged[name][row // MAX_POINTS_PER_SERIES] = self._result(self._decode(resp, f"{self.url}{RANGE_PATH}"), RANGE_PATH)
+            merged[name][row // MAX_POINTS_PER_SERIES] = self._result(self._decode(resp, f"{self.url}{RANGE_PATH}"),
+                                                                      RANGE_PATH)
 
         self.stream_range(exprs, start_s, end_s, step_s, keep)
         return {name: [series for chunk in parts for series in chunk] for name, parts in merged.items()}

@@ -80,7 +80,8 @@ def _pod_matches(source: Source, labels: dict[str, str], run: RunIdentity) -> bo
 def matches(source: Source, label_sets: list[dict[str, str]], run: RunIdentity,
             wanted: str | None) -> tuple[list[Device], str]:
     """The source's devices that are the run's (one per GPU: a GPU whose pod labels changed, or that a relabelling
-    gave both UUID and uuid, has several series; the first is kept), and by what: --device (a UUID in any spelling or a device label), the run's gpu_uuid, or with an
+    gave both UUID and uuid, has several series; the first is kept), and by what: --device (a UUID in any
+    spelling or a device label), the run's gpu_uuid, or with an
     empty gpu_uuid the trainer's pod/namespace against the pod labels the source gives each GPU."""
     how = "--device" if wanted else "gpu_uuid" if run.gpu_uuid else "pod"
     found: dict[str, Device] = {}

@@ -255,7 +255,8 @@ def granger_both_ways(x: np.ndarray, y: np.ndarray, max_order: int, step_s: floa
     """
     data, keep = _standardised([x, y], step_s, transforms=transforms, names=names)
     out: dict = {"order": None, "x_to_y": None, "y_to_x": None, "n": int(keep.sum()), "label": PRECEDENCE,
-                 "method": "VAR (fixed order, up to the lag scan's range) on high-passed, volatility-standardised, winsorised first differences (rows "
+                 "method": "VAR (fixed order, up to the lag scan's range) on high-passed, volatility-standardised, "
+                           "winsorised first differences (rows "
                            "whose lags cross a gap left out); F test of the other series' lags"}
     order = min(max_order, (int(keep.sum()) - 30) // 10)
     if order < 1 or is_constant(data[keep, 0]) or is_constant(data[keep, 1]):

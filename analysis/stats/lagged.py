@@ -463,7 +463,8 @@ def scan(x: np.ndarray, y: np.ndarray, max_lag: int, n_surrogates: int, rng: np.
          min_shift: int = 1, bw: int | None = None, prepared: tuple[Circle, CircularSums] | None = None) -> dict:
     """Lag-0 and max-over-lags tests of two stationary series on one grid; positive lag = x leads y.
 
-    Returns {"lag0": {...}, "lagged": {...}, "equivalence": {...}} where equivalence holds, per lag, the estimate and the HAC standard error of Fisher z (for the equivalence test and
+    Returns {"lag0": {...}, "lagged": {...}, "equivalence": {...}} where equivalence holds, per lag, the
+    estimate and the HAC standard error of Fisher z (for the equivalence test and
     the detectable effect, which the pipeline computes at its own alpha).
 
     `prepared`: this pair's `scan_circle` (with the same max_lag and bw) and its `circular_sums`, made

@@ -497,8 +497,8 @@ RESPONSE_CLIP = 4.0  # robust z at which a row's response is clipped in the plac
 PLACEMENT_METHOD = ("spike-triggered average (as with shifts), in a run too short for circular shifts or with too few "
                     "events for them: the same weighted events placed at random rows with every window inside the "
                     "analysed rows (the metric's own segments); each row's response scaled by its local noise and "
-                    f"clipped at {RESPONSE_CLIP:g} robust z per window; p: the rank of the observed max over windows of "
-                    "|mean/sd| "
+                    f"clipped at {RESPONSE_CLIP:g} robust z per window; p: the rank of the observed max over windows "
+                    "of |mean/sd| "
                     "among the placements' maxima")
 
 
