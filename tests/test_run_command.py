@@ -17,7 +17,8 @@ from test_trainer_helpers import read_jsonl, wait_for
 
 from thermograd.processes import find_binary
 
-# A user's own loop the docs' way (docs/instrumentation.md): a real PyTorch model, clip_and_measure_grad_norm, the context manager.
+# A user's own loop the docs' way (docs/instrumentation.md): a real PyTorch model, clip_and_measure_grad_norm,
+# the context manager.
 TORCH_LOOP = '''
 import sys, time
 import torch
@@ -67,6 +68,38 @@ with TrainingMetrics() as metrics:
             metrics.observe_step(step, 2.0 - duty, 1.0 + 3.0 * duty + rng.gauss(0.0, 0.1), 1e-3, tokens=100)
 '''
 
+# A light loop (no torch: it starts at once), a step every 20 ms until it is stopped; argv[1] says what it does
+# on SIGINT: "plain" dies of it (status 130), "quiet" ends without a word (0), "checkpoint" takes 3 s to save a
+# checkpoint first (a second SIGINT there would lose it), "ignore-int" ignores SIGINT (SIGTERM ends it: 143),
+# "ignore-int-term" ignores both (only SIGKILL ends it: 137); "stop-self" stops itself with SIGTSTP (Ctrl-Z)
+# after 20 steps. It writes its process id to job.pid.
+STEP_LOOP = '''
+import os, signal, sys, time
+from thermograd import TrainingMetrics
+
+mode = sys.argv[1]
+open("job.pid", "w").write(str(os.getpid()))
+if mode in ("ignore-int", "ignore-int-term"):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+with TrainingMetrics() as metrics:
+    if mode == "ignore-int-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # after TrainingMetrics, which makes SIGTERM a clean exit
+    step = 0
+    try:
+        while True:
+            step += 1
+            time.sleep(0.02)
+            metrics.observe_step(step, 1.0 / step, 1.0 + 0.1 * (step % 7), 1e-3)
+            if mode == "stop-self" and step == 20:
+                os.kill(os.getpid(), signal.SIGTSTP)
+    except KeyboardInterrupt:
+        if mode == "plain":
+            raise
+        if mode == "checkpoint":
+            time.sleep(3)
+            open("checkpoint.saved", "w").write(str(step))
+'''
+
 # Pauses dense enough for a short test run: a 3-s burst every 12 s, the first after the 30 s start-up.
 TEST_PAUSES = "every=12s,duration=3s,start=34s"
 # The duty loop's own load swings (0.6 to 1.0) are noise to the pauses' effect (1 to 0): longer pauses stand
@@ -93,8 +126,9 @@ def run_env(path: str | None = None) -> dict[str, str]:
 
 def thermograd_run(args: list[str], cwd: Path, timeout_s: float = 300, path: str | None = None,
                    ) -> subprocess.CompletedProcess:
+    # stdin no terminal: under a developer's terminal the job would otherwise hold it (thermograd/job.py)
     return subprocess.run([sys.executable, "-m", "thermograd", "run", *args], cwd=cwd, env=run_env(path),
-                          capture_output=True, text=True, timeout=timeout_s)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
 
 
 def one_folder(parent: Path) -> Path:
@@ -172,18 +206,20 @@ def test_with_prometheus_the_same_run_gets_the_same_verdict_as_from_its_files(tm
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_run_keeps_its_data_and_still_gets_its_report(tmp_path: Path, signum: int):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 143)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_an_interrupted_run_keeps_its_data_and_still_gets_its_report(tmp_path: Path, signum: int, status: int):
     """Started with SIGINT ignored (as nohup and CI runners start jobs): the signal still reaches the job once,
-    its log is flushed whole (grad_norm_log.json written), and the run is analysed."""
+    its log is flushed whole (grad_norm_log.json written), and the run is analysed. SIGHUP (the terminal closed)
+    stops the job as SIGTERM does: before, it killed thermograd and left the job training, unanalysed."""
     script = write_script(tmp_path, "duty.py", DUTY_LOOP)
 
     def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     proc = subprocess.Popen([sys.executable, "-m", "thermograd", "run", "--no-pauses", "--", sys.executable,
-                             str(script), "600"], cwd=tmp_path, env=run_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
+                             str(script), "600"], cwd=tmp_path, env=run_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
     try:
         steps = wait_for(lambda: next((tmp_path / "thermograd-runs").glob("*/steps.jsonl"), None), 60, 0.2)
         wait_for(lambda: time.sleep(1) or (steps.stat().st_size > 20_000 and len(read_jsonl(steps)) > 200), 60)
@@ -192,13 +228,15 @@ def test_an_interrupted_run_keeps_its_data_and_still_gets_its_report(tmp_path: P
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert proc.returncode == status, stderr[-3000:]
     out = steps.parent
     logged = read_jsonl(steps)  # every line whole
     assert json.loads((out / "grad_norm_log.json").read_text()) == logged
     assert (out / "report.json").is_file() and "thermograd analysis" in stdout
     assert f"interrupted ({signal.Signals(signum).name})" in stderr
-    assert json.loads((out / "run.json").read_text())["exit_status"] == 128 + signum
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["exit_status"] == status and summary["stopped_by"] == signal.Signals(signum).name
+    assert summary["signals_sent"] == ["SIGINT" if signum == signal.SIGINT else "SIGTERM"]
 
 
 def test_a_job_that_never_used_the_instrumentation_is_told_what_to_add(tmp_path: Path):
@@ -221,6 +259,7 @@ def test_a_failing_job_keeps_its_exit_status(tmp_path: Path):
     (["--pauses", "every=1s", "--", "true"], "--pauses"),
     (["--sample-hz", "0", "--", "true"], "--sample-hz"),
     (["--duration", "-3", "--", "true"], "--duration"),
+    (["--grace", "-1", "--", "true"], "--grace"),
     (["--gpu-uuid", "GPU-nope", "--", "true"], "not a device"),
     (["--backend", "nvml", "--", "true"], "--backend nvml"),
 ])
@@ -230,6 +269,79 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     lines = [line for line in proc.stderr.splitlines() if line.startswith("thermograd: error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    # refused before anything was made, and before the banner: the run never started
+    assert not (tmp_path / "thermograd-runs").exists() and "data, report and figures in" not in proc.stderr
+
+
+def test_a_refused_run_leaves_nothing_behind_so_the_corrected_command_runs(tmp_path: Path):
+    """Before: --gpu-uuid was checked after OUT/hardware.csv was written, so the corrected command with the same
+    --out was refused ("already holds files"); --backend nvml left an empty folder and a banner naming it."""
+    for bad in (["--gpu-uuid", "GPU-nope"], ["--backend", "nvml"]):
+        proc = thermograd_run([*bad, "--out", "g", "--", sys.executable, "-c", "pass"], tmp_path, 60)
+        assert proc.returncode == 2 and "thermograd: error:" in proc.stderr, proc.stderr
+        assert not (tmp_path / "g").exists(), bad
+        assert "data, report and figures in" not in proc.stderr
+    proc = thermograd_run(["--backend", "sim", "--out", "g", "--", sys.executable, "-c", "pass"], tmp_path, 60)
+    assert "logged no training step" in proc.stderr, proc.stderr  # it ran: refused for what the job did, not --out
+    assert (tmp_path / "g" / "hardware.csv").is_file() and "data, report and figures in" in proc.stderr
+
+
+@pytest.mark.parametrize("out", [None, "new/run", "empty"], ids=["default", "new", "existing-empty"])
+def test_a_start_that_fails_after_the_checks_removes_what_it_created(tmp_path: Path, out: str | None):
+    """A CMD that passes the checks (an executable file) but cannot be exec'd: the run's folder was made by then;
+    it goes again (a folder that was there, empty, stays, and stays empty)."""
+    script = write_script(tmp_path, "not-a-program", "no interpreter line: exec fails with ENOEXEC\n")
+    script.chmod(0o755)
+    (tmp_path / "empty").mkdir()
+    proc = thermograd_run(["--backend", "sim", *(["--out", out] if out else []), "--", str(script)], tmp_path, 60)
+    assert proc.returncode == 2 and "cannot start it" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "data, report and figures in" not in proc.stderr
+    assert not (tmp_path / "thermograd-runs").exists() and not (tmp_path / "new").exists()
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
+def run_summary(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.mark.slow
+def test_duration_sends_one_sigint_and_the_jobs_checkpoint_gets_saved(tmp_path: Path):
+    """Before: --duration re-sent SIGINT every 0.5 s until the job ended, interrupting the checkpoint its
+    KeyboardInterrupt handler saves (3 s here). Now one SIGINT, as one Ctrl-C; the exit status is the job's."""
+    script = write_script(tmp_path, "loop.py", STEP_LOOP)
+    proc = thermograd_run(["--no-pauses", "--backend", "sim", "--duration", "2", "--out", "run", "--",
+                           sys.executable, str(script), "checkpoint"], tmp_path, 120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "checkpoint.saved").is_file()
+    assert proc.stderr.count("--duration 2 s reached") == 1 and "SIGTERM to its" not in proc.stderr
+    assert "the job was stopped by --duration 2 s with exit status 0" in proc.stderr
+    summary = run_summary(tmp_path / "run")
+    assert summary["stopped_by"] == "--duration" and summary["signals_sent"] == ["SIGINT"]
+    assert (tmp_path / "run" / "report.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "status", "sent"), [
+    ("ignore-int", 143, ["SIGINT", "SIGTERM"]),
+    ("ignore-int-term", 137, ["SIGINT", "SIGTERM", "SIGKILL"]),
+])
+def test_duration_escalates_to_sigterm_then_sigkill_after_the_grace_period(tmp_path: Path, mode: str, status: int,
+                                                                          sent: list[str]):
+    """Before: a job that ignores SIGINT was never stopped ("--duration reached" said every 0.5 s for ever).
+    Now SIGINT, then SIGTERM --grace seconds later, then SIGKILL: each said once; the data are analysed."""
+    script = write_script(tmp_path, "loop.py", STEP_LOOP)
+    started_s = time.monotonic()
+    proc = thermograd_run(["--no-pauses", "--backend", "sim", "--duration", "2", "--grace", "1.5", "--out", "run",
+                           "--", sys.executable, str(script), mode], tmp_path, 120)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert time.monotonic() - started_s < 60
+    assert proc.stderr.count("--duration 2 s reached") == 1
+    assert proc.stderr.count("SIGTERM to its process group") == 1
+    assert proc.stderr.count("SIGKILL to its process group") == (status == 137)
+    summary = run_summary(tmp_path / "run")
+    assert summary["stopped_by"] == "--duration" and summary["signals_sent"] == sent
+    assert summary["exit_status"] == status
+    assert read_jsonl(tmp_path / "run" / "steps.jsonl") and (tmp_path / "run" / "report.json").is_file()
 
 
 def test_an_out_folder_with_files_is_never_overwritten(tmp_path: Path):
@@ -245,3 +357,20 @@ def test_prometheus_asked_for_but_not_installed(tmp_path: Path):
     assert proc.returncode == 2
     assert "no prometheus binary on PATH" in proc.stderr and "leave out --prometheus" in proc.stderr
     assert not (tmp_path / "thermograd-runs").exists()  # refused before anything was made
+
+
+def test_a_prometheus_that_fails_to_start_leaves_nothing_and_says_why(tmp_path: Path):
+    """A failed start after the checks (the folder made by then): one line with Prometheus's own last words (its
+    log goes with the folder), exit 2, nothing left, so the same command can be run again once it is fixed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = write_script(bin_dir, "prometheus", "#!/bin/sh\necho 'opening storage failed: lock DB directory' >&2\n"
+                                               "exit 1\n")
+    fake.chmod(0o755)
+    proc = thermograd_run(["--prometheus", "--backend", "sim", "--out", "run", "--", sys.executable, "-c", "pass"],
+                          tmp_path, 60, path=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("thermograd: error:")]
+    assert len(errors) == 1 and "Prometheus exited with code 1" in errors[0], proc.stderr
+    assert "opening storage failed" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists() and "data, report and figures in" not in proc.stderr

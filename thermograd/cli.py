@@ -21,7 +21,8 @@ RUN_EPILOG = """examples:
   thermograd run --pauses every=120s,duration=3s --duration 600 -- python train.py
 
 The job's instrumentation (TrainingMetrics, PrometheusCallback, PrometheusLightningCallback) logs to the
-run's folder by itself: see docs/instrumentation.md. What the output means: docs/analysis.md."""
+run's folder by itself: see docs/instrumentation.md. What the output means: docs/analysis.md. Stopping, signals,
+the terminal and the exit status: docs/running.md."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prometheus", action="store_true",
                      help="also run a local Prometheus (the system's binary) on a fresh TSDB in OUT, scraping the "
                      "hardware and the job every second, and analyse through it")
-    run.add_argument("--duration", type=float, metavar="S", help="stop the job after S seconds, as Ctrl-C would")
+    run.add_argument("--duration", type=float, metavar="S",
+                     help="stop the job after S seconds, as Ctrl-C would (SIGINT to it; SIGTERM if it still runs "
+                     "--grace seconds later, then SIGKILL after --grace more); the exit status stays the job's: "
+                     "typically 130")
+    run.add_argument("--grace", type=float, metavar="S",
+                     help="seconds a job being stopped by thermograd (--duration, or a SIGTERM or SIGHUP to "
+                     "thermograd passed on) gets before the next, harder signal (default 30: time to save a "
+                     "checkpoint)")
     run.add_argument("--quiet", action="store_true", help="no analysis summary on stdout")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the job to run")
     return p
@@ -74,21 +82,24 @@ def sim_cooling(args: argparse.Namespace) -> dict[int, float]:
 
 
 def run_options(args: argparse.Namespace):
-    from thermograd.run import DEFAULT_PAUSES, RunOptions
+    from thermograd.run import DEFAULT_PAUSES, STOP_GRACE_S, RunOptions
 
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not (math.isfinite(args.sample_hz) and 0 < args.sample_hz <= 10):
         raise UsageError(f"--sample-hz must be > 0 and <= 10, got {args.sample_hz:g}")
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UsageError(f"--duration must be a number of seconds > 0, got {args.duration:g}")
+    if args.grace is not None and not (math.isfinite(args.grace) and args.grace >= 0):
+        raise UsageError(f"--grace must be a number of seconds >= 0, got {args.grace:g}")
     if not 1 <= args.devices <= 64:
         raise UsageError(f"--devices must be 1-64, got {args.devices}")
     cooling = sim_cooling(args)
     pauses = None if args.no_pauses else (args.pauses or DEFAULT_PAUSES)
     return RunOptions(command=command, out=args.out, backend=args.backend, gpu_uuid=args.gpu_uuid,
                       sample_hz=args.sample_hz, pauses=pauses, prometheus=args.prometheus, duration_s=args.duration,
-                      sim_profile=args.sim_profile, devices=args.devices, sim_cooling=cooling, emulate_clock=args.emulate_clock,
-                      quiet=args.quiet)
+                      grace_s=STOP_GRACE_S if args.grace is None else args.grace,
+                      sim_profile=args.sim_profile, devices=args.devices, sim_cooling=cooling,
+                      emulate_clock=args.emulate_clock, quiet=args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,10 +100,24 @@ _PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the parent dies (even by SIGKILL) — no orphans."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` for Popen: the child gets `signum` when this process dies, even by SIGKILL, so it is never
+    left running without its supervisor (None where there is no prctl: not Linux).
+
+    The kernel signals the child when the *thread* that started it ends: start the child from the thread that
+    outlives it (the main thread). When the whole process dies, the child is handed from thread to thread as
+    they end and signalled at each: it may get `signum` more than once, in quick succession. A parent that died
+    between fork and the prctl call would never signal: the child then exits before exec, as told to."""
+    if _PRCTL is None:
+        return None
+    prctl, parent = _PRCTL, os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signum))
+        if os.getppid() != parent:
+            os._exit(128 + int(signum))
+
+    return in_child
 
 
 class Child:
@@ -117,9 +131,8 @@ class Child:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     **(env or {})}
-        preexec = _die_with_parent if _PRCTL is not None else None
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=cwd, env=full_env, start_new_session=True, preexec_fn=preexec)
+                                     cwd=cwd, env=full_env, start_new_session=True, preexec_fn=die_with_parent())
 
     @property
     def pid(self) -> int:
