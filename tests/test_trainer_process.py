@@ -165,3 +165,24 @@ def test_unloadable_model_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("trainer: error: cannot load model"), proc.stderr
+
+
+def test_a_second_sigterm_does_not_cut_the_clean_exit_short(tmp_path):
+    """A SIGKILLed supervisor's kernel sends the job one SIGTERM per thread: the first ends the program like
+    Ctrl-C does, the next ones must not interrupt the cleanup it starts (where grad_norm_log.json is written)."""
+    import subprocess
+    import sys
+
+    program = (
+        "import os, signal, time\n"
+        "from thermograd.trainer.metrics import _sigterm_exits_cleanly\n"
+        "_sigterm_exits_cleanly()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "finally:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # a second one, mid-cleanup\n"
+        "    time.sleep(0.2)\n"
+        "    print('cleaned up', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM and "cleaned up" in proc.stdout, proc.stderr

@@ -141,8 +141,14 @@ def _sigterm_exits_cleanly() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        exiting = threading.Event()
+
         def exit_143(signum: int, frame: object) -> None:
-            raise SystemExit(128 + signum)
+            # once: a second SIGTERM during the clean exit (a SIGKILLed supervisor's kernel sends one per thread)
+            # would cut it short and lose grad_norm_log.json; the supervisor's SIGKILL still ends a hung exit
+            if not exiting.is_set():
+                exiting.set()
+                raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, exit_143)
 
