@@ -20,7 +20,7 @@ from thermograd.analysis.files.grid import files_to_table
 from thermograd.analysis.files.readers import load_grad_log, load_rle_csv
 from thermograd.analysis.output.figures import coupling_png, crosscorr_png
 from thermograd.analysis.output.outdir import output_folder
-from thermograd.analysis.output.report import clean, lag_note, series_summary, versions, window, write_report
+from thermograd.analysis.output.report import lag_note, series_summary, versions, window, write_report
 from thermograd.analysis.output.summary import summary_text
 from thermograd.analysis.provenance import Provenance, no_path_verdict
 from thermograd.analysis.requests import FileRun, Grid, RunRequest, StoreRun
@@ -318,8 +318,6 @@ def _analyse_into(req: RunRequest) -> RunReport:
     crosscorr_png(results["pairs"], req.out / "crosscorr.png")
     # fetch = reading and aligning the input (HTTP + JSON for Prometheus), statistics = every test
     report["timing_s"] = {"fetch_align": t_fetch, "statistics": t_stats, "figures": time.perf_counter() - t0}
-    document = clean(report)
-    write_report(document, req.out)
-    return RunReport(document, req.out, meta.get("hardware_lines", []))
+    return RunReport(write_report(report, req.out), req.out, meta.get("hardware_lines", []))
 
 

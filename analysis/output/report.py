@@ -56,10 +56,11 @@ def window(start_s: float, step_s: float, n: int) -> dict:
             "n_steps": n, "duration_s": end_s - start_s}
 
 
-def write_report(report: dict, out_dir: Path) -> Path:
-    path = out_dir / "report.json"
-    path.write_text(json.dumps(clean(report), indent=2, allow_nan=False) + "\n")
-    return path
+def write_report(report: dict, out_dir: Path) -> dict:
+    """Write out_dir/report.json; returns the document written (JSON types only, NaN as None)."""
+    document = clean(report)
+    (out_dir / "report.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return document
 
 
 def series_summary(columns: dict[str, np.ndarray]) -> dict[str, dict]:
