@@ -62,11 +62,11 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
 
 
 def window_from_args(args: argparse.Namespace) -> Window:
-    """--start, --end and --lookback, checked (the start before the end where both are given)."""
+    """--start, --end and --lookback, checked (the start before the end, now where no --end is given) before
+    anything is fetched: by the same Window.bounds that every query window comes from."""
     window = Window(parse_instant_s(args.start) if args.start else None,
                     parse_instant_s(args.end) if args.end else None, duration_flag("--lookback", args.lookback))
-    if window.start_s is not None and window.end_s is not None and window.start_s >= window.end_s:
-        raise InputError("--start must be before --end")
+    window.bounds()
     return window
 
 
