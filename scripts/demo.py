@@ -431,8 +431,31 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+RETRY_S = 0.5
+_pending: int | None = None  # a stop signal not yet taken by main's clean-up
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
+    # An exception raised in a signal handler can be swallowed: the signal may arrive while Python runs a
+    # callback whose exceptions it ignores (logging's at-fork lock release, as the demo forks a child; a
+    # __del__). A SIGTERM was lost so, and the demo ran on until its caller's minute was up. Until the clean-up
+    # has taken it (_taken), the alarm raises it again every RETRY_S.
+    global _pending
+    _pending = signum
+    signal.setitimer(signal.ITIMER_REAL, RETRY_S)
     raise Interrupted(signum)
+
+
+def _raise_pending(signum: int, frame: object) -> None:
+    if _pending is not None:
+        _raise_interrupt(_pending, frame)
+
+
+def _taken() -> None:
+    """The stop signal reached the clean-up: no more retries."""
+    global _pending
+    _pending = None
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,9 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     # system packages can take minutes, during which Ctrl-C must work (without a traceback).
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_interrupt)
+    signal.signal(signal.SIGALRM, _raise_pending)
     try:
         return _main(argv)
     except Interrupted as stop:  # before any child was started: nothing to clean up
+        _taken()
         say("interrupted")
         return stop.exit_code
 
@@ -481,6 +506,7 @@ def _main(argv: list[str] | None) -> int:
                 demo.keep()
             return code
     except KeyboardInterrupt as stop:
+        _taken()
         say("stopping every child" if keeping else "interrupted: stopping every child")
         return 0 if keeping else getattr(stop, "exit_code", 130)
     except sl.ChildDied as err:
@@ -491,6 +517,7 @@ def _main(argv: list[str] | None) -> int:
         say(str(err))
         return 1
     finally:
+        _taken()
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
             signal.signal(signum, signal.SIG_IGN)
         supervisor.stop_all()
